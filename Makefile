@@ -1,0 +1,69 @@
+# Strata's front door. `make help` lists the targets.
+#
+#   make up     run the platform locally (real services + operator + data plane)
+#   make test   run every check and test, as CI does
+
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+STACK := hack/stack.sh
+ENV := .stack/env
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: up
+up: stack-up build ## Start the stack, then the operator and data plane on it (prints where)
+	hack/local.sh up
+
+.PHONY: down
+down: ## Stop the operator, data plane and the stack (data in .stack/ is kept)
+	hack/local.sh down
+	$(STACK) down
+
+.PHONY: status
+status: ## Show what runs
+	$(STACK) status || true
+	hack/local.sh status || true
+
+.PHONY: stack-up
+stack-up: ## Start PostgreSQL+pgvector, Redis, Garage (S3) and the kube-apiserver; apply CRDs and RBAC
+	$(STACK) up
+	source $(ENV) && kubectl apply --server-side --force-conflicts -f crds/ -f config/rbac/ >/dev/null
+	source $(ENV) && kubectl wait --for condition=established --timeout=60s -f crds/ >/dev/null
+
+.PHONY: stack-down
+stack-down: ## Stop the stack's services
+	$(STACK) down
+
+.PHONY: build
+build: ## Build the binaries
+	$(CARGO) build --bins
+
+.PHONY: test
+test: stack-up lint sqlx-check ## Run every check and test against the real services (what CI runs)
+	source $(ENV) && $(CARGO) test --workspace --no-fail-fast
+
+.PHONY: lint
+lint: ## cargo fmt --check and clippy with warnings denied
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+.PHONY: crds
+crds: ## Regenerate crds/ from the Rust types
+	$(CARGO) run -q -p strata-api --bin crdgen
+
+.PHONY: sqlx-prepare
+sqlx-prepare: stack-up ## Regenerate the offline query metadata in .sqlx/
+	hack/sqlx.sh prepare
+
+.PHONY: sqlx-check
+sqlx-check: stack-up ## Fail when .sqlx/ is stale against the migrations and queries
+	hack/sqlx.sh check
+
+.PHONY: bench
+bench: stack-up build ## Run the benchmarks in bench/ (see bench/README.md)
+	bench/provision.sh

@@ -1,0 +1,9 @@
+//! Strata's data plane: stateless axum pods that serve tenants' REST clients.
+//! It reads the platform catalog (never the Kubernetes API).
+//!
+//! Today it serves the probes and metrics and answers every other path with a
+//! problem+json 404; the database and storage APIs are mounted in [`app`].
+
+pub mod app;
+pub mod config;
+pub mod problem;

@@ -1,0 +1,55 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use prometheus_client::registry::Registry;
+use sqlx::postgres::PgPoolOptions;
+use strata_dataplane::app::{AppState, router};
+use strata_dataplane::config::Config;
+use strata_servicekit::shutdown_signal;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    config.log.init();
+    // Lazy: the process starts (and /healthz answers) while the database is
+    // still coming up; /readyz reports it until then.
+    let catalog = PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect_lazy(&config.catalog_url)
+        .context("invalid --catalog-url")?;
+    let redis = match &config.redis_url {
+        Some(url) => {
+            let client = redis::Client::open(url.as_str()).context("invalid --redis-url")?;
+            Some(
+                redis::aio::ConnectionManager::new(client)
+                    .await
+                    .context("connecting to Redis")?,
+            )
+        }
+        None => None,
+    };
+    let registry = Arc::new(Registry::default());
+    let app = router(AppState { catalog, redis }, registry, config.max_body_bytes);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    tracing::info!(addr = %config.listen, "serving");
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = tx.send(());
+    });
+    // Stop waiting for slow clients once the grace period is over.
+    tokio::select! {
+        result = server.into_future() => result?,
+        () = async { let _ = rx.await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("grace period over; closing remaining connections");
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! The platform catalog: tenants and where their data lives. The operator
+//! writes it; the data plane reads it and never needs the Kubernetes API.
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Lifecycle of a tenant as the catalog records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TenantState {
+    Provisioning,
+    Ready,
+    Suspended,
+    Failed,
+    Detached,
+    Deleting,
+}
+
+impl TenantState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Provisioning => "provisioning",
+            Self::Ready => "ready",
+            Self::Suspended => "suspended",
+            Self::Failed => "failed",
+            Self::Detached => "detached",
+            Self::Deleting => "deleting",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "provisioning" => Self::Provisioning,
+            "ready" => Self::Ready,
+            "suspended" => Self::Suspended,
+            "failed" => Self::Failed,
+            "detached" => Self::Detached,
+            "deleting" => Self::Deleting,
+            _ => return None,
+        })
+    }
+}
+
+/// A tenant's catalog entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TenantRecord {
+    pub id: Uuid,
+    pub name: String,
+    pub namespace: String,
+    pub display_name: String,
+    pub cluster: String,
+    pub database_name: String,
+    pub owner_role: String,
+    pub quotas: serde_json::Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// Another live tenant already uses this name.
+    #[error("tenant name {name:?} is already used by tenant {existing}")]
+    DuplicateName { name: String, existing: String },
+    /// The derived database or role name is recorded for a different tenant.
+    #[error("database {database:?} is recorded for another tenant")]
+    DatabaseTaken { database: String },
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Access to the `catalog` schema of the platform database.
+#[derive(Clone)]
+pub struct Catalog {
+    pool: PgPool,
+}
+
+impl Catalog {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Records (or refreshes) a tenant; idempotent. A tenant that was detached
+    /// and comes back is re-attached. Refuses a name another live tenant holds.
+    pub async fn claim(&self, t: &TenantRecord) -> Result<(), CatalogError> {
+        let result = sqlx::query!(
+            r#"INSERT INTO catalog.tenants
+                   (id, name, namespace, display_name, cluster, database_name, owner_role, state, quotas)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, 'provisioning', $8)
+               ON CONFLICT (id) DO UPDATE
+                   SET display_name = EXCLUDED.display_name,
+                       quotas = EXCLUDED.quotas,
+                       state = CASE WHEN catalog.tenants.state = 'detached' THEN 'provisioning'
+                                    ELSE catalog.tenants.state END,
+                       detached_at = NULL,
+                       updated_at = now()"#,
+            t.id,
+            t.name,
+            t.namespace,
+            t.display_name,
+            t.cluster,
+            t.database_name,
+            t.owner_role,
+            t.quotas,
+        )
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.constraint() == Some("tenants_name_active") => {
+                let existing = sqlx::query_scalar!(
+                    "SELECT namespace || '/' || name FROM catalog.tenants WHERE name = $1 AND state <> 'detached'",
+                    t.name
+                )
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten()
+                .unwrap_or_default();
+                Err(CatalogError::DuplicateName {
+                    name: t.name.clone(),
+                    existing,
+                })
+            }
+            Err(sqlx::Error::Database(e))
+                if matches!(
+                    e.constraint(),
+                    Some("tenants_database_name_key" | "tenants_owner_role_key")
+                ) =>
+            {
+                Err(CatalogError::DatabaseTaken {
+                    database: t.database_name.clone(),
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn set_state(&self, id: Uuid, state: TenantState) -> Result<(), sqlx::Error> {
+        sqlx::query!(
+            r#"UPDATE catalog.tenants
+               SET state = $2, updated_at = now(),
+                   detached_at = CASE WHEN $2 = 'detached' THEN now() ELSE NULL END
+               WHERE id = $1"#,
+            id,
+            state.as_str()
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn set_schema_version(&self, id: Uuid, version: i64) -> Result<(), sqlx::Error> {
+        sqlx::query!(
+            "UPDATE catalog.tenants SET schema_version = $2, updated_at = now() WHERE id = $1",
+            id,
+            version
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes the entry; idempotent.
+    pub async fn delete(&self, id: Uuid) -> Result<(), sqlx::Error> {
+        sqlx::query!("DELETE FROM catalog.tenants WHERE id = $1", id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The state of a tenant, if it is in the catalog.
+    pub async fn state(&self, id: Uuid) -> Result<Option<TenantState>, sqlx::Error> {
+        let state = sqlx::query_scalar!("SELECT state FROM catalog.tenants WHERE id = $1", id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(state.as_deref().and_then(TenantState::parse))
+    }
+
+    /// A live tenant by name: what the data plane resolves a request to.
+    pub async fn find_by_name(&self, name: &str) -> Result<Option<TenantRecord>, sqlx::Error> {
+        let row = sqlx::query!(
+            r#"SELECT id, name, namespace, display_name, cluster, database_name, owner_role, quotas
+               FROM catalog.tenants WHERE name = $1 AND state <> 'detached'"#,
+            name
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| TenantRecord {
+            id: r.id,
+            name: r.name,
+            namespace: r.namespace,
+            display_name: r.display_name,
+            cluster: r.cluster,
+            database_name: r.database_name,
+            owner_role: r.owner_role,
+            quotas: r.quotas,
+        }))
+    }
+}

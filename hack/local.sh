@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Runs strata-operator and strata-dataplane as local processes on the stack
+# (`make up` / `make down`). Logs and pids under .stack/run/.
+#
+#   hack/local.sh up | down | status
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+cd "$ROOT"
+RUN=$ROOT/.stack/run
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug
+OPERATOR_ADDR=127.0.0.1:${STRATA_OPERATOR_PORT:-8081}
+DATAPLANE_ADDR=127.0.0.1:${STRATA_DATAPLANE_PORT:-8080}
+mkdir -p "$RUN"
+
+alive() { [[ -f $RUN/$1.pid ]] && kill -0 "$(<"$RUN/$1.pid")" 2>/dev/null; }
+
+wait_ready() { # name url
+	for _ in $(seq 1 120); do
+		if ! alive "$1"; then
+			echo "$1 exited; last lines of $RUN/$1.log:" >&2
+			tail -n 30 "$RUN/$1.log" >&2
+			return 1
+		fi
+		curl -fsS "$2" >/dev/null 2>&1 && return 0
+		sleep 0.5
+	done
+	echo "$1 not ready at $2 after 60s; last lines of $RUN/$1.log:" >&2
+	tail -n 30 "$RUN/$1.log" >&2
+	return 1
+}
+
+start() { # name command...
+	local name=$1
+	shift
+	if alive "$name"; then
+		echo "$name already running (pid $(<"$RUN/$name.pid"))"
+		return
+	fi
+	nohup "$@" >"$RUN/$name.log" 2>&1 &
+	echo $! >"$RUN/$name.pid"
+}
+
+stop() { # name
+	local name=$1 pid
+	alive "$name" || { rm -f "$RUN/$name.pid"; return 0; }
+	pid=$(<"$RUN/$name.pid")
+	kill -TERM "$pid"
+	for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+	kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+	rm -f "$RUN/$name.pid"
+	echo "stopped $name"
+}
+
+case ${1:-} in
+up)
+	# shellcheck source=/dev/null
+	source .stack/env
+	start operator env KUBECONFIG="$STRATA_OPERATOR_KUBECONFIG" \
+		STRATA_OPERATOR_PROBE_ADDR="$OPERATOR_ADDR" \
+		STRATA_API_BASE_URL="http://$DATAPLANE_ADDR" \
+		"$BIN/strata-operator"
+	start dataplane env STRATA_CATALOG_URL="${STRATA_DATABASE_URL%/*}/strata_platform" \
+		STRATA_DATAPLANE_ADDR="$DATAPLANE_ADDR" \
+		"$BIN/strata-dataplane"
+	wait_ready operator "http://$OPERATOR_ADDR/readyz"
+	wait_ready dataplane "http://$DATAPLANE_ADDR/readyz"
+	cat <<MSG
+
+Strata is running locally:
+  operator       http://$OPERATOR_ADDR/{healthz,readyz,metrics}   log: .stack/run/operator.log
+  data plane     http://$DATAPLANE_ADDR/{healthz,readyz,metrics}  log: .stack/run/dataplane.log
+  PostgreSQL     ${STRATA_DATABASE_URL%%:*}://…@127.0.0.1:${STRATA_PG_PORT:-55432} (pgvector)
+  Redis          $STRATA_REDIS_URL
+  S3 (Garage)    $STRATA_S3_ENDPOINT  bucket $STRATA_S3_TEST_BUCKET
+  Kubernetes     KUBECONFIG=$KUBECONFIG
+
+Try it:
+  source .stack/env
+  kubectl apply -f examples/tenant.yaml
+  kubectl get tenants -w
+
+Stop everything with: make down
+MSG
+	;;
+down)
+	stop dataplane
+	stop operator
+	;;
+status)
+	for n in operator dataplane; do
+		if alive $n; then echo "$n: running (pid $(<"$RUN/$n.pid"))"; else echo "$n: stopped"; fi
+	done
+	;;
+*)
+	echo "usage: hack/local.sh up|down|status" >&2
+	exit 2
+	;;
+esac

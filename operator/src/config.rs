@@ -1,0 +1,124 @@
+//! Operator configuration: flags with environment fallbacks.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use strata_servicekit::LogArgs;
+
+use crate::provision::Step;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "strata-operator",
+    version,
+    about = "Reconciles Strata Tenant resources into provisioned tenant databases"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Runs the controller against the Kubernetes API (the default).
+    Run,
+    /// Provisions the tenant in a manifest once, without a cluster, printing each step.
+    Apply(ApplyArgs),
+}
+
+/// Settings shared by `run` and `apply`.
+#[derive(Args, Debug, Clone)]
+pub struct DatabaseArgs {
+    /// Admin connection string of the default database cluster.
+    #[arg(long, env = "STRATA_DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Name of the platform (catalog) database on the default cluster.
+    #[arg(
+        long,
+        env = "STRATA_PLATFORM_DATABASE",
+        default_value = "strata_platform"
+    )]
+    pub platform_database: String,
+    /// Base URL of the data plane API, reported in tenant status.
+    #[arg(long, env = "STRATA_API_BASE_URL")]
+    pub api_base_url: Option<String>,
+    /// Lifetime of admin invitations, in hours.
+    #[arg(long, env = "STRATA_INVITE_TTL_HOURS", default_value_t = 168, value_parser = clap::value_parser!(i64).range(1..=8760))]
+    pub invite_ttl_hours: i64,
+    /// Test only: fail right after this provisioning step, as if the process crashed.
+    #[arg(long, env = "STRATA_FAULT_AFTER_STEP", hide = true, value_parser = parse_step)]
+    pub fault_after_step: Option<Step>,
+}
+
+fn parse_step(s: &str) -> Result<Step, String> {
+    Step::parse(s).ok_or_else(|| format!("unknown step {s:?}"))
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub db: Option<DatabaseArgs>,
+    /// Address of the /healthz, /readyz and /metrics endpoints.
+    #[arg(
+        long,
+        env = "STRATA_OPERATOR_PROBE_ADDR",
+        default_value = "127.0.0.1:8081"
+    )]
+    pub probe_addr: SocketAddr,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "STRATA_WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Tenants reconciled in parallel.
+    #[arg(long, env = "STRATA_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: u16,
+    /// Hold a Lease before reconciling, so only one replica acts.
+    #[arg(long, env = "STRATA_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Namespace of the leader Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, env = "STRATA_LEASE_NAME", default_value = "strata-operator")]
+    pub lease_name: String,
+    /// This replica's identity in the Lease and Events (default: hostname-pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ApplyArgs {
+    /// Tenant manifest (YAML).
+    #[arg(short = 'f', long = "filename")]
+    pub file: PathBuf,
+    /// Where Secrets are written (as 0600 JSON files).
+    #[arg(long, env = "STRATA_STATE_DIR", default_value = ".strata-state")]
+    pub state_dir: PathBuf,
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+}
+
+impl DatabaseArgs {
+    pub fn settings(&self) -> crate::provision::ProvisionSettings {
+        crate::provision::ProvisionSettings {
+            default_cluster_url: self.database_url.clone(),
+            api_base_url: self.api_base_url.clone(),
+            invite_ttl_hours: self.invite_ttl_hours,
+            fault_after: self.fault_after_step,
+        }
+    }
+}
+
+impl RunArgs {
+    pub fn identity(&self) -> String {
+        self.identity.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_else(|_| "local".into());
+            format!("{}-{}", host.trim(), std::process::id())
+        })
+    }
+}

@@ -1,0 +1,308 @@
+//! The Tenant controller: reconcile, error policy and the run loop
+//! (in the shape of kube-rs' controller-rs).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use strata_api::{Tenant, TenantPhase, TenantStatus};
+use strata_db::{Catalog, TenantState};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::cluster::Clusters;
+use crate::conditions;
+use crate::host::{EventKind, KubeHost, TenantHost};
+use crate::metrics::Metrics;
+use crate::provision::{self, Failure, ProvisionSettings, Provisioner, TenantInput};
+
+pub const FINALIZER: &str = "strata.dev/tenant-cleanup";
+
+/// How often a Ready tenant is checked again for drift.
+const RESYNC: Duration = Duration::from_secs(600);
+/// How often a tenant that needs a human (conflict, changed migration) is looked at.
+const STUCK_RESYNC: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Provision(#[from] Failure),
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("catalog: {0}")]
+    Catalog(#[from] sqlx::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("Tenant has no namespace or uid")]
+    Incomplete,
+}
+
+/// Capped exponential backoff per object, reset on success.
+#[derive(Default)]
+pub struct Backoff {
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Backoff {
+    pub const BASE: Duration = Duration::from_secs(1);
+    pub const CAP: Duration = Duration::from_secs(300);
+
+    pub fn next(&self, key: &str) -> Duration {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        let exp = Self::BASE.saturating_mul(1u32 << (*n - 1).min(16));
+        let capped = exp.min(Self::CAP);
+        // ±10% jitter so many failing tenants do not retry in lockstep.
+        let jitter = 0.9 + rand::random::<f64>() * 0.2;
+        capped.mul_f64(jitter)
+    }
+
+    pub fn reset(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+}
+
+/// Shared state of the controller.
+pub struct Context {
+    pub client: Client,
+    pub catalog: Catalog,
+    pub clusters: Clusters,
+    pub settings: ProvisionSettings,
+    pub reporter: Reporter,
+    pub metrics: Metrics,
+    pub backoff: Backoff,
+}
+
+fn input(tenant: &Tenant) -> Result<TenantInput, Error> {
+    let uid = tenant.uid().ok_or(Error::Incomplete)?;
+    Ok(TenantInput {
+        id: Uuid::parse_str(&uid).map_err(|_| Error::Incomplete)?,
+        name: tenant.name_any(),
+        namespace: tenant.namespace().ok_or(Error::Incomplete)?,
+        spec: tenant.spec.clone(),
+    })
+}
+
+pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let ns = tenant.namespace().ok_or(Error::Incomplete)?;
+    let api: Api<Tenant> = Api::namespaced(ctx.client.clone(), &ns);
+    let span = tracing::info_span!("reconcile", tenant = %tenant.name_any(), namespace = %ns);
+    let result = finalizer(&api, FINALIZER, tenant, |event| async {
+        match event {
+            Finalizer::Apply(t) => apply(t, &ctx).await,
+            Finalizer::Cleanup(t) => cleanup(t, &ctx).await,
+        }
+    })
+    .map(|r| {
+        r.map_err(|e| match e {
+            kube::runtime::finalizer::Error::ApplyFailed(e)
+            | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+            other => Error::Finalizer(Box::new(other)),
+        })
+    })
+    .instrument(span)
+    .await;
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+fn host_for(tenant: &Tenant, ctx: &Context) -> KubeHost {
+    let ns = tenant.namespace().unwrap_or_default();
+    KubeHost {
+        secrets: Api::<Secret>::namespaced(ctx.client.clone(), &ns),
+        tenant: tenant.clone(),
+        recorder: Recorder::new(ctx.client.clone(), ctx.reporter.clone()),
+    }
+}
+
+async fn write_status(
+    api: &Api<Tenant>,
+    name: &str,
+    status: &TenantStatus,
+) -> Result<(), kube::Error> {
+    let patch = json!({
+        "apiVersion": "strata.dev/v1alpha1",
+        "kind": "Tenant",
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(crate::FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn apply(tenant: Arc<Tenant>, ctx: &Context) -> Result<Action, Error> {
+    let input = input(&tenant)?;
+    let api: Api<Tenant> = Api::namespaced(ctx.client.clone(), &input.namespace);
+    let host = host_for(&tenant, ctx);
+    let generation = tenant.metadata.generation;
+    let previous = tenant.status.as_ref();
+
+    if tenant.spec.suspend {
+        ctx.catalog
+            .set_state(input.id, TenantState::Suspended)
+            .await?;
+        if previous.and_then(|s| s.phase) != Some(TenantPhase::Suspended) {
+            host.event(
+                EventKind::Normal,
+                "Suspended",
+                "Suspend",
+                "Reconciliation suspended".into(),
+            )
+            .await;
+        }
+        write_status(
+            &api,
+            &input.name,
+            &conditions::suspended(previous, generation),
+        )
+        .await?;
+        ctx.metrics.outcome("suspended");
+        return Ok(Action::await_change());
+    }
+
+    let result =
+        match provision::resolve_cluster(&ctx.clusters, &ctx.settings, &input.spec, &host).await {
+            Ok(cluster) => {
+                Provisioner {
+                    settings: &ctx.settings,
+                    catalog: &ctx.catalog,
+                    cluster: &cluster,
+                    host: &host,
+                }
+                .provision(&input)
+                .await
+            }
+            Err(f) => Err(f),
+        };
+    if let Err(f) = &result
+        && f.is_injected()
+    {
+        // Behave like a crash: nothing more is written.
+        return Err(Error::Provision(f.clone()));
+    }
+    let status = conditions::status_after(previous, generation, &input.id.to_string(), &result);
+    write_status(&api, &input.name, &status).await?;
+    match result {
+        Ok(_) => {
+            if previous.and_then(|s| s.phase) != Some(TenantPhase::Ready) {
+                host.event(
+                    EventKind::Normal,
+                    "Ready",
+                    "Provision",
+                    "Tenant is ready".into(),
+                )
+                .await;
+            }
+            ctx.backoff.reset(&input.id.to_string());
+            ctx.metrics.outcome("ready");
+            Ok(Action::requeue(RESYNC))
+        }
+        Err(f) => {
+            host.event(EventKind::Warning, f.reason, "Provision", f.to_string())
+                .await;
+            tracing::warn!(step = %f.step, reason = f.reason, message = %f.message, "provisioning failed");
+            if f.retryable {
+                ctx.metrics.outcome("retry");
+                Err(Error::Provision(f))
+            } else {
+                if let Err(e) = ctx.catalog.set_state(input.id, TenantState::Failed).await {
+                    tracing::debug!(error = %e, "cannot mark tenant failed in catalog");
+                }
+                ctx.metrics.outcome("failed");
+                Ok(Action::requeue(STUCK_RESYNC))
+            }
+        }
+    }
+}
+
+async fn cleanup(tenant: Arc<Tenant>, ctx: &Context) -> Result<Action, Error> {
+    let input = input(&tenant)?;
+    let host = host_for(&tenant, ctx);
+    let policy = tenant.spec.deletion_policy;
+    let cluster =
+        match provision::resolve_cluster(&ctx.clusters, &ctx.settings, &input.spec, &host).await {
+            Ok(c) => c,
+            Err(f) => {
+                host.event(EventKind::Warning, f.reason, "Delete", f.to_string())
+                    .await;
+                return Err(f.into());
+            }
+        };
+    if let Err(f) = provision::release(&ctx.catalog, &cluster, input.id, policy).await {
+        host.event(EventKind::Warning, f.reason, "Delete", f.to_string())
+            .await;
+        return Err(f.into());
+    }
+    let note = match policy {
+        strata_api::DeletionPolicy::Retain => "Database retained; catalog entry detached",
+        strata_api::DeletionPolicy::Delete => "Database, role and catalog entry deleted",
+    };
+    host.event(EventKind::Normal, "Released", "Delete", note.into())
+        .await;
+    ctx.backoff.reset(&input.id.to_string());
+    ctx.metrics.outcome("deleted");
+    Ok(Action::await_change())
+}
+
+pub fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.backoff.next(&tenant.uid().unwrap_or_default());
+    tracing::warn!(tenant = %tenant.name_any(), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Runs the Tenant controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<&str>,
+    concurrency: u16,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let (tenants, secrets): (Api<Tenant>, Api<Secret>) = match namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client, ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=strata-operator");
+    Controller::new(tenants, watcher::Config::default().any_semantic())
+        .owns(secrets, owned)
+        .with_config(controller::Config::default().concurrency(concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile error");
+            }
+        })
+        .await;
+}
+
+/// The reporter that names this controller in Events.
+pub fn reporter(identity: &str) -> Reporter {
+    Reporter {
+        controller: "strata-operator".into(),
+        instance: Some(identity.into()),
+    }
+}

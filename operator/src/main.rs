@@ -1,0 +1,120 @@
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+use futures::FutureExt;
+use kube::Client;
+use prometheus_client::registry::Registry;
+use strata_operator::config::{Cli, Command, RunArgs};
+use strata_operator::controller::{self, Backoff, Context};
+use strata_operator::{cluster::Clusters, leader::LeaderElector, metrics::Metrics};
+use strata_servicekit::{ReadinessCheck, probe_router, shutdown_signal};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    cli.log.init();
+    match cli.command {
+        Some(Command::Apply(args)) => strata_operator::offline::apply(&args).await,
+        Some(Command::Run) | None => run(cli.run).await,
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let db = args
+        .db
+        .clone()
+        .context("--database-url (STRATA_DATABASE_URL) is required")?;
+    let identity = args.identity();
+    let catalog = strata_operator::platform::open(&db.database_url, &db.platform_database)
+        .await
+        .context("opening the platform catalog")?;
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let ready_pool = catalog.pool().clone();
+    let readiness: ReadinessCheck = Arc::new(move || {
+        let pool = ready_pool.clone();
+        async move {
+            sqlx::query("SELECT 1")
+                .execute(&pool)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("catalog: {e}"))
+        }
+        .boxed()
+    });
+    let shutdown = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind(args.probe_addr)
+        .await
+        .with_context(|| format!("binding {}", args.probe_addr))?;
+    tracing::info!(addr = %args.probe_addr, "serving /healthz, /readyz, /metrics");
+    let probes = tokio::spawn(
+        axum::serve(listener, probe_router(Arc::new(registry), readiness))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future(),
+    );
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            shutdown.cancel();
+        });
+    }
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        catalog,
+        clusters: Clusters::default(),
+        settings: db.settings(),
+        reporter: controller::reporter(&identity),
+        metrics: metrics.clone(),
+        backoff: Backoff::default(),
+    });
+
+    let elector = args.leader_election.then(|| {
+        let leases = kube::Api::namespaced(client.clone(), &args.lease_namespace);
+        LeaderElector::new(leases, &args.lease_name, &identity)
+    });
+    if let Some(elector) = &elector {
+        tokio::select! {
+            () = elector.acquire() => {}
+            () = shutdown.cancelled() => {
+                probes.await??;
+                return Ok(());
+            }
+        }
+    }
+    metrics.leader.set(1);
+    tracing::info!(namespace = ?args.namespace, concurrency = args.concurrency, "starting tenant controller");
+    let controller = controller::run(
+        ctx,
+        args.namespace.as_deref(),
+        args.concurrency,
+        shutdown.clone().cancelled_owned(),
+    );
+    let lost = match &elector {
+        Some(e) => e.hold().left_future(),
+        None => std::future::pending().right_future(),
+    };
+    let mut result = Ok(());
+    tokio::select! {
+        () = controller => {}
+        () = lost => {
+            result = Err(anyhow::anyhow!("lost leadership; exiting so a fresh replica can take over"));
+            shutdown.cancel();
+        }
+    }
+    metrics.leader.set(0);
+    if let Some(e) = &elector {
+        e.release().await;
+    }
+    shutdown.cancel();
+    probes.await??;
+    tracing::info!("stopped");
+    result
+}

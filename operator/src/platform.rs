@@ -1,0 +1,49 @@
+//! The platform database that holds the catalog: created on the default
+//! cluster if missing, then migrated.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use strata_db::{Catalog, Ident, migrations};
+
+/// Connects to (creating if needed) the platform database and migrates it.
+pub async fn open(admin_url: &str, database: &str) -> anyhow::Result<Catalog> {
+    let db = Ident::new(database)?;
+    let admin = PgConnectOptions::from_str(admin_url)?;
+    let admin_pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(admin.clone())
+        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(db.as_str())
+            .fetch_one(&admin_pool)
+            .await?;
+    if !exists {
+        match sqlx::query(&format!("CREATE DATABASE {}", db.quoted()))
+            .execute(&admin_pool)
+            .await
+        {
+            Ok(_) => tracing::info!(database = %db, "created platform database"),
+            // Another replica created it first.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    admin_pool.close().await;
+    let pool: PgPool = PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(
+            admin
+                .database(db.as_str())
+                .application_name("strata-operator"),
+        )
+        .await?;
+    let version = migrations::run(&migrations::PLATFORM, &pool).await?;
+    tracing::info!(database = %db, schema_version = version, "platform catalog ready");
+    Ok(Catalog::new(pool))
+}

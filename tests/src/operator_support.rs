@@ -1,0 +1,114 @@
+//! Runs the Tenant controller in-process for one test: scoped to the test's
+//! namespace, with a platform catalog of its own, so tests run in parallel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::Api;
+use prometheus_client::registry::Registry;
+use strata_api::{Tenant, TenantStatus};
+use strata_db::Catalog;
+use strata_operator::cluster::Clusters;
+use strata_operator::controller::{self, Backoff, Context};
+use strata_operator::metrics::Metrics;
+use strata_operator::provision::{ProvisionSettings, Step};
+use tokio_util::sync::CancellationToken;
+
+use crate::{TestDb, env};
+
+/// Provisioning settings for the stack's default cluster.
+pub fn settings(fault_after: Option<Step>) -> ProvisionSettings {
+    ProvisionSettings {
+        default_cluster_url: env("STRATA_DATABASE_URL"),
+        api_base_url: Some("http://127.0.0.1:8080".into()),
+        invite_ttl_hours: 168,
+        fault_after,
+    }
+}
+
+/// A fresh, migrated platform catalog.
+pub async fn test_catalog() -> (TestDb, Catalog) {
+    let db = TestDb::new().await;
+    strata_db::migrations::run(&strata_db::migrations::PLATFORM, &db.pool)
+        .await
+        .expect("platform migrations");
+    let catalog = Catalog::new(db.pool.clone());
+    (db, catalog)
+}
+
+/// A running controller; stops when dropped.
+pub struct OperatorHarness {
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl OperatorHarness {
+    pub async fn start(client: kube::Client, namespace: &str, catalog: Catalog) -> Self {
+        let mut registry = Registry::default();
+        let ctx = Arc::new(Context {
+            client,
+            catalog,
+            clusters: Clusters::default(),
+            settings: settings(None),
+            reporter: controller::reporter("test-operator"),
+            metrics: Metrics::register(&mut registry),
+            backoff: Backoff::default(),
+        });
+        let stop = CancellationToken::new();
+        let ns = namespace.to_string();
+        let shutdown = stop.clone().cancelled_owned();
+        let task = tokio::spawn(async move { controller::run(ctx, Some(&ns), 4, shutdown).await });
+        Self {
+            stop,
+            task: Some(task),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for OperatorHarness {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Waits until `check` holds for the Tenant's status, or panics with the last one.
+pub async fn wait_for_status(
+    api: &Api<Tenant>,
+    name: &str,
+    timeout: Duration,
+    check: impl Fn(&TenantStatus) -> bool,
+) -> Tenant {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = None;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(t) = api.get(name).await {
+            if t.status.as_ref().is_some_and(&check) {
+                return t;
+            }
+            last = Some(t);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!(
+        "timed out waiting for tenant {name}; last seen: {:#?}",
+        last.map(|t| t.status)
+    );
+}
+
+/// Whether a condition of the status has this status and reason.
+pub fn has_condition(
+    status: &TenantStatus,
+    type_: &str,
+    state: strata_api::ConditionStatus,
+    reason: Option<&str>,
+) -> bool {
+    strata_api::condition::find(&status.conditions, type_)
+        .is_some_and(|c| c.status == state && reason.is_none_or(|r| c.reason == r))
+}
