@@ -13,6 +13,7 @@ use strata_servicekit::shutdown_signal;
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     config.log.init();
+    strata_servicekit::install_crypto_provider();
     // Lazy: the process starts (and /healthz answers) while the database is
     // still coming up; /readyz reports it until then.
     let catalog = PgPoolOptions::new()

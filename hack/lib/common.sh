@@ -75,6 +75,9 @@ pid_alive() {
 	[[ $actual == "${comm:0:15}" ]]
 }
 
+# pid_gone PID: true once PID no longer exists at all (not even as a zombie).
+pid_gone() { ! kill -0 "$1" 2>/dev/null; }
+
 # start_bg LOGFILE PIDFILE CMD [ARGS...]
 # Start CMD detached from our session (setsid) so that Ctrl-C on the terminal
 # that ran `up`, or the end of the calling shell, does not take the service
@@ -84,6 +87,8 @@ pid_alive() {
 start_bg() {
 	local logfile=$1 pidfile=$2
 	shift 2
+	# Logs are appended across restarts; a banner separates the runs.
+	printf '\n==== %s hack/stack.sh starting: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >>"$logfile"
 	setsid "$@" >>"$logfile" 2>&1 </dev/null &
 	echo $! >"$pidfile"
 }

@@ -240,7 +240,8 @@ garage_up() {
 	done
 	garage_write_config
 	log "garage: starting $GARAGE_VERSION, S3 on 127.0.0.1:$S3_PORT (log: $GARAGE_LOG)"
-	RUST_LOG=${STRATA_GARAGE_LOG:-garage=info} start_bg "$GARAGE_LOG" "$GARAGE_PIDFILE" \
+	# NO_COLOR: garage colours its log even when writing to a file.
+	NO_COLOR=1 RUST_LOG=${STRATA_GARAGE_LOG:-garage=info} start_bg "$GARAGE_LOG" "$GARAGE_PIDFILE" \
 		"$GARAGE_BIN" -c "$GARAGE_CFG" server
 	wait_for "garage RPC" 60 "$(garage_pid)" garage_rpc_ready ||
 		fail_with_log garage "$GARAGE_LOG" "node did not come up"

@@ -229,6 +229,28 @@ pg_verify() {
 	fi
 }
 
+# The postmaster died without removing postmaster.pid (SIGKILL, OOM killer).
+# PostgreSQL refuses to start while the pid recorded there still exists, and
+# a dead postmaster stays a zombie until its adoptive parent reaps it, which
+# in a container can take seconds (or never happen if PID 1 does not reap).
+# Wait for the reaping; if it does not come, move the lock aside -- but only
+# when no old backend is still attached to the old cluster's shared memory,
+# which is the same interlock PostgreSQL itself relies on.
+pg_clear_stale_lock() {
+	local lock=$PG_DATA/postmaster.pid pid shmid
+	[[ -f $lock ]] || return 0
+	pid=$(pg_pid)
+	[[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 0
+	log "postgres: previous postmaster (pid $pid) exited uncleanly; waiting for it to be reaped"
+	wait_for "old postmaster $pid to disappear" 15 "" pid_gone "$pid" && return 0
+	shmid=$(sed -n 7p "$lock" | awk '{print $2}')
+	if [[ -n $shmid ]] && have ipcs && ipcs -m -i "$shmid" 2>/dev/null | grep -q 'nattch=[1-9]'; then
+		die "postgres: old backends are still attached to shared memory segment $shmid of $PG_DATA; stop them first"
+	fi
+	warn "postgres: pid $pid still exists (unreaped zombie / reused pid); moving stale $lock aside"
+	mv -f "$lock" "$lock.stale"
+}
+
 pg_up() {
 	pg_install
 	if pg_running; then
@@ -241,6 +263,7 @@ pg_up() {
 	pg_ensure_os_user
 	pg_check_access
 	pg_init
+	pg_clear_stale_lock
 	pg_write_conf
 	log "postgres: starting on 127.0.0.1:$PG_PORT (log: $PG_LOG)"
 	# -w: pg_ctl returns once the server accepts connections (or failed).

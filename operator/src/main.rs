@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     cli.log.init();
+    strata_servicekit::install_crypto_provider();
     match cli.command {
         Some(Command::Apply(args)) => strata_operator::offline::apply(&args).await,
         Some(Command::Run) | None => run(cli.run).await,

@@ -60,8 +60,10 @@ impl TestNamespace {
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        let (client, name) = (self.client.clone(), self.name.clone());
+        // A client of its own: the test's client is bound to the test's runtime.
+        let name = self.name.clone();
         cleanup_blocking(async move {
+            let client = admin_client().await;
             let _ = Api::<Namespace>::all(client)
                 .delete(&name, &DeleteParams::background())
                 .await;

@@ -16,6 +16,7 @@ pub use kube_support::{TestNamespace, admin_client, operator_client};
 
 /// Settings of the running stack.
 pub fn env(key: &str) -> String {
+    strata_servicekit::install_crypto_provider();
     try_env(key).unwrap_or_else(|| {
         panic!("{key} is not set and not in .stack/env: run `make stack-up` first")
     })
@@ -113,10 +114,10 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let (pool, admin_url, name) =
-            (self.pool.clone(), self.admin_url.clone(), self.name.clone());
+        // FORCE ends the test's own connections too. The test's pool is bound
+        // to the test's runtime (blocked in this drop), so it is not touched.
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
         cleanup_blocking(async move {
-            pool.close().await;
             if let Ok(admin) = sqlx::PgPool::connect(&admin_url).await {
                 let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                     .execute(&admin)
@@ -232,8 +233,10 @@ impl TestBucket {
 
 impl Drop for TestBucket {
     fn drop(&mut self) {
-        let (client, bucket) = (self.client.clone(), self.name.clone());
+        // A client of its own: the test's client is bound to the test's runtime.
+        let bucket = self.name.clone();
         cleanup_blocking(async move {
+            let client = s3_client().await;
             if let Ok(list) = client.list_objects_v2().bucket(&bucket).send().await {
                 for obj in list.contents() {
                     if let Some(key) = obj.key() {
