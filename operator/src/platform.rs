@@ -33,6 +33,13 @@ pub async fn open(admin_url: &str, database: &str) -> anyhow::Result<Catalog> {
             Err(e) => return Err(e.into()),
         }
     }
+    // Tenant roles log in to the same cluster: they must not reach the catalog.
+    sqlx::query(&format!(
+        "REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC",
+        db.quoted()
+    ))
+    .execute(&admin_pool)
+    .await?;
     admin_pool.close().await;
     let pool: PgPool = PgPoolOptions::new()
         .max_connections(8)

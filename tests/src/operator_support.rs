@@ -26,13 +26,12 @@ pub fn settings(fault_after: Option<Step>) -> ProvisionSettings {
     }
 }
 
-/// A fresh, migrated platform catalog.
+/// A fresh platform catalog, opened the way the operator opens it.
 pub async fn test_catalog() -> (TestDb, Catalog) {
     let db = TestDb::new().await;
-    strata_db::migrations::run(&strata_db::migrations::PLATFORM, &db.pool)
+    let catalog = strata_operator::platform::open(&env("STRATA_DATABASE_URL"), &db.name)
         .await
-        .expect("platform migrations");
-    let catalog = Catalog::new(db.pool.clone());
+        .expect("open platform catalog");
     (db, catalog)
 }
 
