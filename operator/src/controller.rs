@@ -11,7 +11,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::watcher;
+use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use strata_api::{Tenant, TenantPhase, TenantStatus};
@@ -286,7 +286,19 @@ pub async fn run(
         None => (Api::all(client.clone()), Api::all(client)),
     };
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=strata-operator");
-    Controller::new(tenants, watcher::Config::default().any_semantic())
+    // Reconcile on spec (generation) and finalizer changes only: our own status
+    // writes would otherwise trigger a full pass per tenant for nothing. Deletion
+    // bumps the generation, so cleanup still starts. Drift is caught by RESYNC.
+    let (reader, writer) = reflector::store();
+    let tenants = watcher(tenants, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation.combine(predicates::finalizers),
+            Default::default(),
+        );
+    Controller::for_stream(tenants, reader)
         .owns(secrets, owned)
         .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)

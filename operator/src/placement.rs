@@ -194,12 +194,18 @@ impl DatabasePerTenant<'_> {
                 .max_connections(1)
                 .connect_with(options)
                 .await?;
-            sqlx::query("CREATE EXTENSION IF NOT EXISTS citus")
-                .execute(&worker)
+            // Once the worker holds Citus metadata it refuses DDL, even
+            // `IF NOT EXISTS`: create only what is missing.
+            let present: Vec<String> = sqlx::query_scalar("SELECT extname::text FROM pg_extension")
+                .fetch_all(&worker)
                 .await?;
-            sqlx::query("CREATE EXTENSION IF NOT EXISTS vector")
-                .execute(&worker)
-                .await?;
+            for extension in ["citus", "vector"] {
+                if !present.iter().any(|e| e == extension) {
+                    sqlx::query(&format!("CREATE EXTENSION {extension}"))
+                        .execute(&worker)
+                        .await?;
+                }
+            }
             worker.close().await;
         }
         // Coordinator host and workers registered in the tenant database.

@@ -1,0 +1,138 @@
+//! The Citus path of provisioning, against a real Citus coordinator given by
+//! `STRATA_CITUS_URL` (an admin URL of a coordinator with at least one worker).
+//! Citus is not in any package registry, so this test is ignored by default;
+//! run it with `STRATA_CITUS_URL=... cargo test -p strata-tests --test citus -- --ignored`.
+
+use sqlx::PgPool;
+use strata_api::TenantSpec;
+use strata_operator::cluster::Clusters;
+use strata_operator::host::LocalHost;
+use strata_operator::placement::TenantNames;
+use strata_operator::provision::{self, Provisioner, TenantInput};
+use strata_tests::operator_support::{settings, test_catalog};
+use strata_tests::{unique, with_database};
+use uuid::Uuid;
+
+#[tokio::test]
+#[ignore = "needs STRATA_CITUS_URL: a Citus coordinator with a worker"]
+async fn provisioning_on_citus_distributes_and_colocates_tenant_tables() {
+    let citus_url = std::env::var("STRATA_CITUS_URL").expect("STRATA_CITUS_URL");
+    let (_catalog_db, catalog) = test_catalog().await;
+    let mut settings = settings(None);
+    settings.default_cluster_url = citus_url.clone();
+    let spec: TenantSpec = serde_json::from_value(
+        serde_json::json!({"displayName": "Citus", "adminEmail": "c@citus.example"}),
+    )
+    .expect("spec");
+    let t = TenantInput {
+        id: Uuid::new_v4(),
+        name: unique("citus-"),
+        namespace: "citus".into(),
+        spec,
+    };
+    let host = LocalHost {
+        dir: std::env::temp_dir().join(&t.name),
+    };
+    let clusters = Clusters::default();
+    let cluster = provision::resolve_cluster(&clusters, &settings, &t.spec, &host)
+        .await
+        .expect("cluster");
+    let provisioner = Provisioner {
+        settings: &settings,
+        catalog: &catalog,
+        cluster: &cluster,
+        host: &host,
+    };
+    provisioner
+        .provision(&t)
+        .await
+        .unwrap_or_else(|f| panic!("first run: {f}"));
+    // Idempotent on Citus too.
+    provisioner
+        .provision(&t)
+        .await
+        .unwrap_or_else(|f| panic!("second run: {f}"));
+
+    let names = TenantNames::for_tenant(t.id);
+    let db = PgPool::connect(&with_database(&citus_url, names.database.as_str()))
+        .await
+        .expect("tenant db");
+    let tables: Vec<(String, String, i32)> = sqlx::query_as(
+        "SELECT logicalrelid::text, partmethod::text, colocationid FROM pg_dist_partition ORDER BY 1",
+    )
+    .fetch_all(&db)
+    .await
+    .expect("pg_dist_partition");
+    let method = |name: &str| {
+        tables
+            .iter()
+            .find(|(t, _, _)| t == name)
+            .map(|(_, m, c)| (m.clone(), *c))
+    };
+    let (docs_method, docs_coloc) = method("documents").expect("documents is distributed");
+    let (emb_method, emb_coloc) = method("embeddings").expect("embeddings is distributed");
+    assert_eq!(docs_method, "h");
+    assert_eq!(emb_method, "h");
+    assert_eq!(
+        docs_coloc, emb_coloc,
+        "documents and embeddings are colocated"
+    );
+    for reference in ["roles", "config", "collections"] {
+        assert_eq!(
+            method(reference).map(|m| m.0).as_deref(),
+            Some("n"),
+            "{reference} is a reference table"
+        );
+    }
+    let workers: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_dist_node WHERE groupid <> 0")
+        .fetch_one(&db)
+        .await
+        .expect("nodes");
+    assert!(workers >= 1, "workers registered in the tenant database");
+    let roles: i64 = sqlx::query_scalar("SELECT count(*) FROM roles")
+        .fetch_one(&db)
+        .await
+        .expect("roles");
+    assert_eq!(roles, 4);
+    db.close().await;
+
+    // The tenant's own credentials write and read through the coordinator.
+    let creds: std::collections::BTreeMap<String, String> = serde_json::from_slice(
+        &std::fs::read(host.dir.join(format!("{}-database.json", t.name))).expect("credentials"),
+    )
+    .expect("json");
+    let tenant = PgPool::connect(&creds["url"])
+        .await
+        .expect("tenant credentials connect");
+    let collection: Uuid =
+        sqlx::query_scalar("INSERT INTO collections (name) VALUES ('notes') RETURNING id")
+            .fetch_one(&tenant)
+            .await
+            .expect("insert collection");
+    sqlx::query("INSERT INTO documents (collection_id, id, data) VALUES ($1, 'n1', '{\"x\": 1}')")
+        .bind(collection)
+        .execute(&tenant)
+        .await
+        .expect("insert distributed row");
+    let x: i64 = sqlx::query_scalar(
+        "SELECT (data->>'x')::bigint FROM documents WHERE collection_id = $1 AND id = 'n1'",
+    )
+    .bind(collection)
+    .fetch_one(&tenant)
+    .await
+    .expect("read distributed row");
+    assert_eq!(x, 1);
+    tenant.close().await;
+
+    provision::release(&catalog, &cluster, t.id, strata_api::DeletionPolicy::Delete)
+        .await
+        .unwrap_or_else(|f| panic!("release: {f}"));
+    let admin = PgPool::connect(&citus_url).await.expect("admin");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+        .bind(names.database.as_str())
+        .fetch_one(&admin)
+        .await
+        .expect("query");
+    assert_eq!(left, 0, "database dropped on the coordinator");
+    let _ = std::fs::remove_dir_all(&host.dir);
+}
