@@ -48,9 +48,10 @@ test: stack-up lint sqlx-check ## Run every check and test against the real serv
 	source $(ENV) && $(CARGO) test --workspace --no-fail-fast
 
 .PHONY: lint
-lint: ## cargo fmt --check and clippy with warnings denied
+lint: ## cargo fmt --check, clippy with warnings denied, chart consistency
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	charts/check.sh
 
 .PHONY: crds
 crds: ## Regenerate crds/ from the Rust types

@@ -7,7 +7,8 @@
 #   3. when `helm` is on PATH: `helm lint`, renders with several value sets,
 #      renders that must fail, and `helm template | kubectl apply
 #      --dry-run=client -f -` (needs a reachable API server: the current
-#      kubeconfig, else the local stack's from `make stack-up`).
+#      kubeconfig, else the local stack's from `make stack-up`). Renders for
+#      Kubernetes $STRATA_CHECK_KUBE_VERSION (default 1.34.0).
 #      Without helm, says so and skips only this part.
 #
 # Usage: charts/check.sh            (from anywhere)
@@ -126,7 +127,9 @@ helm lint "$CHART" >"$TMP/lint.out" 2>&1 || { cat "$TMP/lint.out" >&2; fail "hel
 helm lint --strict "$CHART" >"$TMP/lint-strict.out" 2>&1 || { cat "$TMP/lint-strict.out" >&2; fail "helm lint --strict $CHART"; }
 echo "   ok  helm lint (and --strict)"
 
-render() { helm template strata "$CHART" --namespace strata "$@"; }
+# `helm template` assumes Kubernetes 1.20 unless told, below the chart's kubeVersion.
+KUBE_VERSION=${STRATA_CHECK_KUBE_VERSION:-1.34.0}
+render() { helm template strata "$CHART" --namespace strata --kube-version "$KUBE_VERSION" "$@"; }
 
 # Value sets that must render.
 render >"$TMP/default.yaml"

@@ -353,6 +353,14 @@ async fn delete_policy_drops_database_role_and_catalog_entry() {
     let uid = t.metadata.uid.expect("uid");
     let names = TenantNames::for_tenant(Uuid::parse_str(&uid).expect("uid"));
     // A pool holding a connection must not block the drop (WITH (FORCE)).
+    let owned: Api<Secret> = ns.api();
+    let before = owned
+        .list(&ListParams::default().labels("strata.dev/tenant=doomed"))
+        .await
+        .expect("list secrets")
+        .items
+        .len();
+    assert_eq!(before, 2, "credentials and invitation Secrets");
     let holder = tenant_db(&uid).await;
     sqlx::query("SELECT 1")
         .execute(&holder)
@@ -390,6 +398,22 @@ async fn delete_policy_drops_database_role_and_catalog_entry() {
         .await,
         0
     );
+    // The Secrets it owned are garbage-collected by the API server's GC.
+    let secrets: Api<Secret> = ns.api();
+    let mut left = usize::MAX;
+    for _ in 0..60 {
+        left = secrets
+            .list(&ListParams::default().labels("strata.dev/tenant=doomed"))
+            .await
+            .expect("list secrets")
+            .items
+            .len();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(left, 0, "owned Secrets are deleted with their Tenant");
     operator.stop().await;
 }
 
