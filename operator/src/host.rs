@@ -48,6 +48,9 @@ pub trait TenantHost: Send + Sync {
     async fn write_secret(&self, name: &str, data: SecretData) -> Result<(), HostError>;
     /// Reports a step or failure to whoever watches the tenant.
     async fn event(&self, kind: EventKind, reason: &str, action: &str, note: String);
+    /// A provisioning step finished (changed or not). Kubernetes has
+    /// conditions for this, so by default nothing is reported.
+    async fn step_done(&self, _step: crate::provision::Step) {}
 }
 
 /// Secrets and Events through the Kubernetes API.
@@ -169,5 +172,9 @@ impl TenantHost for LocalHost {
             EventKind::Warning => "FAIL",
         };
         println!("{mark} {reason:<22} {note}");
+    }
+
+    async fn step_done(&self, step: crate::provision::Step) {
+        println!("     step {step:<17} done");
     }
 }

@@ -232,7 +232,10 @@ pub struct Provisioner<'a> {
 }
 
 impl Provisioner<'_> {
-    fn fault(&self, step: Step) -> Result<(), Failure> {
+    /// Marks a step done: reports it to the host, then fires the injected
+    /// fault if this is the step to crash after.
+    async fn done(&self, step: Step) -> Result<(), Failure> {
+        self.host.step_done(step).await;
         if self.settings.fault_after == Some(step) {
             return Err(Failure::new(
                 step,
@@ -249,7 +252,7 @@ impl Provisioner<'_> {
             cluster: self.cluster,
         };
         let names = placement.names(t.id);
-        self.fault(Step::Cluster)?;
+        self.done(Step::Cluster).await?;
 
         // 1. Catalog entry first: a database we create is always recorded.
         let record = TenantRecord {
@@ -271,7 +274,7 @@ impl Provisioner<'_> {
             }
             CatalogError::Db(e) => Failure::new(Step::Catalog, "CatalogUnavailable", e, true),
         })?;
-        self.fault(Step::Catalog)?;
+        self.done(Step::Catalog).await?;
 
         // 2. Credentials: the Secret is the source of truth for the password.
         let secret_name = credentials_secret_name(&t.name);
@@ -306,7 +309,7 @@ impl Provisioner<'_> {
             .write_secret(&secret_name, data)
             .await
             .map_err(|e| Failure::new(Step::Credentials, "SecretUnavailable", e, true))?;
-        self.fault(Step::Credentials)?;
+        self.done(Step::Credentials).await?;
 
         // 3. Role, 4. database, 5. extensions.
         let placement_failure = |step: Step| {
@@ -339,7 +342,7 @@ impl Provisioner<'_> {
                 )
                 .await;
         }
-        self.fault(Step::Role)?;
+        self.done(Step::Role).await?;
         if placement
             .ensure_database(t.id)
             .await
@@ -355,7 +358,7 @@ impl Provisioner<'_> {
                 )
                 .await;
         }
-        self.fault(Step::Database)?;
+        self.done(Step::Database).await?;
         let extensions = placement
             .ensure_extensions(t.id)
             .await
@@ -363,7 +366,7 @@ impl Provisioner<'_> {
                 PlacementError::Db(e) => Failure::new(Step::Extensions, "ExtensionFailed", e, true),
                 other => placement_failure(Step::Extensions)(other),
             })?;
-        self.fault(Step::Extensions)?;
+        self.done(Step::Extensions).await?;
 
         // 6. Migrations, as the tenant's role.
         let pool = placement
@@ -494,7 +497,7 @@ impl Provisioner<'_> {
         ] {
             audit::record(pool, &event).await.map_err(audit_failure)?;
         }
-        self.fault(Step::Migrate)?;
+        self.done(Step::Migrate).await?;
 
         // 7. Seeds.
         let applied = seed::apply(pool)
@@ -525,7 +528,7 @@ impl Provisioner<'_> {
         )
         .await
         .map_err(|e| Failure::new(Step::Seed, "AuditFailed", e, true))?;
-        self.fault(Step::Seed)?;
+        self.done(Step::Seed).await?;
 
         // 8. Admin invitation: token in a Secret first, then its hash + outbox.
         let secret_name = invite_secret_name(&t.name);
@@ -594,7 +597,7 @@ impl Provisioner<'_> {
             }
             InviteState::Accepted => {}
         }
-        self.fault(Step::Invite)?;
+        self.done(Step::Invite).await?;
         Ok((schema_version, state))
     }
 }

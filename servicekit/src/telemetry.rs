@@ -18,12 +18,17 @@ pub struct LogArgs {
     #[arg(long, env = "STRATA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// Log filter in `tracing` EnvFilter syntax, e.g. `info,strata_operator=debug`.
-    #[arg(long, env = "STRATA_LOG", default_value = "info")]
+    #[arg(
+        long,
+        env = "STRATA_LOG",
+        default_value = "info,sqlx::postgres::notice=warn"
+    )]
     pub log: String,
 }
 
 impl LogArgs {
     /// Installs the global subscriber. Call once, first thing in `main`.
+    /// Logs go to stderr, so command output on stdout stays clean.
     pub fn init(&self) {
         let filter = EnvFilter::try_new(&self.log).unwrap_or_else(|e| {
             eprintln!("invalid --log filter {:?} ({e}); using `info`", self.log);
@@ -31,11 +36,14 @@ impl LogArgs {
         });
         let registry = tracing_subscriber::registry().with(filter);
         match self.log_format {
-            LogFormat::Text => registry.with(fmt::layer().with_target(true)).init(),
+            LogFormat::Text => registry
+                .with(fmt::layer().with_writer(std::io::stderr).with_target(true))
+                .init(),
             LogFormat::Json => registry
                 .with(
                     fmt::layer()
                         .json()
+                        .with_writer(std::io::stderr)
                         .flatten_event(true)
                         .with_current_span(true),
                 )
