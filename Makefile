@@ -45,6 +45,8 @@ build: ## Build the binaries
 
 .PHONY: test
 test: stack-up lint sqlx-check ## Run every check and test against the real services (what CI runs)
+	@# A local operator from `make up` would reconcile the tests' Tenants too.
+	hack/local.sh down
 	source $(ENV) && $(CARGO) test --workspace --no-fail-fast
 
 .PHONY: lint

@@ -101,6 +101,37 @@ pub async fn wait_for_status(
     );
 }
 
+/// Drops a tenant's database and role left behind by a test (Retain policy,
+/// or a test that stops before deletion). Best effort.
+pub async fn drop_tenant_storage(id: uuid::Uuid) {
+    let names = strata_operator::placement::TenantNames::for_tenant(id);
+    let Ok(admin) = sqlx::PgPool::connect(&env("STRATA_DATABASE_URL")).await else {
+        return;
+    };
+    let _ = sqlx::query(&format!(
+        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+        names.database.quoted()
+    ))
+    .execute(&admin)
+    .await;
+    let _ = sqlx::query(&format!("DROP ROLE IF EXISTS {}", names.role.quoted()))
+        .execute(&admin)
+        .await;
+    admin.close().await;
+}
+
+/// Waits until the Tenant is gone (its finalizer released), or panics.
+pub async fn wait_deleted(api: &Api<Tenant>, name: &str, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if api.get_opt(name).await.expect("get tenant").is_none() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("tenant {name} still exists after {timeout:?}: finalizer not released");
+}
+
 /// Whether a condition of the status has this status and reason.
 pub fn has_condition(
     status: &TenantStatus,

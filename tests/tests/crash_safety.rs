@@ -10,7 +10,7 @@ use strata_operator::cluster::Clusters;
 use strata_operator::host::LocalHost;
 use strata_operator::placement::TenantNames;
 use strata_operator::provision::{self, Provisioner, Step, TenantInput};
-use strata_tests::operator_support::{settings, test_catalog};
+use strata_tests::operator_support::{drop_tenant_storage, settings, test_catalog};
 use strata_tests::{env, unique, with_database};
 use uuid::Uuid;
 
@@ -58,22 +58,6 @@ async fn fingerprint(db: &PgPool) -> Vec<(String, i64)> {
         out.push((label.to_string(), n));
     }
     out
-}
-
-async fn cleanup(id: Uuid) {
-    let names = TenantNames::for_tenant(id);
-    let admin = PgPool::connect(&env("STRATA_DATABASE_URL"))
-        .await
-        .expect("admin");
-    let _ = sqlx::query(&format!(
-        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-        names.database.quoted()
-    ))
-    .execute(&admin)
-    .await;
-    let _ = sqlx::query(&format!("DROP ROLE IF EXISTS {}", names.role.quoted()))
-        .execute(&admin)
-        .await;
 }
 
 /// Provisions `t`, optionally failing after `fault`; returns the run's result.
@@ -127,7 +111,7 @@ async fn a_crash_after_any_step_converges_to_the_same_state() {
             .find(|(k, _)| k == "audit_success_distinct")
             .map(|x| x.1)
     );
-    cleanup(reference.id).await;
+    drop_tenant_storage(reference.id).await;
 
     for step in Step::ALL {
         let t = input(&unique("crash-"));
@@ -164,7 +148,7 @@ async fn a_crash_after_any_step_converges_to_the_same_state() {
             .await
             .expect("catalog");
         assert_eq!(state, "ready", "{step}");
-        cleanup(t.id).await;
+        drop_tenant_storage(t.id).await;
     }
     let _ = std::fs::remove_dir_all(state_dir);
 }
@@ -211,7 +195,7 @@ async fn a_changed_applied_migration_stops_the_tenant() {
         .expect("audit");
     assert_eq!(audited, 1, "the failure is audited");
     db.close().await;
-    cleanup(t.id).await;
+    drop_tenant_storage(t.id).await;
     let _ = std::fs::remove_dir_all(state_dir);
 }
 
@@ -238,7 +222,7 @@ async fn concurrent_provisioning_of_many_tenants_shares_the_template() {
         );
     }
     for t in &tenants {
-        cleanup(t.id).await;
+        drop_tenant_storage(t.id).await;
     }
     let _ = std::fs::remove_dir_all(state_dir);
 }

@@ -13,7 +13,8 @@ use sqlx::PgPool;
 use strata_api::{ConditionStatus, Tenant, TenantPhase};
 use strata_operator::placement::TenantNames;
 use strata_tests::operator_support::{
-    OperatorHarness, has_condition, test_catalog, wait_for_status,
+    OperatorHarness, drop_tenant_storage, has_condition, test_catalog, wait_deleted,
+    wait_for_status,
 };
 use strata_tests::{TestNamespace, env, with_database};
 use uuid::Uuid;
@@ -72,17 +73,7 @@ async fn count(pool: &PgPool, sql: &str) -> i64 {
 }
 
 async fn drop_tenant_db(uid: &str) {
-    let names = TenantNames::for_tenant(Uuid::parse_str(uid).expect("uid"));
-    let admin = admin().await;
-    let _ = sqlx::query(&format!(
-        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-        names.database.quoted()
-    ))
-    .execute(&admin)
-    .await;
-    let _ = sqlx::query(&format!("DROP ROLE IF EXISTS {}", names.role.quoted()))
-        .execute(&admin)
-        .await;
+    drop_tenant_storage(Uuid::parse_str(uid).expect("uid")).await;
 }
 
 fn secret_value(secret: &Secret, key: &str) -> String {
@@ -306,16 +297,7 @@ async fn example_tenant_becomes_ready_with_a_provisioned_database() {
         .delete("acme", &DeleteParams::default())
         .await
         .expect("delete");
-    for _ in 0..120 {
-        if tenants.get_opt("acme").await.expect("get").is_none() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert!(
-        tenants.get_opt("acme").await.expect("get").is_none(),
-        "finalizer released"
-    );
+    wait_deleted(&tenants, "acme", Duration::from_secs(30)).await;
     let admin = admin().await;
     assert!(
         database_exists(&admin, names.database.as_str()).await,
@@ -371,16 +353,7 @@ async fn delete_policy_drops_database_role_and_catalog_entry() {
         .delete("doomed", &DeleteParams::default())
         .await
         .expect("delete");
-    for _ in 0..120 {
-        if tenants.get_opt("doomed").await.expect("get").is_none() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert!(
-        tenants.get_opt("doomed").await.expect("get").is_none(),
-        "finalizer released"
-    );
+    wait_deleted(&tenants, "doomed", Duration::from_secs(30)).await;
     let admin = admin().await;
     assert!(
         !database_exists(&admin, names.database.as_str()).await,
