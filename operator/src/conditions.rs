@@ -148,6 +148,17 @@ pub fn status_after(
     status
 }
 
+/// Says on every failing condition when the next attempt is due.
+pub fn note_retry(status: &mut TenantStatus, delay: std::time::Duration) {
+    for c in status
+        .conditions
+        .iter_mut()
+        .filter(|c| c.status == ConditionStatus::False)
+    {
+        c.message = format!("{} (retrying in {}s)", c.message, delay.as_secs().max(1));
+    }
+}
+
 /// Status of a suspended tenant.
 pub fn suspended(previous: Option<&TenantStatus>, generation: Option<i64>) -> TenantStatus {
     let mut status = previous.cloned().unwrap_or_default();

@@ -200,7 +200,15 @@ async fn apply(tenant: Arc<Tenant>, ctx: &Context) -> Result<Action, Error> {
         // Behave like a crash: nothing more is written.
         return Err(Error::Provision(f.clone()));
     }
-    let status = conditions::status_after(previous, generation, &input.id.to_string(), &result);
+    // A retryable failure waits a capped, growing delay; the status says how long.
+    let retry_in = match &result {
+        Err(f) if f.retryable => Some(ctx.backoff.next(&input.id.to_string())),
+        _ => None,
+    };
+    let mut status = conditions::status_after(previous, generation, &input.id.to_string(), &result);
+    if let Some(delay) = retry_in {
+        conditions::note_retry(&mut status, delay);
+    }
     write_status(&api, &input.name, &status).await?;
     match result {
         Ok(_) => {
@@ -221,9 +229,9 @@ async fn apply(tenant: Arc<Tenant>, ctx: &Context) -> Result<Action, Error> {
             host.event(EventKind::Warning, f.reason, "Provision", f.to_string())
                 .await;
             tracing::warn!(step = %f.step, reason = f.reason, message = %f.message, "provisioning failed");
-            if f.retryable {
+            if let Some(delay) = retry_in {
                 ctx.metrics.outcome("retry");
-                Err(Error::Provision(f))
+                Ok(Action::requeue(delay))
             } else {
                 if let Err(e) = ctx.catalog.set_state(input.id, TenantState::Failed).await {
                     tracing::debug!(error = %e, "cannot mark tenant failed in catalog");
@@ -316,5 +324,31 @@ pub fn reporter(identity: &str) -> Reporter {
     Reporter {
         controller: "strata-operator".into(),
         instance: Some(identity.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_resets() {
+        let b = Backoff::default();
+        let delays: Vec<Duration> = (0..12).map(|_| b.next("t")).collect();
+        // ±10% jitter around 1, 2, 4, ... seconds, never above the cap (+10%).
+        assert!(
+            delays[0] >= Duration::from_millis(900) && delays[0] <= Duration::from_millis(1100)
+        );
+        assert!(
+            delays[3] >= Duration::from_millis(7200) && delays[3] <= Duration::from_millis(8800)
+        );
+        assert!(delays.iter().all(|d| *d <= Backoff::CAP.mul_f64(1.1)));
+        assert!(delays[11] >= Backoff::CAP.mul_f64(0.9), "reaches the cap");
+        assert!(b.next("other") <= Duration::from_millis(1100), "per object");
+        b.reset("t");
+        assert!(
+            b.next("t") <= Duration::from_millis(1100),
+            "reset after success"
+        );
     }
 }

@@ -446,6 +446,12 @@ async fn unreachable_cluster_reports_and_recovers_by_itself() {
         Some(TenantPhase::Provisioning),
         "retryable, not failed"
     );
+    let ready = strata_api::condition::find(&status.conditions, "Ready").expect("Ready");
+    assert!(
+        ready.message.contains("retrying in"),
+        "backoff in status: {}",
+        ready.message
+    );
     assert!(has_condition(
         &status,
         "Ready",
