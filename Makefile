@@ -44,16 +44,19 @@ build: ## Build the binaries
 	$(CARGO) build --bins
 
 .PHONY: test
-test: stack-up lint sqlx-check ## Run every check and test against the real services (what CI runs)
+test: stack-up lint chart-check sqlx-check ## Run every check and test against the real services (what CI runs)
 	@# A local operator from `make up` would reconcile the tests' Tenants too.
 	hack/local.sh down
 	source $(ENV) && $(CARGO) test --workspace --no-fail-fast
 
 .PHONY: lint
-lint: ## cargo fmt --check, clippy with warnings denied, chart consistency
+lint: ## cargo fmt --check and clippy with warnings denied
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	charts/check.sh
+
+.PHONY: chart-check
+chart-check: stack-up ## Chart: CRD and RBAC copies in sync, helm lint, render and dry-run apply
+	PATH="$$(hack/tools.sh helm):$$PATH" charts/check.sh
 
 .PHONY: crds
 crds: ## Regenerate crds/ from the Rust types
