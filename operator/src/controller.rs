@@ -246,24 +246,28 @@ async fn apply(tenant: Arc<Tenant>, ctx: &Context) -> Result<Action, Error> {
 async fn cleanup(tenant: Arc<Tenant>, ctx: &Context) -> Result<Action, Error> {
     let input = input(&tenant)?;
     let host = host_for(&tenant, ctx);
-    let policy = tenant.spec.deletion_policy;
-    let cluster =
-        match provision::resolve_cluster(&ctx.clusters, &ctx.settings, &input.spec, &host).await {
-            Ok(c) => c,
-            Err(f) => {
-                host.event(EventKind::Warning, f.reason, "Delete", f.to_string())
-                    .await;
-                return Err(f.into());
+    let released = match tenant.spec.deletion_policy {
+        strata_api::DeletionPolicy::Retain => provision::detach(&ctx.catalog, input.id)
+            .await
+            .map(|()| "Database retained; catalog entry detached"),
+        strata_api::DeletionPolicy::Delete => {
+            match provision::resolve_cluster(&ctx.clusters, &ctx.settings, &input.spec, &host).await
+            {
+                Ok(cluster) => provision::destroy(&ctx.catalog, &cluster, input.id)
+                    .await
+                    .map(|()| "Database, role and catalog entry deleted"),
+                Err(f) => Err(f),
             }
-        };
-    if let Err(f) = provision::release(&ctx.catalog, &cluster, input.id, policy).await {
-        host.event(EventKind::Warning, f.reason, "Delete", f.to_string())
-            .await;
-        return Err(f.into());
-    }
-    let note = match policy {
-        strata_api::DeletionPolicy::Retain => "Database retained; catalog entry detached",
-        strata_api::DeletionPolicy::Delete => "Database, role and catalog entry deleted",
+        }
+    };
+    let note = match released {
+        Ok(note) => note,
+        Err(f) => {
+            // The finalizer stays until the release succeeds: nothing is orphaned.
+            host.event(EventKind::Warning, f.reason, "Delete", f.to_string())
+                .await;
+            return Err(f.into());
+        }
     };
     host.event(EventKind::Normal, "Released", "Delete", note.into())
         .await;

@@ -602,45 +602,40 @@ impl Provisioner<'_> {
     }
 }
 
-/// Releases a tenant on deletion according to its policy. Idempotent.
-pub async fn release(
-    catalog: &Catalog,
-    cluster: &Cluster,
-    tenant: Uuid,
-    policy: strata_api::DeletionPolicy,
-) -> Result<(), Failure> {
+/// `Retain`: keeps the database; the catalog entry is marked detached. Needs
+/// no database cluster, so it completes even when the cluster's Secret is
+/// already gone (e.g. during namespace deletion). Idempotent.
+pub async fn detach(catalog: &Catalog, tenant: Uuid) -> Result<(), Failure> {
+    catalog
+        .set_state(tenant, TenantState::Detached)
+        .await
+        .map_err(|e| Failure::new(Step::Catalog, "CatalogUnavailable", e, true))
+}
+
+/// `Delete`: drops the database and role (if ours), then the catalog entry.
+/// Idempotent.
+pub async fn destroy(catalog: &Catalog, cluster: &Cluster, tenant: Uuid) -> Result<(), Failure> {
     let catalog_failure =
         |e: sqlx::Error| Failure::new(Step::Catalog, "CatalogUnavailable", e, true);
-    match policy {
-        strata_api::DeletionPolicy::Retain => {
-            catalog
-                .set_state(tenant, TenantState::Detached)
-                .await
-                .map_err(catalog_failure)?;
-        }
-        strata_api::DeletionPolicy::Delete => {
-            if catalog
-                .state(tenant)
-                .await
-                .map_err(catalog_failure)?
-                .is_some()
-            {
-                catalog
-                    .set_state(tenant, TenantState::Deleting)
-                    .await
-                    .map_err(catalog_failure)?;
-            }
-            DatabasePerTenant { cluster }
-                .drop_tenant(tenant)
-                .await
-                .map_err(|e| match e {
-                    PlacementError::Conflict { .. } => {
-                        Failure::new(Step::Database, "DatabaseConflict", e, false)
-                    }
-                    PlacementError::Db(e) => Failure::new(Step::Database, "ClusterError", e, true),
-                })?;
-            catalog.delete(tenant).await.map_err(catalog_failure)?;
-        }
+    if catalog
+        .state(tenant)
+        .await
+        .map_err(catalog_failure)?
+        .is_some()
+    {
+        catalog
+            .set_state(tenant, TenantState::Deleting)
+            .await
+            .map_err(catalog_failure)?;
     }
-    Ok(())
+    DatabasePerTenant { cluster }
+        .drop_tenant(tenant)
+        .await
+        .map_err(|e| match e {
+            PlacementError::Conflict { .. } => {
+                Failure::new(Step::Database, "DatabaseConflict", e, false)
+            }
+            PlacementError::Db(e) => Failure::new(Step::Database, "ClusterError", e, true),
+        })?;
+    catalog.delete(tenant).await.map_err(catalog_failure)
 }

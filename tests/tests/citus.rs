@@ -124,7 +124,7 @@ async fn provisioning_on_citus_distributes_and_colocates_tenant_tables() {
     assert_eq!(x, 1);
     tenant.close().await;
 
-    provision::release(&catalog, &cluster, t.id, strata_api::DeletionPolicy::Delete)
+    provision::destroy(&catalog, &cluster, t.id)
         .await
         .unwrap_or_else(|f| panic!("release: {f}"));
     let admin = PgPool::connect(&citus_url).await.expect("admin");
