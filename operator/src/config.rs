@@ -12,7 +12,9 @@ use crate::provision::Step;
 #[command(
     name = "strata-operator",
     version,
-    about = "Reconciles Strata Tenant resources into provisioned tenant databases"
+    about = "Reconciles Strata Tenant resources into provisioned tenant databases",
+    // `apply` has its own flags; the controller's are not required with it.
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
     #[command(flatten)]

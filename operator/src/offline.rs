@@ -38,7 +38,9 @@ pub async fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
     println!("tenant {namespace}/{name} (id {id})");
 
     let settings = args.db.settings();
-    let catalog = crate::platform::open(&args.db.database_url, &args.db.platform_database).await?;
+    let catalog = crate::platform::open(&args.db.database_url, &args.db.platform_database)
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the platform database: {e}"))?;
     println!(
         "ok   {:<22} platform database {}",
         "CatalogReady", args.db.platform_database
