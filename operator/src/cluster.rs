@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 use strata_db::Ident;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OnceCell};
 
 /// How long to wait for a connection before calling a cluster unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -25,6 +25,8 @@ pub struct Cluster {
     /// Serialises template preparation within this process (an advisory lock
     /// does it across processes).
     pub(crate) template_lock: Mutex<bool>,
+    /// Whether the cluster runs Citus (detected on first use).
+    pub(crate) citus: OnceCell<bool>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -68,6 +70,7 @@ impl Cluster {
             admin,
             pool,
             template_lock: Mutex::new(false),
+            citus: OnceCell::new(),
         })
     }
 

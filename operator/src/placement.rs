@@ -82,12 +82,19 @@ pub struct DatabasePerTenant<'a> {
 }
 
 impl DatabasePerTenant<'_> {
+    /// Whether the cluster runs Citus: asked once per cluster, not per step.
     async fn is_citus(&self) -> Result<bool, sqlx::Error> {
-        sqlx::query_scalar!(
-            r#"SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') AS "citus!""#
-        )
-        .fetch_one(self.cluster.admin())
-        .await
+        self.cluster
+            .citus
+            .get_or_try_init(|| async {
+                sqlx::query_scalar!(
+                    r#"SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') AS "citus!""#
+                )
+                .fetch_one(self.cluster.admin())
+                .await
+            })
+            .await
+            .copied()
     }
 
     async fn database_owner(&self, db: &Ident) -> Result<Option<String>, sqlx::Error> {

@@ -6,7 +6,7 @@
 use sqlx::PgPool;
 use strata_api::TenantSpec;
 use strata_operator::cluster::Clusters;
-use strata_operator::host::LocalHost;
+use strata_operator::host::{LocalHost, TenantHost};
 use strata_operator::placement::TenantNames;
 use strata_operator::provision::{self, Provisioner, TenantInput};
 use strata_tests::operator_support::{settings, test_catalog};
@@ -97,11 +97,12 @@ async fn provisioning_on_citus_distributes_and_colocates_tenant_tables() {
     db.close().await;
 
     // The tenant's own credentials write and read through the coordinator.
-    let creds: std::collections::BTreeMap<String, String> = serde_json::from_slice(
-        &std::fs::read(host.dir.join(format!("{}-database.json", t.name))).expect("credentials"),
-    )
-    .expect("json");
-    let tenant = PgPool::connect(&creds["url"])
+    let creds = host
+        .read_secret(&provision::credentials_secret_name(&t.name))
+        .await
+        .expect("read credentials")
+        .expect("credentials secret");
+    let tenant = PgPool::connect(creds.get("url").expect("url"))
         .await
         .expect("tenant credentials connect");
     let collection: Uuid =
