@@ -20,13 +20,17 @@ use crate::condition::{Condition, conditions_schema};
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Database","type":"string","jsonPath":".status.databaseName"}"#,
     printcolumn = r#"{"name":"Schema","type":"integer","jsonPath":".status.schemaVersion","priority":1}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    // The name becomes a label value and a catalog key: refuse at admission
+    // what the operator could never provision.
+    validation = kube::core::Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
+        .message("metadata.name must be a DNS label: at most 63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit")
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "has(self.database) == has(oldSelf.database) && (!has(self.database) || self.database == oldSelf.database)",
-    "message": "spec.database is immutable: a tenant cannot move to another database cluster",
-    "fieldPath": ".database",
+    "rule": "has(self.cluster) == has(oldSelf.cluster) && (!has(self.cluster) || self.cluster == oldSelf.cluster)",
+    "message": "spec.cluster is immutable: a tenant cannot move to another database cluster",
+    "fieldPath": ".cluster",
 }]))]
 pub struct TenantSpec {
     /// Human-readable name shown in consoles.
@@ -35,10 +39,15 @@ pub struct TenantSpec {
     /// The first administrator, who receives the admin invitation.
     #[schemars(length(max = 254), regex(pattern = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"))]
     pub admin_email: String,
-    /// The database cluster to provision on. Defaults to the operator's cluster.
-    /// Immutable once set.
+    /// Name of the database cluster to provision on, as declared by the
+    /// platform team (a `strata-cluster-<name>` Secret in the operator's
+    /// namespace). Absent means the operator's default cluster. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub database: Option<DatabaseClusterRef>,
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub cluster: Option<String>,
     /// Limits enforced by the data plane.
     #[serde(default)]
     pub quotas: TenantQuotas,
@@ -48,29 +57,6 @@ pub struct TenantSpec {
     /// Stops reconciliation and marks the tenant suspended.
     #[serde(default)]
     pub suspend: bool,
-}
-
-/// A database cluster given by a Secret that holds an admin connection string
-/// (`postgres://user:password@host:port/db`).
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct DatabaseClusterRef {
-    pub secret_ref: SecretKeyRef,
-}
-
-/// A key of a Secret in the Tenant's namespace.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SecretKeyRef {
-    #[schemars(length(min = 1, max = 253))]
-    pub name: String,
-    #[serde(default = "default_secret_key")]
-    #[schemars(length(min = 1, max = 253))]
-    pub key: String,
-}
-
-fn default_secret_key() -> String {
-    "url".into()
 }
 
 /// Tenant-wide limits. Absent means the platform default.

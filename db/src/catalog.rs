@@ -51,6 +51,23 @@ pub struct TenantRecord {
     pub database_name: String,
     pub owner_role: String,
     pub quotas: serde_json::Value,
+    /// `Retain` or `Delete`: applied by the sweeper when the resource is gone.
+    pub deletion_policy: String,
+    /// `kubernetes` (a Tenant resource) or `offline` (`strata-operator apply`).
+    pub origin: String,
+}
+
+/// A catalog entry as the sweeper sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TenantEntry {
+    pub id: Uuid,
+    pub name: String,
+    pub namespace: String,
+    pub cluster: String,
+    pub state: String,
+    pub deletion_policy: String,
+    /// Seconds since the entry last changed.
+    pub idle_seconds: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +78,9 @@ pub enum CatalogError {
     /// The derived database or role name is recorded for a different tenant.
     #[error("database {database:?} is recorded for another tenant")]
     DatabaseTaken { database: String },
+    /// The name breaks the catalog's rules (a DNS label): never provisionable.
+    #[error("tenant name {name:?} is not a DNS label (a-z, 0-9, '-', at most 63 characters)")]
+    InvalidName { name: String },
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
@@ -85,11 +105,13 @@ impl Catalog {
     pub async fn claim(&self, t: &TenantRecord) -> Result<(), CatalogError> {
         let result = sqlx::query!(
             r#"INSERT INTO catalog.tenants
-                   (id, name, namespace, display_name, cluster, database_name, owner_role, state, quotas)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, 'provisioning', $8)
+                   (id, name, namespace, display_name, cluster, database_name, owner_role, state, quotas,
+                    deletion_policy, origin)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, 'provisioning', $8, $9, $10)
                ON CONFLICT (id) DO UPDATE
                    SET display_name = EXCLUDED.display_name,
                        quotas = EXCLUDED.quotas,
+                       deletion_policy = EXCLUDED.deletion_policy,
                        state = CASE WHEN catalog.tenants.state = 'detached' THEN 'provisioning'
                                     ELSE catalog.tenants.state END,
                        detached_at = NULL,
@@ -102,6 +124,8 @@ impl Catalog {
             t.database_name,
             t.owner_role,
             t.quotas,
+            t.deletion_policy,
+            t.origin,
         )
         .execute(&self.pool)
         .await;
@@ -131,8 +155,56 @@ impl Catalog {
                     database: t.database_name.clone(),
                 })
             }
+            // A name the catalog's CHECK refuses can never be provisioned.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23514") => {
+                Err(CatalogError::InvalidName {
+                    name: t.name.clone(),
+                })
+            }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The password of the tenant's owner role: generated once from
+    /// `candidate`, then always the stored one (so a crash between storing it
+    /// and creating the role converges).
+    pub async fn owner_password(&self, id: Uuid, candidate: &str) -> Result<String, sqlx::Error> {
+        sqlx::query!(
+            "INSERT INTO catalog.owner_credentials (tenant_id, password) VALUES ($1, $2)
+             ON CONFLICT (tenant_id) DO NOTHING",
+            id,
+            candidate
+        )
+        .execute(&self.pool)
+        .await?;
+        sqlx::query_scalar!(
+            "SELECT password FROM catalog.owner_credentials WHERE tenant_id = $1",
+            id
+        )
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    /// The cluster a tenant was provisioned on, if it is in the catalog.
+    pub async fn cluster_of(&self, id: Uuid) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar!("SELECT cluster FROM catalog.tenants WHERE id = $1", id)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// Entries managed by Tenant resources that are not detached: what the
+    /// sweeper compares with the resources that exist.
+    pub async fn kubernetes_entries(&self) -> Result<Vec<TenantEntry>, sqlx::Error> {
+        sqlx::query_as!(
+            TenantEntry,
+            r#"SELECT id, name, namespace, cluster, state, deletion_policy,
+                      extract(epoch FROM now() - updated_at)::float8 AS "idle_seconds!"
+               FROM catalog.tenants
+               WHERE origin = 'kubernetes' AND state <> 'detached'
+               ORDER BY id"#
+        )
+        .fetch_all(&self.pool)
+        .await
     }
 
     pub async fn set_state(&self, id: Uuid, state: TenantState) -> Result<(), sqlx::Error> {
@@ -179,7 +251,8 @@ impl Catalog {
     /// A live tenant by name: what the data plane resolves a request to.
     pub async fn find_by_name(&self, name: &str) -> Result<Option<TenantRecord>, sqlx::Error> {
         let row = sqlx::query!(
-            r#"SELECT id, name, namespace, display_name, cluster, database_name, owner_role, quotas
+            r#"SELECT id, name, namespace, display_name, cluster, database_name, owner_role, quotas,
+                      deletion_policy, origin
                FROM catalog.tenants WHERE name = $1 AND state <> 'detached'"#,
             name
         )
@@ -194,6 +267,8 @@ impl Catalog {
             database_name: r.database_name,
             owner_role: r.owner_role,
             quotas: r.quotas,
+            deletion_policy: r.deletion_policy,
+            origin: r.origin,
         }))
     }
 }

@@ -6,5 +6,5 @@ pub mod catalog;
 pub mod ident;
 pub mod migrations;
 
-pub use catalog::{Catalog, CatalogError, TenantRecord, TenantState};
+pub use catalog::{Catalog, CatalogError, TenantEntry, TenantRecord, TenantState};
 pub use ident::Ident;

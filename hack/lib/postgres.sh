@@ -26,6 +26,10 @@ PG_DIR=$STACK/pg
 PG_DATA=$PG_DIR/data
 PG_LOG=$PG_DIR/postgres.log
 PG_PWFILE=$PG_DIR/password
+# The data plane's own login role: the operator grants it access to each
+# tenant database; it is never a superuser and holds no tenant password.
+PG_DATAPLANE_ROLE=strata_dataplane
+PG_DATAPLANE_PWFILE=$PG_DIR/dataplane-password
 # A database of our own for the post-start self-check, so that we never
 # create extensions in `postgres` (which tests and the operator use).
 PG_CHECK_DB=strata_stack_check
@@ -242,6 +246,21 @@ pg_verify() {
 	fi
 }
 
+# The data plane's login role exists with the password from its file (also
+# after the file was regenerated). Idempotent; run on every 'up'.
+pg_ensure_dataplane_role() {
+	ensure_secret "$PG_DATAPLANE_PWFILE" 16
+	local pw
+	pw=$(cat "$PG_DATAPLANE_PWFILE")
+	pg_psql postgres -tAc "DO \$\$ BEGIN
+		IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$PG_DATAPLANE_ROLE') THEN
+			CREATE ROLE $PG_DATAPLANE_ROLE LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT;
+		END IF;
+		ALTER ROLE $PG_DATAPLANE_ROLE LOGIN PASSWORD '$pw';
+	END \$\$" >/dev/null ||
+		fail_with_log postgres "$PG_LOG" "cannot create the data plane's role $PG_DATAPLANE_ROLE"
+}
+
 # The postmaster died without removing postmaster.pid (SIGKILL, OOM killer).
 # PostgreSQL refuses to start while the pid recorded there still exists, and
 # a dead postmaster stays a zombie until its adoptive parent reaps it, which
@@ -269,6 +288,7 @@ pg_up() {
 	if pg_running; then
 		wait_for "postgres readiness" 30 "$(pg_pid)" pg_ready ||
 			fail_with_log postgres "$PG_LOG" "running (pid $(pg_pid)) but not accepting connections on 127.0.0.1:$PG_PORT"
+		pg_ensure_dataplane_role
 		log "postgres: already running (pid $(pg_pid)) on 127.0.0.1:$PG_PORT"
 		return 0
 	fi
@@ -287,6 +307,7 @@ pg_up() {
 	wait_for "postgres readiness" 30 "$(pg_pid)" pg_ready ||
 		fail_with_log postgres "$PG_LOG" "not ready on 127.0.0.1:$PG_PORT"
 	pg_verify
+	pg_ensure_dataplane_role
 	log "postgres: ready (pid $(pg_pid))"
 }
 
@@ -323,6 +344,9 @@ pg_logs() { printf '%s\n' "$PG_LOG"; }
 pg_env() {
 	[[ -s $PG_PWFILE ]] || return 0
 	env_line STRATA_DATABASE_URL "$(pg_url)"
+	[[ -s $PG_DATAPLANE_PWFILE ]] &&
+		env_line STRATA_DATAPLANE_DATABASE_URL \
+			"postgres://$PG_DATAPLANE_ROLE:$(cat "$PG_DATAPLANE_PWFILE")@127.0.0.1:$PG_PORT/postgres"
 	env_line STRATA_PG_BIN_DIR "${PG_BIN:-$(pg_bin_dir || true)}"
 }
 

@@ -49,7 +49,9 @@ pub fn status_after(
     match result {
         Ok(p) => {
             let invite_reason = match p.invitation {
-                InviteState::Created { .. } | InviteState::Pending { .. } => "InvitationPending",
+                InviteState::Created { .. }
+                | InviteState::Pending { .. }
+                | InviteState::Expired { .. } => "InvitationPending",
                 InviteState::Accepted => "InvitationAccepted",
             };
             let messages = [
@@ -157,6 +159,34 @@ pub fn note_retry(status: &mut TenantStatus, delay: std::time::Duration) {
     {
         c.message = format!("{} (retrying in {}s)", c.message, delay.as_secs().max(1));
     }
+}
+
+/// Status of a tenant whose deletion cannot complete yet: phase `Deleting`
+/// and `Ready=False` with the reason, so `kubectl get/describe` says what
+/// holds the finalizer.
+pub fn deletion_blocked(
+    previous: Option<&TenantStatus>,
+    generation: Option<i64>,
+    failure: &Failure,
+) -> TenantStatus {
+    let mut status = previous.cloned().unwrap_or_default();
+    status.phase = Some(TenantPhase::Deleting);
+    let message = if failure.retryable {
+        format!("deletion is waiting: {failure}")
+    } else {
+        format!("deletion needs a human: {failure}")
+    };
+    set_condition(
+        &mut status.conditions,
+        condition(
+            READY,
+            ConditionStatus::False,
+            failure.reason,
+            message,
+            generation,
+        ),
+    );
+    status
 }
 
 /// Status of a suspended tenant.

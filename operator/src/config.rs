@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use strata_servicekit::LogArgs;
@@ -52,9 +53,34 @@ pub struct DatabaseArgs {
     /// Lifetime of admin invitations, in hours.
     #[arg(long, env = "STRATA_INVITE_TTL_HOURS", default_value_t = 168, value_parser = clap::value_parser!(i64).range(1..=8760))]
     pub invite_ttl_hours: i64,
+    /// How long an operator statement may wait for a lock held by someone else
+    /// (e.g. a tenant's own session) before the step fails and is retried.
+    #[arg(long, env = "STRATA_DB_LOCK_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub db_lock_timeout: Duration,
+    /// How long one operator statement may run.
+    #[arg(long, env = "STRATA_DB_STATEMENT_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    pub db_statement_timeout: Duration,
     /// Test only: fail right after this provisioning step, as if the process crashed.
     #[arg(long, env = "STRATA_FAULT_AFTER_STEP", hide = true, value_parser = parse_step)]
     pub fault_after_step: Option<Step>,
+}
+
+/// `250ms`, `5s`, `2m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 250ms, 5s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?} is not a duration like 250ms, 5s or 2m")),
+    }
 }
 
 fn parse_step(s: &str) -> Result<Step, String> {
@@ -69,7 +95,7 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "STRATA_OPERATOR_PROBE_ADDR",
-        default_value = "127.0.0.1:8081"
+        default_value = "127.0.0.1:58081"
     )]
     pub probe_addr: SocketAddr,
     /// Watch only this namespace (default: all namespaces).
@@ -78,6 +104,14 @@ pub struct RunArgs {
     /// Tenants reconciled in parallel.
     #[arg(long, env = "STRATA_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,
+    /// Upper bound on one reconcile of one tenant; past it the reconcile is
+    /// abandoned and retried with backoff, so no tenant holds a worker longer.
+    #[arg(long, env = "STRATA_RECONCILE_DEADLINE", default_value = "180s", value_parser = parse_duration)]
+    pub reconcile_deadline: Duration,
+    /// Namespace holding the platform team's `strata-cluster-<name>` Secrets
+    /// (database clusters Tenants may name). Default: the operator's namespace.
+    #[arg(long, env = "STRATA_CLUSTER_NAMESPACE")]
+    pub cluster_namespace: Option<String>,
     /// Hold a Lease before reconciling, so only one replica acts.
     #[arg(long, env = "STRATA_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_election: bool,
@@ -105,12 +139,20 @@ pub struct ApplyArgs {
 }
 
 impl DatabaseArgs {
-    pub fn settings(&self) -> crate::provision::ProvisionSettings {
+    /// `origin`: `kubernetes` for the controller, `offline` for `apply`.
+    pub fn settings(&self, origin: &'static str) -> crate::provision::ProvisionSettings {
         crate::provision::ProvisionSettings {
-            default_cluster_url: self.database_url.clone(),
+            origin,
             api_base_url: self.api_base_url.clone(),
             invite_ttl_hours: self.invite_ttl_hours,
             fault_after: self.fault_after_step,
+        }
+    }
+
+    pub fn session_limits(&self) -> crate::cluster::SessionLimits {
+        crate::cluster::SessionLimits {
+            lock_timeout: self.db_lock_timeout,
+            statement_timeout: self.db_statement_timeout,
         }
     }
 }
@@ -122,5 +164,21 @@ impl RunArgs {
                 .unwrap_or_else(|_| "local".into());
             format!("{}-{}", host.trim(), std::process::id())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_refuse_garbage() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        for bad in ["", "s", "5h", "-1s", "1.5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
     }
 }

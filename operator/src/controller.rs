@@ -75,6 +75,12 @@ impl Backoff {
     }
 }
 
+/// How often the catalog is compared with the Tenants that exist.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(300);
+/// An entry must be unchanged this long before the sweeper acts on it, so a
+/// Tenant created a moment ago (not yet in the watch cache) is never swept.
+const SWEEP_GRACE: Duration = Duration::from_secs(120);
+
 /// Shared state of the controller.
 pub struct Context {
     pub client: Client,
@@ -84,6 +90,26 @@ pub struct Context {
     pub reporter: Reporter,
     pub metrics: Metrics,
     pub backoff: Backoff,
+    /// Upper bound on the database work of one reconcile.
+    pub reconcile_deadline: Duration,
+}
+
+/// Runs `work` under the reconcile deadline; past it the work is dropped
+/// (its sessions end with it) and the step is reported as retryable.
+async fn within_deadline<T>(
+    deadline: Duration,
+    step: provision::Step,
+    work: impl std::future::Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(deadline, work).await {
+        Ok(result) => result,
+        Err(_) => Err(Failure {
+            step,
+            reason: "DeadlineExceeded",
+            message: format!("reconcile did not finish within {deadline:?}"),
+            retryable: true,
+        }),
+    }
 }
 
 fn input(tenant: &Tenant) -> Result<TenantInput, Error> {
@@ -180,20 +206,19 @@ async fn apply(tenant: Arc<Tenant>, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
 
-    let result =
-        match provision::resolve_cluster(&ctx.clusters, &ctx.settings, &input.spec, &host).await {
-            Ok(cluster) => {
-                Provisioner {
-                    settings: &ctx.settings,
-                    catalog: &ctx.catalog,
-                    cluster: &cluster,
-                    host: &host,
-                }
-                .provision(&input)
-                .await
-            }
-            Err(f) => Err(f),
-        };
+    let result = within_deadline(ctx.reconcile_deadline, provision::Step::Cluster, async {
+        let cluster =
+            provision::resolve_cluster(&ctx.clusters, provision::cluster_name(&input.spec)).await?;
+        Provisioner {
+            settings: &ctx.settings,
+            catalog: &ctx.catalog,
+            cluster: &cluster,
+            host: &host,
+        }
+        .provision(&input)
+        .await
+    })
+    .await;
     if let Err(f) = &result
         && f.is_injected()
     {
@@ -246,26 +271,33 @@ async fn apply(tenant: Arc<Tenant>, ctx: &Context) -> Result<Action, Error> {
 async fn cleanup(tenant: Arc<Tenant>, ctx: &Context) -> Result<Action, Error> {
     let input = input(&tenant)?;
     let host = host_for(&tenant, ctx);
-    let released = match tenant.spec.deletion_policy {
-        strata_api::DeletionPolicy::Retain => provision::detach(&ctx.catalog, input.id)
-            .await
-            .map(|()| "Database retained; catalog entry detached"),
-        strata_api::DeletionPolicy::Delete => {
-            match provision::resolve_cluster(&ctx.clusters, &ctx.settings, &input.spec, &host).await
-            {
-                Ok(cluster) => provision::destroy(&ctx.catalog, &cluster, input.id)
-                    .await
-                    .map(|()| "Database, role and catalog entry deleted"),
-                Err(f) => Err(f),
-            }
-        }
+    let policy = match tenant.spec.deletion_policy {
+        strata_api::DeletionPolicy::Retain => "Retain",
+        strata_api::DeletionPolicy::Delete => "Delete",
     };
+    let released = within_deadline(
+        ctx.reconcile_deadline,
+        provision::Step::Database,
+        release(ctx, input.id, policy, provision::cluster_name(&input.spec)),
+    )
+    .await;
     let note = match released {
         Ok(note) => note,
         Err(f) => {
-            // The finalizer stays until the release succeeds: nothing is orphaned.
+            // The finalizer stays until the release succeeds: nothing is
+            // orphaned. The status and an Event say why, so a human can act
+            // on what retrying cannot fix.
             host.event(EventKind::Warning, f.reason, "Delete", f.to_string())
                 .await;
+            let api: Api<Tenant> = Api::namespaced(ctx.client.clone(), &input.namespace);
+            let status = conditions::deletion_blocked(
+                tenant.status.as_ref(),
+                tenant.metadata.generation,
+                &f,
+            );
+            if let Err(e) = write_status(&api, &input.name, &status).await {
+                tracing::debug!(error = %e, "cannot write deletion status");
+            }
             return Err(f.into());
         }
     };
@@ -274,6 +306,84 @@ async fn cleanup(tenant: Arc<Tenant>, ctx: &Context) -> Result<Action, Error> {
     ctx.backoff.reset(&input.id.to_string());
     ctx.metrics.outcome("deleted");
     Ok(Action::await_change())
+}
+
+/// Applies a deletion policy to a tenant's database and catalog entry.
+/// `Delete` works on the cluster the catalog recorded (where the database
+/// really is), falling back to the one the spec names.
+async fn release(
+    ctx: &Context,
+    id: Uuid,
+    policy: &str,
+    spec_cluster: &str,
+) -> Result<&'static str, Failure> {
+    if policy != "Delete" {
+        provision::detach(&ctx.catalog, id).await?;
+        return Ok("Database retained; catalog entry detached");
+    }
+    let recorded = ctx.catalog.cluster_of(id).await.map_err(|e| Failure {
+        step: provision::Step::Catalog,
+        reason: "CatalogUnavailable",
+        message: e.to_string(),
+        retryable: true,
+    })?;
+    let cluster =
+        provision::resolve_cluster(&ctx.clusters, recorded.as_deref().unwrap_or(spec_cluster))
+            .await?;
+    provision::destroy(&ctx.catalog, &cluster, id).await?;
+    Ok("Database, roles and catalog entry deleted")
+}
+
+/// What one pass of the catalog sweeper did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub detached: Vec<Uuid>,
+    pub deleted: Vec<Uuid>,
+    pub failed: Vec<Uuid>,
+}
+
+/// Converges the catalog with the Tenants that exist: an entry whose Tenant
+/// is gone (deleted while no operator ran, or its finalizer removed by hand)
+/// gets its recorded deletion policy applied. Only entries in `namespace`
+/// (all when `None`), made by the controller, unchanged for `grace`, and
+/// confirmed absent by a direct read are touched.
+pub async fn sweep_catalog(
+    ctx: &Context,
+    existing: &std::collections::HashSet<Uuid>,
+    namespace: Option<&str>,
+    grace: Duration,
+) -> Result<SweepReport, Error> {
+    let mut report = SweepReport::default();
+    for entry in ctx.catalog.kubernetes_entries().await? {
+        if existing.contains(&entry.id)
+            || entry.idle_seconds < grace.as_secs_f64()
+            || namespace.is_some_and(|ns| ns != entry.namespace)
+        {
+            continue;
+        }
+        let api: Api<Tenant> = Api::namespaced(ctx.client.clone(), &entry.namespace);
+        if let Some(t) = api.get_opt(&entry.name).await?
+            && t.uid().as_deref() == Some(entry.id.to_string().as_str())
+        {
+            continue; // the watch cache lagged
+        }
+        match within_deadline(
+            ctx.reconcile_deadline,
+            provision::Step::Database,
+            release(ctx, entry.id, &entry.deletion_policy, &entry.cluster),
+        )
+        .await
+        {
+            Ok(_) if entry.deletion_policy == "Delete" => report.deleted.push(entry.id),
+            Ok(_) => report.detached.push(entry.id),
+            Err(f) => {
+                tracing::warn!(tenant = %entry.name, namespace = %entry.namespace, error = %f, "cannot release orphaned catalog entry");
+                report.failed.push(entry.id);
+            }
+        }
+        tracing::info!(tenant = %entry.name, namespace = %entry.namespace, policy = %entry.deletion_policy, "released catalog entry of a Tenant that no longer exists");
+    }
+    Ok(report)
 }
 
 pub fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -302,6 +412,11 @@ pub async fn run(
     // writes would otherwise trigger a full pass per tenant for nothing. Deletion
     // bumps the generation, so cleanup still starts. Drift is caught by RESYNC.
     let (reader, writer) = reflector::store();
+    let sweeper = tokio::spawn(sweep_periodically(
+        ctx.clone(),
+        reader.clone(),
+        namespace.map(str::to_string),
+    ));
     let tenants = watcher(tenants, watcher::Config::default().any_semantic())
         .default_backoff()
         .reflect(writer)
@@ -321,6 +436,34 @@ pub async fn run(
             }
         })
         .await;
+    sweeper.abort();
+}
+
+/// Runs [`sweep_catalog`] every [`SWEEP_INTERVAL`], once the watch cache is
+/// complete (an incomplete cache would make live Tenants look gone).
+async fn sweep_periodically(
+    ctx: Arc<Context>,
+    reader: reflector::Store<Tenant>,
+    namespace: Option<String>,
+) {
+    if reader.wait_until_ready().await.is_err() {
+        return;
+    }
+    loop {
+        let existing = reader
+            .state()
+            .iter()
+            .filter_map(|t| t.uid().and_then(|u| Uuid::parse_str(&u).ok()))
+            .collect();
+        match sweep_catalog(&ctx, &existing, namespace.as_deref(), SWEEP_GRACE).await {
+            Ok(report) if report != SweepReport::default() => {
+                tracing::info!(?report, "catalog sweep")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "catalog sweep failed"),
+        }
+        tokio::time::sleep(SWEEP_INTERVAL).await;
+    }
 }
 
 /// The reporter that names this controller in Events.

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
 use strata_api::Tenant;
@@ -38,13 +38,32 @@ pub enum HostError {
     Io(#[from] std::io::Error),
     #[error("secret {0} is malformed: {1}")]
     Malformed(String, String),
+    /// A Secret of that name exists and was not created for this Tenant: it
+    /// is never read, adopted or overwritten.
+    #[error("Secret {0} exists and does not belong to this Tenant; delete or rename it")]
+    Conflict(String),
+}
+
+impl HostError {
+    /// Whether retrying may help: a conflict or a refused object needs a human.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Conflict(_) | Self::Malformed(..) => false,
+            // 4xx other than conflicts, throttling and timeouts: the request
+            // itself is wrong (e.g. an invalid name), not the moment.
+            Self::Kube(kube::Error::Api(e)) => !matches!(e.code, 400 | 403 | 422),
+            _ => true,
+        }
+    }
 }
 
 #[async_trait]
 pub trait TenantHost: Send + Sync {
-    /// Reads a Secret in the tenant's namespace.
+    /// Reads a Secret in the tenant's namespace that this tenant created;
+    /// `Err(Conflict)` if one of that name exists but is not the tenant's.
     async fn read_secret(&self, name: &str) -> Result<Option<SecretData>, HostError>;
-    /// Creates or replaces a Secret owned by the tenant (deleted with it).
+    /// Creates a Secret owned by the tenant (deleted with it), or replaces
+    /// one the tenant owns; `Err(Conflict)` if a foreign one is in the way.
     async fn write_secret(&self, name: &str, data: SecretData) -> Result<(), HostError>;
     /// Reports a step or failure to whoever watches the tenant.
     async fn event(&self, kind: EventKind, reason: &str, action: &str, note: String);
@@ -60,12 +79,28 @@ pub struct KubeHost {
     pub recorder: Recorder,
 }
 
+impl KubeHost {
+    /// Whether this Tenant is the Secret's controlling owner.
+    fn owns(&self, secret: &Secret) -> bool {
+        let uid = self.tenant.metadata.uid.as_deref();
+        secret
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
+    }
+}
+
 #[async_trait]
 impl TenantHost for KubeHost {
     async fn read_secret(&self, name: &str) -> Result<Option<SecretData>, HostError> {
         let Some(secret) = self.secrets.get_opt(name).await? else {
             return Ok(None);
         };
+        if !self.owns(&secret) {
+            return Err(HostError::Conflict(name.into()));
+        }
         let mut out = BTreeMap::new();
         for (k, v) in secret.data.unwrap_or_default() {
             let value = String::from_utf8(v.0)
@@ -106,11 +141,22 @@ impl TenantHost for KubeHost {
             ),
             ..Default::default()
         };
-        let params = PatchParams::apply(crate::FIELD_MANAGER).force();
-        self.secrets
-            .patch(name, &params, &Patch::Apply(&secret))
-            .await?;
-        Ok(())
+        match self.secrets.get_opt(name).await? {
+            // Absent: create, which fails if someone creates it meanwhile.
+            None => match self.secrets.create(&PostParams::default(), &secret).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 409 => Err(HostError::Conflict(name.into())),
+                Err(e) => Err(e.into()),
+            },
+            Some(existing) if self.owns(&existing) => {
+                let params = PatchParams::apply(crate::FIELD_MANAGER).force();
+                self.secrets
+                    .patch(name, &params, &Patch::Apply(&secret))
+                    .await?;
+                Ok(())
+            }
+            Some(_) => Err(HostError::Conflict(name.into())),
+        }
     }
 
     async fn event(&self, kind: EventKind, reason: &str, action: &str, note: String) {

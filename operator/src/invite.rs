@@ -32,11 +32,32 @@ pub enum InviteState {
     Pending { id: Uuid },
     /// The admin already accepted an invitation: nothing to send.
     Accepted,
+    /// The open invitation for this token has expired: the caller issues a
+    /// new token and calls [`ensure`] again, which replaces it.
+    Expired { id: Uuid },
+}
+
+/// Revokes the open owner invitations the operator issued to any address
+/// other than `email` (the tenant's `adminEmail` changed). Returns the
+/// revoked invitations' ids and addresses, for the audit trail.
+pub async fn revoke_others(pool: &PgPool, email: &str) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"UPDATE invitations SET revoked_at = now()
+           WHERE role = 'owner' AND created_by = 'operator'
+             AND accepted_at IS NULL AND revoked_at IS NULL
+             AND lower(email) <> lower($1)
+           RETURNING id, email"#,
+        email
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.email)).collect())
 }
 
 /// Ensures one open invitation for `email` whose hash matches `token`.
-/// An open invitation with another token (the Secret was replaced) is revoked
-/// and replaced, so exactly one invitation is ever open per email.
+/// An open invitation with another token (the Secret was replaced, or the old
+/// one expired) is revoked and replaced, so exactly one invitation is ever
+/// open per email.
 pub async fn ensure(
     pool: &PgPool,
     tenant: &str,
@@ -63,7 +84,7 @@ pub async fn ensure(
         return Ok(InviteState::Accepted);
     }
     let open = sqlx::query!(
-        r#"SELECT id, token_hash FROM invitations
+        r#"SELECT id, token_hash, expires_at <= now() AS "expired!" FROM invitations
            WHERE lower(email) = lower($1) AND accepted_at IS NULL AND revoked_at IS NULL"#,
         email
     )
@@ -72,7 +93,11 @@ pub async fn ensure(
     if let Some(open) = &open {
         if open.token_hash == hash {
             tx.commit().await?;
-            return Ok(InviteState::Pending { id: open.id });
+            return Ok(if open.expired {
+                InviteState::Expired { id: open.id }
+            } else {
+                InviteState::Pending { id: open.id }
+            });
         }
         sqlx::query!(
             "UPDATE invitations SET revoked_at = now() WHERE id = $1",

@@ -4,7 +4,7 @@
 use strata_api::Tenant;
 use uuid::Uuid;
 
-use crate::cluster::Clusters;
+use crate::cluster::{Clusters, NoNamedClusters};
 use crate::config::ApplyArgs;
 use crate::host::LocalHost;
 use crate::provision::{self, Provisioner, TenantInput};
@@ -37,7 +37,7 @@ pub async fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
     };
     println!("tenant {namespace}/{name} (id {id})");
 
-    let settings = args.db.settings();
+    let settings = args.db.settings("offline");
     let catalog = crate::platform::open(&args.db.database_url, &args.db.platform_database)
         .await
         .map_err(|e| anyhow::anyhow!("opening the platform database: {e}"))?;
@@ -48,14 +48,19 @@ pub async fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
     let host = LocalHost {
         dir: args.state_dir.join(&namespace),
     };
-    let clusters = Clusters::default();
+    // Offline, only the default cluster (the --database-url) exists.
+    let clusters = Clusters::new(
+        Box::new(NoNamedClusters),
+        args.db.database_url.clone(),
+        args.db.session_limits(),
+    );
     let input = TenantInput {
         id,
         name,
         namespace,
         spec: tenant.spec,
     };
-    let cluster = provision::resolve_cluster(&clusters, &settings, &input.spec, &host)
+    let cluster = provision::resolve_cluster(&clusters, provision::cluster_name(&input.spec))
         .await
         .map_err(|f| anyhow::anyhow!("{f}"))?;
     let provisioned = Provisioner {

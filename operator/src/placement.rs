@@ -1,12 +1,22 @@
-//! Where a tenant's data lives on a cluster. This is the one seam to change
-//! for another placement (e.g. schema-per-tenant with Citus schema-based
-//! sharding for clusters with thousands of tenants): the provisioner only
-//! talks to [`Placement`].
+//! Where a tenant's data lives on a cluster, and who may do what there. This
+//! is the one seam to change for another placement (e.g. schema-per-tenant
+//! with Citus schema-based sharding for clusters with thousands of tenants):
+//! the provisioner only talks to [`Placement`].
 //!
-//! Today's placement is a database per tenant, owned by a per-tenant role.
-//! Names derive from the Tenant's UID, so no manifest can name another
-//! tenant's database. An existing database or role is adopted only when it is
-//! provably ours (owned by our role; role marked with our tenant id).
+//! Today's placement is a database per tenant. Each tenant has two roles:
+//! - the **owner** (`strata_o_<uid>`) owns the database and every object in
+//!   it; only the operator logs in as it (its password lives in the catalog);
+//! - the **login** role (`strata_t_<uid>`, the credentials Secret) may read
+//!   and write the tenant's data but owns nothing and may create nothing: no
+//!   `CREATE` on the database or a schema, no `TEMPORARY`. So a tenant cannot
+//!   author code (functions, triggers, policies, views) that a more privileged
+//!   session could run: there is none to run.
+//!
+//! The data plane's role gets `CONNECT` and data rights on each tenant
+//! database, granted by the owner. Names derive from the Tenant's UID, so no
+//! manifest can name another tenant's database. An existing database or role
+//! is adopted only when it is provably ours (database owned by our owner role;
+//! roles marked with our tenant id).
 
 use async_trait::async_trait;
 use sqlx::PgPool;
@@ -15,10 +25,18 @@ use uuid::Uuid;
 
 use crate::cluster::Cluster;
 
-/// Marker that proves a role belongs to a tenant.
+/// Marker that proves a login role belongs to a tenant.
 fn role_marker(tenant: Uuid) -> String {
     format!("strata tenant {tenant}")
 }
+
+/// Marker that proves an owner role belongs to a tenant.
+fn owner_marker(tenant: Uuid) -> String {
+    format!("strata tenant owner {tenant}")
+}
+
+/// Marker of a data-plane role the operator created.
+const DATAPLANE_MARKER: &str = "strata data plane";
 
 /// Template with the extensions every tenant database starts with (plain
 /// PostgreSQL). Bump the version when its recipe changes.
@@ -27,20 +45,40 @@ const TEMPLATE_MARKER: &str = "strata template v1: vector";
 /// Advisory lock key serialising template preparation across operators.
 const TEMPLATE_LOCK: i64 = 0x5354_5241_5441_0001;
 
+/// Tables the tenant's login role may read but never change: the operator's
+/// bookkeeping, the audit trail and the platform's queues.
+pub const TENANT_READ_ONLY: &[&str] = &[
+    "_sqlx_migrations",
+    "seed_history",
+    "audit_events",
+    "invitations",
+    "outbox",
+    "idempotency_keys",
+];
+/// Tables the data plane may read but never change.
+pub const DATAPLANE_READ_ONLY: &[&str] = &["_sqlx_migrations", "seed_history"];
+/// Tables the data plane may only append to.
+pub const DATAPLANE_APPEND_ONLY: &[&str] = &["audit_events"];
+
 /// The database objects of one tenant.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TenantNames {
     pub database: Ident,
+    /// The tenant's login role (credentials Secret).
     pub role: Ident,
+    /// The role that owns the database and its objects (operator only).
+    pub owner: Ident,
 }
 
 impl TenantNames {
     pub fn for_tenant(id: Uuid) -> Self {
-        let name = format!("strata_t_{}", id.simple());
-        let ident = Ident::new(name).expect("uuid-derived names are valid identifiers");
+        let login = format!("strata_t_{}", id.simple());
+        let owner = format!("strata_o_{}", id.simple());
+        let ident = Ident::new(login).expect("uuid-derived names are valid identifiers");
         Self {
             database: ident.clone(),
             role: ident,
+            owner: Ident::new(owner).expect("uuid-derived names are valid identifiers"),
         }
     }
 }
@@ -50,29 +88,53 @@ pub enum PlacementError {
     /// The name is taken by something that is not ours: never adopted.
     #[error("{kind} {name} exists but does not belong to this tenant")]
     Conflict { kind: &'static str, name: String },
+    /// The role still owns objects or holds privileges somewhere we could not
+    /// clean up: a human must look.
+    #[error("role {role} cannot be dropped: {detail}")]
+    RoleInUse { role: String, detail: String },
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
 
-/// What [`Placement::ensure_database`] found.
+/// What an `ensure_*` step found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ensured {
     Created,
     Existed,
 }
 
+/// Passwords of a tenant's two roles. Deliberately not `Debug`.
+pub struct RolePasswords<'a> {
+    pub login: &'a str,
+    pub owner: &'a str,
+}
+
 #[async_trait]
 pub trait Placement: Send + Sync {
     fn names(&self, tenant: Uuid) -> TenantNames;
-    /// Creates the tenant's login role, or aligns its password.
-    async fn ensure_role(&self, tenant: Uuid, password: &str) -> Result<Ensured, PlacementError>;
-    /// Creates the tenant's database (owned by its role), closed to others.
+    /// Creates the tenant's owner and login roles (and the cluster's data-plane
+    /// role if missing), or aligns their passwords.
+    async fn ensure_roles(
+        &self,
+        tenant: Uuid,
+        passwords: &RolePasswords<'_>,
+    ) -> Result<Ensured, PlacementError>;
+    /// Creates the tenant's database (owned by its owner role), closed to others.
     async fn ensure_database(&self, tenant: Uuid) -> Result<Ensured, PlacementError>;
-    /// Installs the extensions (and, with Citus, registers nodes). Returns them.
-    async fn ensure_extensions(&self, tenant: Uuid) -> Result<Vec<String>, PlacementError>;
-    /// A pool that acts as the tenant's role inside its database.
-    async fn tenant_pool(&self, tenant: Uuid) -> Result<PgPool, PlacementError>;
-    /// Drops the tenant's database and role, if they are ours. Idempotent.
+    /// Installs the extensions (and, with Citus, registers nodes) where
+    /// missing; `owner` is a session of the owner role used to look first,
+    /// so the admin enters the database only when there is work only it can do.
+    async fn ensure_extensions(
+        &self,
+        tenant: Uuid,
+        owner: &PgPool,
+    ) -> Result<Vec<String>, PlacementError>;
+    /// A pool logged in as the tenant's owner role inside its database.
+    async fn owner_pool(&self, tenant: Uuid, password: &str) -> Result<PgPool, PlacementError>;
+    /// Grants the login role and the data plane their rights (as the owner).
+    async fn ensure_access(&self, tenant: Uuid, owner: &PgPool) -> Result<(), PlacementError>;
+    /// Drops the tenant's database and roles, if they are ours, including what
+    /// the roles own in any other database. Idempotent.
     async fn drop_tenant(&self, tenant: Uuid) -> Result<(), PlacementError>;
 }
 
@@ -242,20 +304,18 @@ impl DatabasePerTenant<'_> {
     }
 }
 
-#[async_trait]
-impl Placement for DatabasePerTenant<'_> {
-    fn names(&self, tenant: Uuid) -> TenantNames {
-        TenantNames::for_tenant(tenant)
-    }
-
-    async fn ensure_role(&self, tenant: Uuid, password: &str) -> Result<Ensured, PlacementError> {
-        let names = self.names(tenant);
-        let role = &names.role;
-        let verifier = crate::scram::verifier(password);
+impl DatabasePerTenant<'_> {
+    /// Creates `role` (LOGIN, no special rights) marked with `marker`, or,
+    /// when it exists and carries the marker, aligns its password. Only a
+    /// SCRAM verifier is ever sent: the password never reaches the server.
+    async fn ensure_login_role(
+        &self,
+        role: &Ident,
+        marker: &str,
+        password: &str,
+    ) -> Result<Ensured, PlacementError> {
         match self.role_marker(role).await? {
-            Some(marker) if marker.as_deref() == Some(role_marker(tenant).as_str()) => {
-                // Ours: make its password match the Secret (the source of truth),
-                // without sending the password itself.
+            Some(found) if found.as_deref() == Some(marker) => {
                 let stored: Option<String> =
                     sqlx::query_scalar("SELECT rolpassword FROM pg_authid WHERE rolname = $1")
                         .bind(role.as_str())
@@ -268,7 +328,7 @@ impl Placement for DatabasePerTenant<'_> {
                     sqlx::query(&format!(
                         "ALTER ROLE {} PASSWORD {}",
                         role.quoted(),
-                        quote_literal(&verifier)
+                        quote_literal(&crate::scram::verifier(password))
                     ))
                     .execute(self.cluster.admin())
                     .await?;
@@ -283,16 +343,16 @@ impl Placement for DatabasePerTenant<'_> {
                 // Role and marker in one transaction: a crash leaves both or neither.
                 let mut tx = self.cluster.admin().begin().await?;
                 sqlx::query(&format!(
-                    "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD {}",
+                    "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT PASSWORD {}",
                     role.quoted(),
-                    quote_literal(&verifier)
+                    quote_literal(&crate::scram::verifier(password))
                 ))
                 .execute(&mut *tx)
                 .await?;
                 sqlx::query(&format!(
                     "COMMENT ON ROLE {} IS {}",
                     role.quoted(),
-                    quote_literal(&role_marker(tenant))
+                    quote_literal(marker)
                 ))
                 .execute(&mut *tx)
                 .await?;
@@ -300,7 +360,7 @@ impl Placement for DatabasePerTenant<'_> {
                     Ok(()) => Ok(Ensured::Created),
                     // A concurrent operator won the race: check it is ours.
                     Err(e) if is_duplicate(&e) => {
-                        Box::pin(self.ensure_role(tenant, password)).await
+                        Box::pin(self.ensure_login_role(role, marker, password)).await
                     }
                     Err(e) => Err(e.into()),
                 }
@@ -308,11 +368,141 @@ impl Placement for DatabasePerTenant<'_> {
         }
     }
 
+    /// The data plane's role must exist before it can be granted anything.
+    /// The platform team normally creates it with LOGIN and a password; if it
+    /// is missing, a NOLOGIN placeholder is created (login enabled later).
+    async fn ensure_dataplane_role(&self) -> Result<(), PlacementError> {
+        let role = &self.cluster.dataplane_role;
+        if self.role_marker(role).await?.is_some() {
+            return Ok(());
+        }
+        let mut tx = self.cluster.admin().begin().await?;
+        sqlx::query(&format!(
+            "CREATE ROLE {} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT",
+            role.quoted()
+        ))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(&format!(
+            "COMMENT ON ROLE {} IS {}",
+            role.quoted(),
+            quote_literal(DATAPLANE_MARKER)
+        ))
+        .execute(&mut *tx)
+        .await?;
+        match tx.commit().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_duplicate(&e) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Databases (other than ones we cannot enter) where `role` owns objects
+    /// or holds privileges, from the cluster-wide dependency catalog.
+    async fn databases_referencing(&self, role: &Ident) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT DISTINCT d.datname::text FROM pg_shdepend s \
+             JOIN pg_database d ON d.oid = s.dbid \
+             WHERE s.refclassid = 'pg_authid'::regclass \
+               AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = $1) \
+               AND d.datallowconn ORDER BY 1",
+        )
+        .bind(role.as_str())
+        .fetch_all(self.cluster.admin())
+        .await
+    }
+
+    /// Drops a role of ours and whatever it owns anywhere on the cluster
+    /// (e.g. large objects a tenant created in `postgres`). `DROP OWNED` runs
+    /// no code the tenant wrote: it removes objects and privileges only.
+    async fn drop_role(&self, role: &Ident, marker: &str) -> Result<(), PlacementError> {
+        match self.role_marker(role).await? {
+            None => return Ok(()),
+            Some(found) if found.as_deref() != Some(marker) => {
+                return Err(PlacementError::Conflict {
+                    kind: "role",
+                    name: role.to_string(),
+                });
+            }
+            Some(_) => {}
+        }
+        for database in self.databases_referencing(role).await? {
+            let db = match Ident::new(database.clone()) {
+                Ok(db) => db,
+                // Not a name we can quote safely: reported below by DROP ROLE.
+                Err(_) => continue,
+            };
+            let pool = self.cluster.admin_pool_on(&db).await?;
+            let dropped = sqlx::query(&format!("DROP OWNED BY {}", role.quoted()))
+                .execute(&pool)
+                .await;
+            pool.close().await;
+            dropped?;
+        }
+        match sqlx::query(&format!("DROP ROLE IF EXISTS {}", role.quoted()))
+            .execute(self.cluster.admin())
+            .await
+        {
+            Ok(_) => Ok(()),
+            // dependent_objects_still_exist: say where, for a human.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("2BP01") => {
+                Err(PlacementError::RoleInUse {
+                    role: role.to_string(),
+                    detail: e.message().to_string(),
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Citus workers registered on the cluster but not yet in the tenant
+    /// database (read as the owner: `pg_dist_node` is readable by anyone).
+    async fn citus_nodes_missing(&self, owner: &PgPool) -> Result<bool, sqlx::Error> {
+        let cluster: Vec<(String, i32)> = sqlx::query_as(
+            "SELECT nodename::text, nodeport FROM pg_dist_node WHERE noderole = 'primary' ORDER BY 1, 2",
+        )
+        .fetch_all(self.cluster.admin())
+        .await?;
+        let tenant: Vec<(String, i32)> = sqlx::query_as(
+            "SELECT nodename::text, nodeport FROM pg_catalog.pg_dist_node WHERE noderole = 'primary' ORDER BY 1, 2",
+        )
+        .fetch_all(owner)
+        .await?;
+        Ok(cluster.iter().any(|n| !tenant.contains(n)) || tenant.is_empty())
+    }
+}
+
+#[async_trait]
+impl Placement for DatabasePerTenant<'_> {
+    fn names(&self, tenant: Uuid) -> TenantNames {
+        TenantNames::for_tenant(tenant)
+    }
+
+    async fn ensure_roles(
+        &self,
+        tenant: Uuid,
+        passwords: &RolePasswords<'_>,
+    ) -> Result<Ensured, PlacementError> {
+        let names = self.names(tenant);
+        self.ensure_dataplane_role().await?;
+        let owner = self
+            .ensure_login_role(&names.owner, &owner_marker(tenant), passwords.owner)
+            .await?;
+        let login = self
+            .ensure_login_role(&names.role, &role_marker(tenant), passwords.login)
+            .await?;
+        Ok(if owner == Ensured::Created || login == Ensured::Created {
+            Ensured::Created
+        } else {
+            Ensured::Existed
+        })
+    }
+
     async fn ensure_database(&self, tenant: Uuid) -> Result<Ensured, PlacementError> {
         let names = self.names(tenant);
-        let (db, role) = (&names.database, &names.role);
+        let (db, owner) = (&names.database, &names.owner);
         let ensured = match self.database_owner(db).await? {
-            Some(owner) if owner == role.as_str() => Ensured::Existed,
+            Some(found) if found == owner.as_str() => Ensured::Existed,
             Some(_) => {
                 return Err(PlacementError::Conflict {
                     kind: "database",
@@ -336,7 +526,7 @@ impl Placement for DatabasePerTenant<'_> {
                 let created = sqlx::query(&format!(
                     "CREATE DATABASE {} OWNER {} TEMPLATE {template}",
                     db.quoted(),
-                    role.quoted()
+                    owner.quoted()
                 ))
                 .execute(&mut *conn)
                 .await;
@@ -354,7 +544,8 @@ impl Placement for DatabasePerTenant<'_> {
                 }
             }
         };
-        // Tenants are isolated: only the owner (and admins) may connect.
+        // Closed to everyone but the owner until `ensure_access` opens it to
+        // the login and data-plane roles; nobody may create temporary objects.
         sqlx::query(&format!(
             "REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC",
             db.quoted()
@@ -364,44 +555,110 @@ impl Placement for DatabasePerTenant<'_> {
         Ok(ensured)
     }
 
-    async fn ensure_extensions(&self, tenant: Uuid) -> Result<Vec<String>, PlacementError> {
+    async fn ensure_extensions(
+        &self,
+        tenant: Uuid,
+        owner: &PgPool,
+    ) -> Result<Vec<String>, PlacementError> {
         let names = self.names(tenant);
+        let citus = self.is_citus().await?;
+        let mut wanted = vec!["vector".to_string()];
+        if citus {
+            wanted.push("citus".into());
+        }
+        let present: Vec<String> =
+            sqlx::query_scalar("SELECT extname::text FROM pg_catalog.pg_extension")
+                .fetch_all(owner)
+                .await?;
+        let missing = wanted.iter().any(|e| !present.contains(e));
+        let nodes_missing = citus && (missing || self.citus_nodes_missing(owner).await?);
+        if !missing && !nodes_missing {
+            return Ok(wanted);
+        }
+        // Superuser-only work, with the admin search path (pg_catalog first).
         let admin = self.cluster.admin_pool_on(&names.database).await?;
         let result = async {
-            let mut extensions = vec!["vector".to_string()];
-            if self.is_citus().await? {
+            if citus {
                 sqlx::query("CREATE EXTENSION IF NOT EXISTS citus")
                     .execute(&admin)
                     .await?;
                 self.citus_recipe(&names, &admin).await?;
-                extensions.push("citus".into());
             }
-            sqlx::query("CREATE EXTENSION IF NOT EXISTS vector")
+            sqlx::query("CREATE EXTENSION IF NOT EXISTS vector SCHEMA public")
                 .execute(&admin)
                 .await?;
-            // The owner role may create objects in `public` (PG 15+ revoked it).
-            sqlx::query(&format!(
-                "GRANT ALL ON SCHEMA public TO {}",
-                names.role.quoted()
-            ))
-            .execute(&admin)
-            .await?;
-            Ok::<_, sqlx::Error>(extensions)
+            Ok::<_, sqlx::Error>(())
         }
         .await;
         admin.close().await;
-        Ok(result?)
+        result?;
+        Ok(wanted)
     }
 
-    async fn tenant_pool(&self, tenant: Uuid) -> Result<PgPool, PlacementError> {
+    async fn owner_pool(&self, tenant: Uuid, password: &str) -> Result<PgPool, PlacementError> {
         let names = self.names(tenant);
-        Ok(self.cluster.pool_as(&names.database, &names.role).await?)
+        Ok(self
+            .cluster
+            .pool_as(&names.database, &names.owner, password)
+            .await?)
+    }
+
+    async fn ensure_access(&self, tenant: Uuid, owner: &PgPool) -> Result<(), PlacementError> {
+        let names = self.names(tenant);
+        let (login, dataplane) = (names.role.quoted(), self.cluster.dataplane_role.quoted());
+        let list = |tables: &[&str]| {
+            tables
+                .iter()
+                .map(|t| {
+                    format!(
+                        "public.{}",
+                        Ident::new(*t).expect("constant table name").quoted()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let statements = [
+            // Only the roles named here may use the schema; nobody but the
+            // owner may create in it.
+            "REVOKE ALL ON SCHEMA public FROM PUBLIC".to_string(),
+            format!("GRANT USAGE ON SCHEMA public TO {login}, {dataplane}"),
+            format!(
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {login}, {dataplane}"
+            ),
+            format!(
+                "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {login}, {dataplane}"
+            ),
+            format!(
+                "REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {} FROM {login}",
+                list(TENANT_READ_ONLY)
+            ),
+            format!(
+                "REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {} FROM {dataplane}",
+                list(DATAPLANE_READ_ONLY)
+            ),
+            format!(
+                "REVOKE UPDATE, DELETE, TRUNCATE ON {} FROM {dataplane}",
+                list(DATAPLANE_APPEND_ONLY)
+            ),
+            // Last: the database opens to them only once everything above holds.
+            format!(
+                "GRANT CONNECT ON DATABASE {} TO {login}, {dataplane}",
+                names.database.quoted()
+            ),
+        ];
+        let mut tx = owner.begin().await?;
+        for statement in &statements {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn drop_tenant(&self, tenant: Uuid) -> Result<(), PlacementError> {
         let names = self.names(tenant);
         match self.database_owner(&names.database).await? {
-            Some(owner) if owner == names.role.as_str() => {
+            Some(found) if found == names.owner.as_str() => {
                 let mut conn = self.cluster.admin().acquire().await?;
                 if self.is_citus().await? {
                     sqlx::query("SET citus.enable_create_database_propagation TO on")
@@ -424,21 +681,8 @@ impl Placement for DatabasePerTenant<'_> {
             }
             None => {}
         }
-        match self.role_marker(&names.role).await? {
-            Some(marker) if marker.as_deref() == Some(role_marker(tenant).as_str()) => {
-                sqlx::query(&format!("DROP ROLE IF EXISTS {}", names.role.quoted()))
-                    .execute(self.cluster.admin())
-                    .await?;
-            }
-            Some(_) => {
-                return Err(PlacementError::Conflict {
-                    kind: "role",
-                    name: names.role.to_string(),
-                });
-            }
-            None => {}
-        }
-        Ok(())
+        self.drop_role(&names.role, &role_marker(tenant)).await?;
+        self.drop_role(&names.owner, &owner_marker(tenant)).await
     }
 }
 

@@ -9,15 +9,17 @@ use std::sync::Arc;
 
 use serde_json::json;
 use sqlx::PgPool;
-use strata_api::TenantSpec;
+use strata_api::{DeletionPolicy, TenantSpec};
 use strata_db::{Catalog, CatalogError, TenantRecord, TenantState, migrations};
 use uuid::Uuid;
 
 use crate::audit::{self, AuditEvent, Outcome};
-use crate::cluster::{Cluster, ClusterError, Clusters};
-use crate::host::{EventKind, SecretData, TenantHost};
+use crate::cluster::{
+    CLUSTER_SECRET_PREFIX, Cluster, ClusterLookupError, Clusters, DEFAULT_CLUSTER,
+};
+use crate::host::{EventKind, HostError, SecretData, TenantHost};
 use crate::invite::{self, InviteState};
-use crate::placement::{DatabasePerTenant, Ensured, Placement, PlacementError};
+use crate::placement::{DatabasePerTenant, Ensured, Placement, PlacementError, RolePasswords};
 use crate::seed;
 
 /// The steps, in order. Each maps to the status condition it reports on.
@@ -30,12 +32,13 @@ pub enum Step {
     Database,
     Extensions,
     Migrate,
+    Access,
     Seed,
     Invite,
 }
 
 impl Step {
-    pub const ALL: [Step; 9] = [
+    pub const ALL: [Step; 10] = [
         Step::Cluster,
         Step::Catalog,
         Step::Credentials,
@@ -43,6 +46,7 @@ impl Step {
         Step::Database,
         Step::Extensions,
         Step::Migrate,
+        Step::Access,
         Step::Seed,
         Step::Invite,
     ];
@@ -56,6 +60,7 @@ impl Step {
             Step::Database => "database",
             Step::Extensions => "extensions",
             Step::Migrate => "migrate",
+            Step::Access => "access",
             Step::Seed => "seed",
             Step::Invite => "invite",
         }
@@ -74,7 +79,8 @@ impl Step {
             | Step::Role
             | Step::Database
             | Step::Extensions => crate::conditions::DATABASE_READY,
-            Step::Migrate => crate::conditions::MIGRATED,
+            // Privileges belong to the schema they are on.
+            Step::Migrate | Step::Access => crate::conditions::MIGRATED,
             Step::Seed => crate::conditions::SEEDED,
             Step::Invite => crate::conditions::ADMIN_INVITED,
         }
@@ -99,8 +105,9 @@ pub struct TenantInput {
 /// Settings that do not vary per tenant.
 #[derive(Clone, Debug)]
 pub struct ProvisionSettings {
-    /// Admin URL of the default cluster (used when the spec names none).
-    pub default_cluster_url: String,
+    /// Who manages the tenants provisioned with these settings, as recorded in
+    /// the catalog: `kubernetes` (the controller) or `offline` (`apply`).
+    pub origin: &'static str,
     /// Base URL of the data plane, for the status endpoints.
     pub api_base_url: Option<String>,
     pub invite_ttl_hours: i64,
@@ -169,58 +176,73 @@ pub fn invite_secret_name(tenant: &str) -> String {
     format!("{tenant}-admin-invite")
 }
 
-/// Resolves the cluster a tenant lives on.
-pub async fn resolve_cluster(
-    clusters: &Clusters,
-    settings: &ProvisionSettings,
-    spec: &TenantSpec,
-    host: &dyn TenantHost,
-) -> Result<Arc<Cluster>, Failure> {
-    let (id, url) = match &spec.database {
-        None => ("default".to_string(), settings.default_cluster_url.clone()),
-        Some(r) => {
-            let secret = host
-                .read_secret(&r.secret_ref.name)
-                .await
-                .map_err(|e| Failure::new(Step::Cluster, "ClusterSecretUnavailable", e, true))?
-                .ok_or_else(|| {
-                    Failure::new(
-                        Step::Cluster,
-                        "ClusterSecretMissing",
-                        format!("Secret {} not found", r.secret_ref.name),
-                        true,
-                    )
-                })?;
-            let url = secret.get(&r.secret_ref.key).ok_or_else(|| {
-                Failure::new(
-                    Step::Cluster,
-                    "ClusterSecretMissing",
-                    format!(
-                        "Secret {} has no key {}",
-                        r.secret_ref.name, r.secret_ref.key
-                    ),
-                    true,
-                )
-            })?;
-            (
-                format!("secret:{}/{}", r.secret_ref.name, r.secret_ref.key),
-                url.to_string(),
-            )
+/// The cluster a tenant's spec names (the default cluster when it names none).
+pub fn cluster_name(spec: &TenantSpec) -> &str {
+    spec.cluster.as_deref().unwrap_or(DEFAULT_CLUSTER)
+}
+
+/// Resolves a declared cluster by name and checks that it answers.
+pub async fn resolve_cluster(clusters: &Clusters, name: &str) -> Result<Arc<Cluster>, Failure> {
+    let cluster = match clusters.get(name).await {
+        Ok(Some(cluster)) => cluster,
+        // Declared by the platform team later: keep looking, with backoff.
+        Ok(None) => {
+            return Err(Failure::new(
+                Step::Cluster,
+                "ClusterNotFound",
+                format!(
+                    "no database cluster {name:?} is declared (a Secret {CLUSTER_SECRET_PREFIX}{name} in the operator's namespace)"
+                ),
+                true,
+            ));
+        }
+        Err(e @ ClusterLookupError::Source(_)) => {
+            return Err(Failure::new(Step::Cluster, "ClusterUnavailable", e, true));
+        }
+        Err(e @ ClusterLookupError::Invalid(_)) => {
+            return Err(Failure::new(Step::Cluster, "InvalidCluster", e, false));
         }
     };
-    let cluster = clusters.get(&id, &url).await.map_err(|e| match e {
-        ClusterError::InvalidUrl { .. } => {
-            Failure::new(Step::Cluster, "InvalidClusterUrl", e, false)
-        }
-        ClusterError::Unreachable { .. } => {
-            Failure::new(Step::Cluster, "ClusterUnreachable", e, true)
-        }
-    })?;
     cluster
         .ping()
         .await
         .map_err(|e| Failure::new(Step::Cluster, "ClusterUnreachable", e, true))?;
     Ok(cluster)
+}
+
+/// A Secret failure: a conflict or a refused object needs a human.
+fn secret_failure(step: Step, e: HostError) -> Failure {
+    let reason = match &e {
+        HostError::Conflict(_) => "SecretConflict",
+        _ if !e.is_retryable() => "SecretRefused",
+        _ => "SecretUnavailable",
+    };
+    let retryable = e.is_retryable();
+    Failure::new(step, reason, e, retryable)
+}
+
+/// A `postgres://` URL with every part percent-encoded, so passwords and
+/// names with `@ / # ? :` survive.
+pub fn postgres_url(user: &str, password: &str, host: &str, port: u16, database: &str) -> String {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    // Unreserved characters (RFC 3986) stay as they are; all else is encoded.
+    const PART: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    let enc = |s: &str| utf8_percent_encode(s, PART).to_string();
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]") // IPv6 literal
+    } else {
+        host.to_string()
+    };
+    format!(
+        "postgres://{}:{}@{host}:{port}/{}",
+        enc(user),
+        enc(password),
+        enc(database)
+    )
 }
 
 /// Runs the provisioning steps for one tenant.
@@ -262,9 +284,17 @@ impl Provisioner<'_> {
             display_name: t.spec.display_name.clone(),
             cluster: self.cluster.id.clone(),
             database_name: names.database.to_string(),
-            owner_role: names.role.to_string(),
+            owner_role: names.owner.to_string(),
             quotas: serde_json::to_value(&t.spec.quotas).unwrap_or_default(),
+            deletion_policy: match t.spec.deletion_policy {
+                DeletionPolicy::Retain => "Retain",
+                DeletionPolicy::Delete => "Delete",
+            }
+            .into(),
+            origin: self.settings.origin.into(),
         };
+        let catalog_unavailable =
+            |e: sqlx::Error| Failure::new(Step::Catalog, "CatalogUnavailable", e, true);
         self.catalog.claim(&record).await.map_err(|e| match e {
             CatalogError::DuplicateName { .. } => {
                 Failure::new(Step::Catalog, "DuplicateTenantName", e, false)
@@ -272,8 +302,17 @@ impl Provisioner<'_> {
             CatalogError::DatabaseTaken { .. } => {
                 Failure::new(Step::Catalog, "DatabaseNameConflict", e, false)
             }
-            CatalogError::Db(e) => Failure::new(Step::Catalog, "CatalogUnavailable", e, true),
+            CatalogError::InvalidName { .. } => {
+                Failure::new(Step::Catalog, "InvalidTenantName", e, false)
+            }
+            CatalogError::Db(e) => catalog_unavailable(e),
         })?;
+        // The owner role's password: stored once, known only to the operator.
+        let owner_password = self
+            .catalog
+            .owner_password(t.id, &crate::invite::new_token())
+            .await
+            .map_err(catalog_unavailable)?;
         self.done(Step::Catalog).await?;
 
         // 2. Credentials: the Secret is the source of truth for the password.
@@ -284,18 +323,14 @@ impl Provisioner<'_> {
                 s.get("password").unwrap_or_default().to_string()
             }
             Ok(_) => crate::invite::new_token(),
-            Err(e) => {
-                return Err(Failure::new(
-                    Step::Credentials,
-                    "SecretUnavailable",
-                    e,
-                    true,
-                ));
-            }
+            Err(e) => return Err(secret_failure(Step::Credentials, e)),
         };
-        let url = format!(
-            "postgres://{}:{}@{host}:{port}/{}",
-            names.role, password, names.database
+        let url = postgres_url(
+            names.role.as_str(),
+            &password,
+            &host,
+            port,
+            names.database.as_str(),
         );
         let data = SecretData(BTreeMap::from([
             ("username".into(), names.role.to_string()),
@@ -308,10 +343,10 @@ impl Provisioner<'_> {
         self.host
             .write_secret(&secret_name, data)
             .await
-            .map_err(|e| Failure::new(Step::Credentials, "SecretUnavailable", e, true))?;
+            .map_err(|e| secret_failure(Step::Credentials, e))?;
         self.done(Step::Credentials).await?;
 
-        // 3. Role, 4. database, 5. extensions.
+        // 3. Roles, 4. database, 5. extensions.
         let placement_failure = |step: Step| {
             move |e: PlacementError| match e {
                 PlacementError::Conflict { kind, .. } => Failure::new(
@@ -324,11 +359,16 @@ impl Provisioner<'_> {
                     e,
                     false,
                 ),
+                PlacementError::RoleInUse { .. } => Failure::new(step, "RoleInUse", e, false),
                 PlacementError::Db(e) => Failure::new(step, "ClusterError", e, true),
             }
         };
+        let passwords = RolePasswords {
+            login: &password,
+            owner: &owner_password,
+        };
         if placement
-            .ensure_role(t.id, &password)
+            .ensure_roles(t.id, &passwords)
             .await
             .map_err(placement_failure(Step::Role))?
             == Ensured::Created
@@ -338,7 +378,7 @@ impl Provisioner<'_> {
                     EventKind::Normal,
                     "RoleCreated",
                     "Provision",
-                    format!("Created role {}", names.role),
+                    format!("Created roles {} and {}", names.owner, names.role),
                 )
                 .await;
         }
@@ -359,34 +399,39 @@ impl Provisioner<'_> {
                 .await;
         }
         self.done(Step::Database).await?;
-        let extensions = placement
-            .ensure_extensions(t.id)
-            .await
-            .map_err(|e| match e {
-                PlacementError::Db(e) => Failure::new(Step::Extensions, "ExtensionFailed", e, true),
-                other => placement_failure(Step::Extensions)(other),
-            })?;
-        self.done(Step::Extensions).await?;
 
-        // 6. Migrations, as the tenant's role.
+        // From here on, work inside the tenant database runs as its owner.
         let pool = placement
-            .tenant_pool(t.id)
+            .owner_pool(t.id, &owner_password)
             .await
-            .map_err(|e| Failure::new(Step::Migrate, "ClusterError", e, true))?;
-        let result = self
-            .in_tenant_db(t, &pool, &names.database.to_string(), &extensions)
-            .await;
+            .map_err(|e| Failure::new(Step::Extensions, "ClusterError", e, true))?;
+        let result = async {
+            let extensions =
+                placement
+                    .ensure_extensions(t.id, &pool)
+                    .await
+                    .map_err(|e| match e {
+                        PlacementError::Db(e) => {
+                            Failure::new(Step::Extensions, "ExtensionFailed", e, true)
+                        }
+                        other => placement_failure(Step::Extensions)(other),
+                    })?;
+            self.done(Step::Extensions).await?;
+            self.in_tenant_db(t, &placement, &pool, names.database.as_str(), &extensions)
+                .await
+        }
+        .await;
         pool.close().await;
         let (schema_version, invitation) = result?;
 
         self.catalog
             .set_schema_version(t.id, schema_version)
             .await
-            .map_err(|e| Failure::new(Step::Catalog, "CatalogUnavailable", e, true))?;
+            .map_err(catalog_unavailable)?;
         self.catalog
             .set_state(t.id, TenantState::Ready)
             .await
-            .map_err(|e| Failure::new(Step::Catalog, "CatalogUnavailable", e, true))?;
+            .map_err(catalog_unavailable)?;
 
         Ok(Provisioned {
             database_name: names.database.to_string(),
@@ -397,7 +442,7 @@ impl Provisioner<'_> {
                 .settings
                 .api_base_url
                 .as_ref()
-                .map(|base| format!("{}/t/{}", base.trim_end_matches('/'), t.name)),
+                .map(|base| format!("{}/v1/tenants/{}", base.trim_end_matches('/'), t.name)),
             invitation,
         })
     }
@@ -407,11 +452,14 @@ impl Provisioner<'_> {
     async fn in_tenant_db(
         &self,
         t: &TenantInput,
+        placement: &dyn Placement,
         pool: &PgPool,
         database: &str,
         extensions: &[String],
     ) -> Result<(i64, InviteState), Failure> {
-        let result = self.tenant_db_steps(t, pool, database, extensions).await;
+        let result = self
+            .tenant_db_steps(t, placement, pool, database, extensions)
+            .await;
         if let Err(f) = &result
             && !f.is_injected()
         {
@@ -433,6 +481,7 @@ impl Provisioner<'_> {
     async fn tenant_db_steps(
         &self,
         t: &TenantInput,
+        placement: &dyn Placement,
         pool: &PgPool,
         database: &str,
         extensions: &[String],
@@ -499,7 +548,28 @@ impl Provisioner<'_> {
         }
         self.done(Step::Migrate).await?;
 
-        // 7. Seeds.
+        // 7. Access: the login and data-plane roles get their rights, and
+        // only then may they connect.
+        placement
+            .ensure_access(t.id, pool)
+            .await
+            .map_err(|e| Failure::new(Step::Access, "GrantFailed", e, true))?;
+        audit::record(
+            pool,
+            &success(
+                "provision.access",
+                format!(
+                    "provision:access:v{schema_version}:{}",
+                    self.cluster.dataplane_role
+                ),
+                json!({ "dataplaneRole": self.cluster.dataplane_role.as_str() }),
+            ),
+        )
+        .await
+        .map_err(|e| Failure::new(Step::Access, "AuditFailed", e, true))?;
+        self.done(Step::Access).await?;
+
+        // 8. Seeds.
         let applied = seed::apply(pool)
             .await
             .map_err(|e| Failure::new(Step::Seed, "SeedFailed", e, true))?;
@@ -530,45 +600,92 @@ impl Provisioner<'_> {
         .map_err(|e| Failure::new(Step::Seed, "AuditFailed", e, true))?;
         self.done(Step::Seed).await?;
 
-        // 8. Admin invitation: token in a Secret first, then its hash + outbox.
+        // 9. Admin invitation: token in a Secret first, then its hash + outbox.
         let secret_name = invite_secret_name(&t.name);
-        let invite_failure =
-            |reason: &'static str| move |e: String| Failure::new(Step::Invite, reason, e, true);
+        let invite_failed = |e: sqlx::Error| Failure::new(Step::Invite, "InviteFailed", e, true);
+        // A changed adminEmail: the previous address's invitation stops working.
+        for (id, email) in invite::revoke_others(pool, &t.spec.admin_email)
+            .await
+            .map_err(invite_failed)?
+        {
+            audit::record(
+                pool,
+                &success(
+                    "invitation.revoked",
+                    format!("invitation:revoked:{id}"),
+                    json!({ "invitationId": id, "email": email, "reason": "adminEmail changed" }),
+                ),
+            )
+            .await
+            .map_err(|e| Failure::new(Step::Invite, "AuditFailed", e, true))?;
+            self.host
+                .event(
+                    EventKind::Normal,
+                    "InvitationRevoked",
+                    "Invite",
+                    format!("Revoked the open invitation for {email}: adminEmail changed"),
+                )
+                .await;
+        }
         let existing = self
             .host
             .read_secret(&secret_name)
             .await
-            .map_err(|e| invite_failure("SecretUnavailable")(e.to_string()))?;
-        let token = match existing {
+            .map_err(|e| secret_failure(Step::Invite, e))?;
+        let mut token = match existing {
             Some(s)
                 if s.get("email") == Some(t.spec.admin_email.as_str())
                     && s.get("token").is_some() =>
             {
-                s.get("token").unwrap_or_default().to_string()
+                Some(s.get("token").unwrap_or_default().to_string())
             }
-            _ => {
-                let token = invite::new_token();
-                let data = SecretData(BTreeMap::from([
-                    ("email".into(), t.spec.admin_email.clone()),
-                    ("token".into(), token.clone()),
-                ]));
-                self.host
-                    .write_secret(&secret_name, data)
+            _ => None,
+        };
+        let state = loop {
+            let current = match &token {
+                Some(current) => current.clone(),
+                None => {
+                    let fresh = invite::new_token();
+                    let data = SecretData(BTreeMap::from([
+                        ("email".into(), t.spec.admin_email.clone()),
+                        ("token".into(), fresh.clone()),
+                    ]));
+                    self.host
+                        .write_secret(&secret_name, data)
+                        .await
+                        .map_err(|e| secret_failure(Step::Invite, e))?;
+                    token = Some(fresh.clone());
+                    fresh
+                }
+            };
+            let state = invite::ensure(
+                pool,
+                &t.name,
+                &t.spec.admin_email,
+                &current,
+                self.settings.invite_ttl_hours,
+                &secret_name,
+            )
+            .await
+            .map_err(invite_failed)?;
+            match state {
+                // Reissue: a new token replaces the expired invitation.
+                InviteState::Expired { id } if token.is_some() => {
+                    audit::record(
+                        pool,
+                        &success(
+                            "invitation.expired",
+                            format!("invitation:expired:{id}"),
+                            json!({ "invitationId": id, "email": t.spec.admin_email }),
+                        ),
+                    )
                     .await
-                    .map_err(|e| invite_failure("SecretUnavailable")(e.to_string()))?;
-                token
+                    .map_err(|e| Failure::new(Step::Invite, "AuditFailed", e, true))?;
+                    token = None;
+                }
+                other => break other,
             }
         };
-        let state = invite::ensure(
-            pool,
-            &t.name,
-            &t.spec.admin_email,
-            &token,
-            self.settings.invite_ttl_hours,
-            &secret_name,
-        )
-        .await
-        .map_err(|e| invite_failure("InviteFailed")(e.to_string()))?;
         match &state {
             InviteState::Created { id } | InviteState::Pending { id } => {
                 if matches!(state, InviteState::Created { .. }) {
@@ -593,9 +710,9 @@ impl Provisioner<'_> {
                     ),
                 )
                 .await
-                .map_err(|e| invite_failure("AuditFailed")(e.to_string()))?;
+                .map_err(|e| Failure::new(Step::Invite, "AuditFailed", e, true))?;
             }
-            InviteState::Accepted => {}
+            InviteState::Accepted | InviteState::Expired { .. } => {}
         }
         self.done(Step::Invite).await?;
         Ok((schema_version, state))
@@ -632,9 +749,17 @@ pub async fn destroy(catalog: &Catalog, cluster: &Cluster, tenant: Uuid) -> Resu
         .drop_tenant(tenant)
         .await
         .map_err(|e| match e {
-            PlacementError::Conflict { .. } => {
-                Failure::new(Step::Database, "DatabaseConflict", e, false)
-            }
+            PlacementError::Conflict { kind, .. } => Failure::new(
+                Step::Database,
+                if kind == "role" {
+                    "RoleConflict"
+                } else {
+                    "DatabaseConflict"
+                },
+                e,
+                false,
+            ),
+            PlacementError::RoleInUse { .. } => Failure::new(Step::Role, "RoleInUse", e, false),
             PlacementError::Db(e) => Failure::new(Step::Database, "ClusterError", e, true),
         })?;
     catalog.delete(tenant).await.map_err(catalog_failure)

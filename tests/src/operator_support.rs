@@ -8,7 +8,7 @@ use kube::api::Api;
 use prometheus_client::registry::Registry;
 use strata_api::{Tenant, TenantStatus};
 use strata_db::Catalog;
-use strata_operator::cluster::Clusters;
+use strata_operator::cluster::{Clusters, NoNamedClusters, SecretClusters, SessionLimits};
 use strata_operator::controller::{self, Backoff, Context};
 use strata_operator::metrics::Metrics;
 use strata_operator::provision::{ProvisionSettings, Step};
@@ -16,14 +16,28 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{TestDb, env};
 
-/// Provisioning settings for the stack's default cluster.
+/// Provisioning settings, as the controller uses them.
 pub fn settings(fault_after: Option<Step>) -> ProvisionSettings {
     ProvisionSettings {
-        default_cluster_url: env("STRATA_DATABASE_URL"),
-        api_base_url: Some("http://127.0.0.1:8080".into()),
+        origin: "kubernetes",
+        api_base_url: Some("http://127.0.0.1:58080".into()),
         invite_ttl_hours: 168,
         fault_after,
     }
+}
+
+/// The stack's PostgreSQL as the only (default) cluster.
+pub fn default_clusters() -> Clusters {
+    clusters_at(&env("STRATA_DATABASE_URL"))
+}
+
+/// `url` as the only (default) cluster.
+pub fn clusters_at(url: &str) -> Clusters {
+    Clusters::new(
+        Box::new(NoNamedClusters),
+        url.to_string(),
+        SessionLimits::default(),
+    )
 }
 
 /// A fresh platform catalog, opened the way the operator opens it.
@@ -41,22 +55,70 @@ pub struct OperatorHarness {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// Knobs of a harness that tests turn.
+#[derive(Clone, Copy, Debug)]
+pub struct HarnessOptions {
+    pub limits: SessionLimits,
+    pub concurrency: u16,
+    pub reconcile_deadline: Duration,
+}
+
+impl Default for HarnessOptions {
+    fn default() -> Self {
+        Self {
+            limits: SessionLimits::default(),
+            concurrency: 4,
+            reconcile_deadline: Duration::from_secs(180),
+        }
+    }
+}
+
+/// The controller's context for a test: clusters are declared as
+/// `strata-cluster-<name>` Secrets in the test's namespace (standing in for
+/// the operator's namespace).
+pub fn test_context(
+    client: kube::Client,
+    namespace: &str,
+    catalog: Catalog,
+    options: HarnessOptions,
+) -> Arc<Context> {
+    let mut registry = Registry::default();
+    Arc::new(Context {
+        clusters: Clusters::new(
+            Box::new(SecretClusters {
+                secrets: Api::namespaced(client.clone(), namespace),
+            }),
+            env("STRATA_DATABASE_URL"),
+            options.limits,
+        ),
+        client,
+        catalog,
+        settings: settings(None),
+        reporter: controller::reporter("test-operator"),
+        metrics: Metrics::register(&mut registry),
+        backoff: Backoff::default(),
+        reconcile_deadline: options.reconcile_deadline,
+    })
+}
+
 impl OperatorHarness {
     pub async fn start(client: kube::Client, namespace: &str, catalog: Catalog) -> Self {
-        let mut registry = Registry::default();
-        let ctx = Arc::new(Context {
-            client,
-            catalog,
-            clusters: Clusters::default(),
-            settings: settings(None),
-            reporter: controller::reporter("test-operator"),
-            metrics: Metrics::register(&mut registry),
-            backoff: Backoff::default(),
-        });
+        Self::start_with(client, namespace, catalog, HarnessOptions::default()).await
+    }
+
+    pub async fn start_with(
+        client: kube::Client,
+        namespace: &str,
+        catalog: Catalog,
+        options: HarnessOptions,
+    ) -> Self {
+        let ctx = test_context(client, namespace, catalog, options);
         let stop = CancellationToken::new();
         let ns = namespace.to_string();
         let shutdown = stop.clone().cancelled_owned();
-        let task = tokio::spawn(async move { controller::run(ctx, Some(&ns), 4, shutdown).await });
+        let task = tokio::spawn(async move {
+            controller::run(ctx, Some(&ns), options.concurrency, shutdown).await
+        });
         Self {
             stop,
             task: Some(task),
@@ -101,7 +163,7 @@ pub async fn wait_for_status(
     );
 }
 
-/// Drops a tenant's database and role left behind by a test (Retain policy,
+/// Drops a tenant's database and roles left behind by a test (Retain policy,
 /// or a test that stops before deletion). Best effort.
 pub async fn drop_tenant_storage(id: uuid::Uuid) {
     let names = strata_operator::placement::TenantNames::for_tenant(id);
@@ -114,9 +176,14 @@ pub async fn drop_tenant_storage(id: uuid::Uuid) {
     ))
     .execute(&admin)
     .await;
-    let _ = sqlx::query(&format!("DROP ROLE IF EXISTS {}", names.role.quoted()))
-        .execute(&admin)
-        .await;
+    for role in [&names.role, &names.owner] {
+        let _ = sqlx::query(&format!("DROP OWNED BY {}", role.quoted()))
+            .execute(&admin)
+            .await;
+        let _ = sqlx::query(&format!("DROP ROLE IF EXISTS {}", role.quoted()))
+            .execute(&admin)
+            .await;
+    }
     admin.close().await;
 }
 

@@ -5,11 +5,10 @@
 
 use sqlx::PgPool;
 use strata_api::TenantSpec;
-use strata_operator::cluster::Clusters;
 use strata_operator::host::{LocalHost, TenantHost};
 use strata_operator::placement::TenantNames;
 use strata_operator::provision::{self, Provisioner, TenantInput};
-use strata_tests::operator_support::{settings, test_catalog};
+use strata_tests::operator_support::{clusters_at, settings, test_catalog};
 use strata_tests::{unique, with_database};
 use uuid::Uuid;
 
@@ -18,8 +17,7 @@ use uuid::Uuid;
 async fn provisioning_on_citus_distributes_and_colocates_tenant_tables() {
     let citus_url = std::env::var("STRATA_CITUS_URL").expect("STRATA_CITUS_URL");
     let (_catalog_db, catalog) = test_catalog().await;
-    let mut settings = settings(None);
-    settings.default_cluster_url = citus_url.clone();
+    let settings = settings(None);
     let spec: TenantSpec = serde_json::from_value(
         serde_json::json!({"displayName": "Citus", "adminEmail": "c@citus.example"}),
     )
@@ -33,8 +31,7 @@ async fn provisioning_on_citus_distributes_and_colocates_tenant_tables() {
     let host = LocalHost {
         dir: std::env::temp_dir().join(&t.name),
     };
-    let clusters = Clusters::default();
-    let cluster = provision::resolve_cluster(&clusters, &settings, &t.spec, &host)
+    let cluster = provision::resolve_cluster(&clusters_at(&citus_url), "default")
         .await
         .expect("cluster");
     let provisioner = Provisioner {

@@ -6,11 +6,12 @@
 
 use sqlx::PgPool;
 use strata_api::TenantSpec;
-use strata_operator::cluster::Clusters;
 use strata_operator::host::LocalHost;
 use strata_operator::placement::TenantNames;
 use strata_operator::provision::{self, Provisioner, Step, TenantInput};
-use strata_tests::operator_support::{drop_tenant_storage, settings, test_catalog};
+use strata_tests::operator_support::{
+    default_clusters, drop_tenant_storage, settings, test_catalog,
+};
 use strata_tests::{env, unique, with_database};
 use uuid::Uuid;
 
@@ -68,8 +69,7 @@ async fn run(
     fault: Option<Step>,
 ) -> Result<provision::Provisioned, provision::Failure> {
     let settings = settings(fault);
-    let clusters = Clusters::default();
-    let cluster = provision::resolve_cluster(&clusters, &settings, &t.spec, host).await?;
+    let cluster = provision::resolve_cluster(&default_clusters(), "default").await?;
     Provisioner {
         settings: &settings,
         catalog,

@@ -165,26 +165,44 @@ async fn invalid_specs_are_refused_naming_the_field() {
     let msg = refusal(tenants.create(&pp, &negative).await);
     assert!(msg.contains("spec.quotas.storageBytes"), "{msg}");
 
+    // Names the operator could never provision are refused at admission:
+    // over 63 characters (a label value), dots (not a catalog name).
+    for bad in ["a".repeat(64), "with.dot".to_string()] {
+        let msg = refusal(tenants.create(&pp, &tenant(&bad, "n@name.example")).await);
+        assert!(
+            msg.contains("metadata.name must be a DNS label"),
+            "{bad}: {msg}"
+        );
+    }
+    tenants
+        .create(&pp, &tenant(&"a".repeat(63), "n@name.example"))
+        .await
+        .expect("63 characters is a valid name");
+    // A cluster is named, never given as a connection string.
+    let mut url = tenant("url-cluster", "u@url.example");
+    url.spec.cluster = Some("postgres://x:y@evil:5432/db".into());
+    let msg = refusal(tenants.create(&pp, &url).await);
+    assert!(msg.contains("spec.cluster"), "{msg}");
+
     // Immutable: the database cluster cannot change once set.
     let mut pinned = tenant("pinned", "p@pinned.example");
-    pinned.spec.database =
-        Some(serde_json::from_value(json!({"secretRef": {"name": "cluster-a"}})).expect("ref"));
+    pinned.spec.cluster = Some("cluster-a".into());
     tenants.create(&pp, &pinned).await.expect("create");
-    let moved = json!({"spec": {"database": {"secretRef": {"name": "cluster-b", "key": "url"}}}});
+    let moved = json!({"spec": {"cluster": "cluster-b"}});
     let msg = refusal(
         tenants
             .patch("pinned", &PatchParams::default(), &Patch::Merge(&moved))
             .await,
     );
-    assert!(msg.contains("spec.database"), "{msg}");
+    assert!(msg.contains("spec.cluster"), "{msg}");
     assert!(msg.contains("immutable"), "{msg}");
-    let unset = json!({"spec": {"database": null}});
+    let unset = json!({"spec": {"cluster": null}});
     let msg = refusal(
         tenants
             .patch("pinned", &PatchParams::default(), &Patch::Merge(&unset))
             .await,
     );
-    assert!(msg.contains("spec.database"), "{msg}");
+    assert!(msg.contains("spec.cluster"), "{msg}");
     // Other fields stay mutable.
     tenants
         .patch(
