@@ -166,8 +166,8 @@ async fn example_tenant_becomes_ready_with_a_provisioned_database() {
             .expect("owner");
     assert_eq!(
         owner,
-        names.role.as_str(),
-        "objects are owned by the tenant role"
+        names.owner.as_str(),
+        "objects are owned by the tenant's owner role, not its login role"
     );
     let roles: Vec<String> = sqlx::query_scalar("SELECT name FROM roles ORDER BY name")
         .fetch_all(&db)
@@ -361,7 +361,11 @@ async fn delete_policy_drops_database_role_and_catalog_entry() {
     );
     assert!(
         !role_exists(&admin, names.role.as_str()).await,
-        "role dropped"
+        "login role dropped"
+    );
+    assert!(
+        !role_exists(&admin, names.owner.as_str()).await,
+        "owner role dropped"
     );
     assert_eq!(
         count(
@@ -410,9 +414,11 @@ async fn unreachable_cluster_reports_and_recovers_by_itself() {
         1,
     );
     assert_ne!(broken, real);
+    // The platform team declares cluster "remote" (the harness reads
+    // cluster declarations from the test's namespace).
     let mut secret = Secret {
         metadata: kube::api::ObjectMeta {
-            name: Some("cluster".into()),
+            name: Some("strata-cluster-remote".into()),
             ..Default::default()
         },
         string_data: Some(BTreeMap::from([("url".to_string(), broken)])),
@@ -425,7 +431,7 @@ async fn unreachable_cluster_reports_and_recovers_by_itself() {
     let tenants: Api<Tenant> = ns.api();
     let t = tenant(
         "remote",
-        json!({"displayName": "Remote", "adminEmail": "r@remote.example", "database": {"secretRef": {"name": "cluster"}}}),
+        json!({"displayName": "Remote", "adminEmail": "r@remote.example", "cluster": "remote"}),
     );
     tenants
         .create(&PostParams::default(), &t)
@@ -473,7 +479,7 @@ async fn unreachable_cluster_reports_and_recovers_by_itself() {
     // The cluster "comes back": the operator recovers on its own backoff.
     secret.string_data = Some(BTreeMap::from([("url".to_string(), real)]));
     secrets
-        .replace("cluster", &PostParams::default(), &secret)
+        .replace("strata-cluster-remote", &PostParams::default(), &secret)
         .await
         .expect("fix secret");
     let t = wait_for_status(&tenants, "remote", READY_TIMEOUT, |s| {
