@@ -13,7 +13,9 @@ pub mod tenant;
 
 pub use bucket::{Bucket, BucketSpec, BucketStatus};
 pub use condition::{Condition, ConditionStatus};
-pub use tenant::{DeletionPolicy, Tenant, TenantPhase, TenantSpec, TenantStatus};
+pub use tenant::{
+    DeletionPolicy, ROTATE_CREDENTIALS_ANNOTATION, Tenant, TenantPhase, TenantSpec, TenantStatus,
+};
 
 use kube::CustomResourceExt;
 

@@ -7,6 +7,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::condition::{Condition, conditions_schema};
 
+/// Annotation that asks for the tenant's database password to be rotated:
+/// set it to a new value (e.g. a timestamp) and the operator replaces the
+/// password in the role, the credentials Secret and (on Citus) the node
+/// authentication rows together, then records the value in
+/// `status.credentialsRotation`.
+pub const ROTATE_CREDENTIALS_ANNOTATION: &str = "strata.dev/rotate-credentials";
+
 /// Desired state of a tenant.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
@@ -118,6 +125,9 @@ pub struct TenantStatus {
     /// Secret (same namespace) with the tenant's database credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<String>,
+    /// The `strata.dev/rotate-credentials` value the last rotation acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_rotation: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<TenantEndpoints>,
 }

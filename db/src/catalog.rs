@@ -185,6 +185,32 @@ impl Catalog {
         .await
     }
 
+    /// Digest of the Citus node-authentication rows last written for a tenant.
+    pub async fn node_auth_digest(&self, id: Uuid) -> Result<Option<String>, sqlx::Error> {
+        Ok(sqlx::query_scalar!(
+            "SELECT node_auth_digest FROM catalog.tenants WHERE id = $1",
+            id
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten())
+    }
+
+    pub async fn set_node_auth_digest(
+        &self,
+        id: Uuid,
+        digest: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query!(
+            "UPDATE catalog.tenants SET node_auth_digest = $2 WHERE id = $1",
+            id,
+            digest
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// The cluster a tenant was provisioned on, if it is in the catalog.
     pub async fn cluster_of(&self, id: Uuid) -> Result<Option<String>, sqlx::Error> {
         sqlx::query_scalar!("SELECT cluster FROM catalog.tenants WHERE id = $1", id)

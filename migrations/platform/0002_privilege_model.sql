@@ -20,3 +20,8 @@ ALTER TABLE catalog.tenants
     -- `strata-operator apply` ('offline'), which the sweeper leaves alone.
     ADD COLUMN origin text NOT NULL DEFAULT 'kubernetes'
         CHECK (origin IN ('kubernetes', 'offline'));
+
+-- Citus: a digest of the node-authentication rows last written into the
+-- tenant's database (roles, passwords, nodes), so the admin enters the tenant
+-- database only when they must change. NULL on plain PostgreSQL.
+ALTER TABLE catalog.tenants ADD COLUMN node_auth_digest text;

@@ -74,12 +74,15 @@ impl SessionLimits {
     }
 }
 
-/// A cluster as the platform team declared it.
+/// A cluster as the platform team declared it. Deliberately not `Debug`.
 pub struct ClusterSpec {
-    /// Admin connection string. Deliberately not `Debug`.
+    /// Admin connection string.
     pub url: String,
     /// The data plane's login role on this cluster.
     pub dataplane_role: String,
+    /// The data plane role's password, needed only on Citus clusters that
+    /// authenticate nodes by password (written to `pg_dist_authinfo`).
+    pub dataplane_password: Option<String>,
 }
 
 /// Where named clusters are declared.
@@ -100,8 +103,9 @@ impl ClusterSource for NoNamedClusters {
     }
 }
 
-/// Clusters declared as `strata-cluster-<name>` Secrets (keys `url` and,
-/// optionally, `dataplaneRole`) in the operator's own namespace.
+/// Clusters declared as `strata-cluster-<name>` Secrets in the operator's own
+/// namespace: keys `url` and, optionally, `dataplaneRole` and
+/// `dataplanePassword` (see docs/clusters.md).
 pub struct SecretClusters {
     pub secrets: kube::Api<k8s_openapi::api::core::v1::Secret>,
 }
@@ -131,6 +135,7 @@ impl ClusterSource for SecretClusters {
         Ok(Some(ClusterSpec {
             url,
             dataplane_role,
+            dataplane_password: text("dataplanePassword")?,
         }))
     }
 }
@@ -144,6 +149,10 @@ pub struct Cluster {
     limits: SessionLimits,
     /// The data plane's login role, granted access to every tenant database.
     pub dataplane_role: Ident,
+    /// Passwords Citus nodes need to authenticate the admin and data-plane
+    /// roles to each other (`pg_dist_authinfo`); unused on plain PostgreSQL.
+    pub(crate) admin_password: Option<String>,
+    pub(crate) dataplane_password: Option<String>,
     /// Serialises template preparation within this process (an advisory lock
     /// does it across processes).
     pub(crate) template_lock: Mutex<bool>,
@@ -201,12 +210,22 @@ impl Cluster {
             .acquire_timeout(CONNECT_TIMEOUT)
             .idle_timeout(Duration::from_secs(60))
             .connect_lazy_with(limits.apply(admin.clone(), ADMIN_SEARCH_PATH));
+        let admin_password = url::Url::parse(&spec.url)
+            .ok()
+            .and_then(|u| u.password().map(str::to_string))
+            .map(|p| {
+                percent_encoding::percent_decode_str(&p)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            });
         Ok(Self {
             id,
             admin,
             pool,
             limits,
             dataplane_role,
+            admin_password,
+            dataplane_password: spec.dataplane_password.clone(),
             template_lock: Mutex::new(false),
             citus: OnceCell::new(),
         })
@@ -227,6 +246,11 @@ impl Cluster {
                 cluster: self.id.clone(),
                 source,
             })
+    }
+
+    /// The admin role's name.
+    pub fn admin_user(&self) -> &str {
+        self.admin.get_username()
     }
 
     /// Host and port clients use to reach the cluster.
@@ -298,6 +322,7 @@ impl Clusters {
             ClusterSpec {
                 url: self.default_url.clone(),
                 dataplane_role: DEFAULT_DATAPLANE_ROLE.to_string(),
+                dataplane_password: None,
             }
         } else {
             match self
@@ -312,8 +337,13 @@ impl Clusters {
         };
         // Keyed by a hash, so the map never holds a readable password beyond
         // the connect options; a changed declaration gives a fresh cluster.
-        let key: [u8; 32] =
-            Sha256::digest(format!("{name}\n{}\n{}", spec.url, spec.dataplane_role)).into();
+        let key: [u8; 32] = Sha256::digest(format!(
+            "{name}\n{}\n{}\n{}",
+            spec.url,
+            spec.dataplane_role,
+            spec.dataplane_password.as_deref().unwrap_or_default()
+        ))
+        .into();
         let mut map = self.by_key.lock().await;
         if let Some(c) = map.get(&key) {
             return Ok(Some(c.clone()));

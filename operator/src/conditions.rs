@@ -87,6 +87,7 @@ pub fn status_after(
             status.database_name = Some(p.database_name.clone());
             status.schema_version = Some(p.schema_version);
             status.credentials_secret = Some(p.credentials_secret.clone());
+            status.credentials_rotation = p.rotation.clone();
             status.endpoints = Some(TenantEndpoints {
                 database: Some(p.database_endpoint.clone()),
                 api: p.api_endpoint.clone(),

@@ -119,6 +119,16 @@ fn input(tenant: &Tenant) -> Result<TenantInput, Error> {
         name: tenant.name_any(),
         namespace: tenant.namespace().ok_or(Error::Incomplete)?,
         spec: tenant.spec.clone(),
+        rotation: provision::Rotation {
+            requested: tenant
+                .annotations()
+                .get(strata_api::ROTATE_CREDENTIALS_ANNOTATION)
+                .cloned(),
+            done: tenant
+                .status
+                .as_ref()
+                .and_then(|s| s.credentials_rotation.clone()),
+        },
     })
 }
 

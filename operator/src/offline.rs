@@ -59,6 +59,8 @@ pub async fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
         name,
         namespace,
         spec: tenant.spec,
+        // Offline there is no status to remember a rotation in.
+        rotation: Default::default(),
     };
     let cluster = provision::resolve_cluster(&clusters, provision::cluster_name(&input.spec))
         .await

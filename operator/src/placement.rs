@@ -109,6 +109,22 @@ pub struct RolePasswords<'a> {
     pub owner: &'a str,
 }
 
+/// What Citus nodes need to authenticate the tenant's sessions to each other.
+pub struct NodeAuth<'a> {
+    pub passwords: &'a RolePasswords<'a>,
+    /// Digest of the rows written last time (from the catalog).
+    pub recorded: Option<&'a str>,
+}
+
+/// What [`Placement::ensure_extensions`] established.
+#[derive(Debug)]
+pub struct Extensions {
+    pub names: Vec<String>,
+    /// Digest of the node-authentication rows now in place (Citus only), to
+    /// record in the catalog.
+    pub node_auth: Option<String>,
+}
+
 #[async_trait]
 pub trait Placement: Send + Sync {
     fn names(&self, tenant: Uuid) -> TenantNames;
@@ -121,14 +137,16 @@ pub trait Placement: Send + Sync {
     ) -> Result<Ensured, PlacementError>;
     /// Creates the tenant's database (owned by its owner role), closed to others.
     async fn ensure_database(&self, tenant: Uuid) -> Result<Ensured, PlacementError>;
-    /// Installs the extensions (and, with Citus, registers nodes) where
-    /// missing; `owner` is a session of the owner role used to look first,
-    /// so the admin enters the database only when there is work only it can do.
+    /// Installs the extensions (and, with Citus, registers nodes and writes
+    /// node authentication) where missing; `owner` is a session of the owner
+    /// role used to look first, so the admin enters the database only when
+    /// there is work only it can do.
     async fn ensure_extensions(
         &self,
         tenant: Uuid,
         owner: &PgPool,
-    ) -> Result<Vec<String>, PlacementError>;
+        auth: &NodeAuth<'_>,
+    ) -> Result<Extensions, PlacementError>;
     /// A pool logged in as the tenant's owner role inside its database.
     async fn owner_pool(&self, tenant: Uuid, password: &str) -> Result<PgPool, PlacementError>;
     /// Grants the login role and the data plane their rights (as the owner).
@@ -239,20 +257,52 @@ impl DatabasePerTenant<'_> {
         Ok(())
     }
 
+    /// Primary workers registered on the cluster (maintenance database).
+    async fn citus_workers(&self) -> Result<Vec<(String, i32)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT nodename::text, nodeport FROM pg_dist_node \
+             WHERE noderole = 'primary' AND groupid <> 0 ORDER BY 1, 2",
+        )
+        .fetch_all(self.cluster.admin())
+        .await
+    }
+
+    /// The roles whose sessions Citus nodes open to each other in a tenant
+    /// database, with their passwords: the admin (node registration, DDL
+    /// propagation), the owner (migrations), the login role and the data
+    /// plane (distributed queries). Roles without a known password are left
+    /// to the cluster's own setup (password file or certificates).
+    fn node_credentials(
+        &self,
+        names: &TenantNames,
+        passwords: &RolePasswords<'_>,
+    ) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if let Some(pw) = &self.cluster.admin_password {
+            out.push((self.cluster.admin_user().to_string(), pw.clone()));
+        }
+        out.push((names.owner.to_string(), passwords.owner.to_string()));
+        out.push((names.role.to_string(), passwords.login.to_string()));
+        if let Some(pw) = &self.cluster.dataplane_password {
+            out.push((self.cluster.dataplane_role.to_string(), pw.clone()));
+        }
+        out
+    }
+
     /// Citus: the "template" is a recipe applied per node, because database
     /// propagation only clones `template1` and the maintenance daemon keeps
-    /// connections open to databases that have the extension.
+    /// connections open to databases that have the extension. Node
+    /// authentication (`pg_dist_authinfo`) is per database and not synced
+    /// between nodes, so it is written on every node's copy, first: node
+    /// registration itself connects to the workers as the admin.
     async fn citus_recipe(
         &self,
         names: &TenantNames,
         tenant_admin: &PgPool,
+        credentials: &[(String, String)],
     ) -> Result<(), sqlx::Error> {
-        let workers: Vec<(String, i32)> = sqlx::query_as(
-            "SELECT nodename::text, nodeport FROM pg_dist_node WHERE noderole = 'primary' AND groupid <> 0",
-        )
-        .fetch_all(self.cluster.admin())
-        .await?;
-        // Extensions on every worker's copy of the database.
+        let workers = self.citus_workers().await?;
+        // Extensions and node authentication on every worker's copy.
         for (host, port) in &workers {
             let options = self
                 .cluster
@@ -275,8 +325,10 @@ impl DatabasePerTenant<'_> {
                         .await?;
                 }
             }
+            write_node_auth(&worker, credentials).await?;
             worker.close().await;
         }
+        write_node_auth(tenant_admin, credentials).await?;
         // Coordinator host and workers registered in the tenant database.
         let (host, port) = self.cluster.host_port();
         let coordinator_known: bool =
@@ -302,6 +354,50 @@ impl DatabasePerTenant<'_> {
         }
         Ok(())
     }
+}
+
+/// Replaces the node-authentication rows (for all nodes, `nodeid = 0`) of
+/// these roles in one transaction. Other roles' rows are left alone.
+async fn write_node_auth(db: &PgPool, credentials: &[(String, String)]) -> Result<(), sqlx::Error> {
+    let roles: Vec<&str> = credentials.iter().map(|(r, _)| r.as_str()).collect();
+    let mut tx = db.begin().await?;
+    sqlx::query("DELETE FROM pg_dist_authinfo WHERE nodeid = 0 AND rolename = ANY($1)")
+        .bind(&roles)
+        .execute(&mut *tx)
+        .await?;
+    for (role, password) in credentials {
+        sqlx::query("INSERT INTO pg_dist_authinfo (nodeid, rolename, authinfo) VALUES (0, $1, $2)")
+            .bind(role)
+            .bind(format!("password={}", conninfo_value(password)))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}
+
+/// A libpq connection-string value: single-quoted, with `\` and `'` escaped.
+fn conninfo_value(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// Digest of what the node-authentication rows of a tenant hold (roles,
+/// passwords, workers), salted with the tenant id; stored in the catalog so
+/// the rows are rewritten only when something changed.
+fn node_auth_digest(
+    tenant: Uuid,
+    credentials: &[(String, String)],
+    workers: &[(String, i32)],
+) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(tenant.as_bytes());
+    for (role, password) in credentials {
+        hash.update(format!("\0{role}\0{password}").as_bytes());
+    }
+    for (host, port) in workers {
+        hash.update(format!("\0{host}:{port}").as_bytes());
+    }
+    hex::encode(hash.finalize())
 }
 
 impl DatabasePerTenant<'_> {
@@ -559,7 +655,8 @@ impl Placement for DatabasePerTenant<'_> {
         &self,
         tenant: Uuid,
         owner: &PgPool,
-    ) -> Result<Vec<String>, PlacementError> {
+        auth: &NodeAuth<'_>,
+    ) -> Result<Extensions, PlacementError> {
         let names = self.names(tenant);
         let citus = self.is_citus().await?;
         let mut wanted = vec!["vector".to_string()];
@@ -571,9 +668,20 @@ impl Placement for DatabasePerTenant<'_> {
                 .fetch_all(owner)
                 .await?;
         let missing = wanted.iter().any(|e| !present.contains(e));
+        let (credentials, digest) = if citus {
+            let credentials = self.node_credentials(&names, auth.passwords);
+            let digest = node_auth_digest(tenant, &credentials, &self.citus_workers().await?);
+            (credentials, Some(digest))
+        } else {
+            (Vec::new(), None)
+        };
+        let auth_stale = digest.as_deref() != auth.recorded && citus;
         let nodes_missing = citus && (missing || self.citus_nodes_missing(owner).await?);
-        if !missing && !nodes_missing {
-            return Ok(wanted);
+        if !missing && !nodes_missing && !auth_stale {
+            return Ok(Extensions {
+                names: wanted,
+                node_auth: digest,
+            });
         }
         // Superuser-only work, with the admin search path (pg_catalog first).
         let admin = self.cluster.admin_pool_on(&names.database).await?;
@@ -582,7 +690,7 @@ impl Placement for DatabasePerTenant<'_> {
                 sqlx::query("CREATE EXTENSION IF NOT EXISTS citus")
                     .execute(&admin)
                     .await?;
-                self.citus_recipe(&names, &admin).await?;
+                self.citus_recipe(&names, &admin, &credentials).await?;
             }
             sqlx::query("CREATE EXTENSION IF NOT EXISTS vector SCHEMA public")
                 .execute(&admin)
@@ -592,7 +700,10 @@ impl Placement for DatabasePerTenant<'_> {
         .await;
         admin.close().await;
         result?;
-        Ok(wanted)
+        Ok(Extensions {
+            names: wanted,
+            node_auth: digest,
+        })
     }
 
     async fn owner_pool(&self, tenant: Uuid, password: &str) -> Result<PgPool, PlacementError> {
@@ -683,6 +794,32 @@ impl Placement for DatabasePerTenant<'_> {
         }
         self.drop_role(&names.role, &role_marker(tenant)).await?;
         self.drop_role(&names.owner, &owner_marker(tenant)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conninfo_values_are_quoted_and_escaped() {
+        assert_eq!(conninfo_value("plain"), "'plain'");
+        assert_eq!(conninfo_value("it's a \\ pass"), "'it\\'s a \\\\ pass'");
+    }
+
+    #[test]
+    fn node_auth_digest_changes_with_any_input() {
+        let id = Uuid::nil();
+        let creds = vec![("a".to_string(), "pw".to_string())];
+        let workers = vec![("w1".to_string(), 5432)];
+        let base = node_auth_digest(id, &creds, &workers);
+        assert_eq!(base, node_auth_digest(id, &creds, &workers));
+        assert_ne!(
+            base,
+            node_auth_digest(id, &[("a".into(), "pw2".into())], &workers)
+        );
+        assert_ne!(base, node_auth_digest(id, &creds, &[("w2".into(), 5432)]));
+        assert_ne!(base, node_auth_digest(Uuid::max(), &creds, &workers));
     }
 }
 

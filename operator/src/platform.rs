@@ -8,6 +8,8 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use strata_db::{Catalog, Ident, migrations};
 
+use crate::cluster::DEFAULT_DATAPLANE_ROLE;
+
 /// Connects to (creating if needed) the platform database and migrates it.
 pub async fn open(admin_url: &str, database: &str) -> anyhow::Result<Catalog> {
     let db = Ident::new(database)?;
@@ -51,6 +53,32 @@ pub async fn open(admin_url: &str, database: &str) -> anyhow::Result<Catalog> {
         )
         .await?;
     let version = migrations::run(&migrations::PLATFORM, &pool).await?;
+    grant_dataplane_read(&pool, &db).await?;
     tracing::info!(database = %db, schema_version = version, "platform catalog ready");
     Ok(Catalog::new(pool))
+}
+
+/// The data plane resolves tenants from `catalog.tenants` with its own role:
+/// read access to that table only (never to `catalog.owner_credentials`).
+/// Skipped while the role does not exist yet; the next start grants it.
+async fn grant_dataplane_read(pool: &PgPool, db: &Ident) -> anyhow::Result<()> {
+    let role = Ident::new(DEFAULT_DATAPLANE_ROLE)?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(role.as_str())
+            .fetch_one(pool)
+            .await?;
+    if !exists {
+        tracing::info!(role = %role, "data plane role not found; catalog read access not granted yet");
+        return Ok(());
+    }
+    let role = role.quoted();
+    for statement in [
+        format!("GRANT CONNECT ON DATABASE {} TO {role}", db.quoted()),
+        format!("GRANT USAGE ON SCHEMA catalog TO {role}"),
+        format!("GRANT SELECT ON catalog.tenants TO {role}"),
+    ] {
+        sqlx::query(&statement).execute(pool).await?;
+    }
+    Ok(())
 }

@@ -19,7 +19,9 @@ use crate::cluster::{
 };
 use crate::host::{EventKind, HostError, SecretData, TenantHost};
 use crate::invite::{self, InviteState};
-use crate::placement::{DatabasePerTenant, Ensured, Placement, PlacementError, RolePasswords};
+use crate::placement::{
+    DatabasePerTenant, Ensured, NodeAuth, Placement, PlacementError, RolePasswords,
+};
 use crate::seed;
 
 /// The steps, in order. Each maps to the status condition it reports on.
@@ -100,6 +102,24 @@ pub struct TenantInput {
     pub name: String,
     pub namespace: String,
     pub spec: TenantSpec,
+    /// Credential rotation: the value asked for (the Tenant's
+    /// `strata.dev/rotate-credentials` annotation) and the value the last
+    /// rotation acted on (`status.credentialsRotation`). A rotation happens
+    /// when they differ.
+    pub rotation: Rotation,
+}
+
+/// See [`TenantInput::rotation`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rotation {
+    pub requested: Option<String>,
+    pub done: Option<String>,
+}
+
+impl Rotation {
+    fn pending(&self) -> bool {
+        self.requested.is_some() && self.requested != self.done
+    }
 }
 
 /// Settings that do not vary per tenant.
@@ -124,6 +144,8 @@ pub struct Provisioned {
     pub database_endpoint: String,
     pub api_endpoint: Option<String>,
     pub invitation: InviteState,
+    /// The rotation value now in effect (for `status.credentialsRotation`).
+    pub rotation: Option<String>,
 }
 
 /// Why a run stopped.
@@ -318,7 +340,11 @@ impl Provisioner<'_> {
         // 2. Credentials: the Secret is the source of truth for the password.
         let secret_name = credentials_secret_name(&t.name);
         let (host, port) = self.cluster.host_port();
+        let rotating = t.rotation.pending();
         let password = match self.host.read_secret(&secret_name).await {
+            // A rotation replaces the password everywhere, starting here (the
+            // Secret is the source of truth; a crash later converges on it).
+            Ok(Some(_)) | Ok(None) if rotating => crate::invite::new_token(),
             Ok(Some(s)) if s.get("password").is_some_and(|p| !p.is_empty()) => {
                 s.get("password").unwrap_or_default().to_string()
             }
@@ -344,6 +370,19 @@ impl Provisioner<'_> {
             .write_secret(&secret_name, data)
             .await
             .map_err(|e| secret_failure(Step::Credentials, e))?;
+        if rotating {
+            self.host
+                .event(
+                    EventKind::Normal,
+                    "CredentialsRotated",
+                    "Rotate",
+                    format!(
+                        "New database password in Secret {secret_name} (rotation {:?})",
+                        t.rotation.requested.as_deref().unwrap_or_default()
+                    ),
+                )
+                .await;
+        }
         self.done(Step::Credentials).await?;
 
         // 3. Roles, 4. database, 5. extensions.
@@ -405,20 +444,40 @@ impl Provisioner<'_> {
             .owner_pool(t.id, &owner_password)
             .await
             .map_err(|e| Failure::new(Step::Extensions, "ClusterError", e, true))?;
+        let recorded_auth = self
+            .catalog
+            .node_auth_digest(t.id)
+            .await
+            .map_err(catalog_unavailable)?;
         let result = async {
-            let extensions =
-                placement
-                    .ensure_extensions(t.id, &pool)
-                    .await
-                    .map_err(|e| match e {
-                        PlacementError::Db(e) => {
-                            Failure::new(Step::Extensions, "ExtensionFailed", e, true)
-                        }
-                        other => placement_failure(Step::Extensions)(other),
-                    })?;
-            self.done(Step::Extensions).await?;
-            self.in_tenant_db(t, &placement, &pool, names.database.as_str(), &extensions)
+            let node_auth = NodeAuth {
+                passwords: &passwords,
+                recorded: recorded_auth.as_deref(),
+            };
+            let established = placement
+                .ensure_extensions(t.id, &pool, &node_auth)
                 .await
+                .map_err(|e| match e {
+                    PlacementError::Db(e) => {
+                        Failure::new(Step::Extensions, "ExtensionFailed", e, true)
+                    }
+                    other => placement_failure(Step::Extensions)(other),
+                })?;
+            if established.node_auth != recorded_auth {
+                self.catalog
+                    .set_node_auth_digest(t.id, established.node_auth.as_deref())
+                    .await
+                    .map_err(catalog_unavailable)?;
+            }
+            self.done(Step::Extensions).await?;
+            self.in_tenant_db(
+                t,
+                &placement,
+                &pool,
+                names.database.as_str(),
+                &established.names,
+            )
+            .await
         }
         .await;
         pool.close().await;
@@ -444,6 +503,7 @@ impl Provisioner<'_> {
                 .as_ref()
                 .map(|base| format!("{}/v1/tenants/{}", base.trim_end_matches('/'), t.name)),
             invitation,
+            rotation: t.rotation.requested.clone(),
         })
     }
 
@@ -545,6 +605,19 @@ impl Provisioner<'_> {
             ),
         ] {
             audit::record(pool, &event).await.map_err(audit_failure)?;
+        }
+        if t.rotation.pending() {
+            let requested = t.rotation.requested.as_deref().unwrap_or_default();
+            audit::record(
+                pool,
+                &success(
+                    "credentials.rotated",
+                    format!("credentials:rotated:{requested}"),
+                    json!({ "rotation": requested, "role": database }),
+                ),
+            )
+            .await
+            .map_err(audit_failure)?;
         }
         self.done(Step::Migrate).await?;
 

@@ -27,6 +27,7 @@ async fn provisioning_on_citus_distributes_and_colocates_tenant_tables() {
         name: unique("citus-"),
         namespace: "citus".into(),
         spec,
+        rotation: Default::default(),
     };
     let host = LocalHost {
         dir: std::env::temp_dir().join(&t.name),

@@ -26,6 +26,7 @@ fn input(name: &str) -> TenantInput {
         name: name.into(),
         namespace: "crash".into(),
         spec,
+        rotation: Default::default(),
     }
 }
 

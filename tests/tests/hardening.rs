@@ -36,6 +36,7 @@ fn input(name: &str, admin_email: &str) -> TenantInput {
         name: name.into(),
         namespace: "hardening".into(),
         spec: spec(json!({"displayName": "Hardening", "adminEmail": admin_email})),
+        rotation: Default::default(),
     }
 }
 
