@@ -1,4 +1,5 @@
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -102,20 +103,32 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(e) => e.hold().left_future(),
         None => std::future::pending().right_future(),
     };
-    let mut result = Ok(());
-    tokio::select! {
-        () = controller => {}
-        () = lost => {
-            result = Err(anyhow::anyhow!("lost leadership; exiting so a fresh replica can take over"));
-            shutdown.cancel();
-        }
-    }
+    // Both futures are moved into the select: when `lost` wins, `controller`
+    // is dropped before the branch runs, and with it the kube-runtime
+    // Controller, whose reconcile tasks are aborted (not awaited) on drop.
+    let stepped_down = tokio::select! {
+        () = controller => None,
+        down = lost => Some(down),
+    };
     metrics.leader.set(0);
+    if let Some(down) = stepped_down {
+        // No release: the lease is not known to be ours any more. Exit so a
+        // fresh process (with fresh connections) competes again.
+        tracing::error!(reason = ?down.reason, since_last_renewal = ?down.last_renewal.map(|t| t.elapsed()), "stopped leading; exiting");
+        shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), probes).await;
+        anyhow::bail!(
+            "lost leadership ({:?}); exiting so a fresh replica can take over",
+            down.reason
+        );
+    }
     if let Some(e) = &elector {
+        // Graceful shutdown: the controller finished; hand the lease over
+        // (bounded by the renew deadline inside `release`).
         e.release().await;
     }
     shutdown.cancel();
     probes.await??;
     tracing::info!("stopped");
-    result
+    Ok(())
 }
