@@ -32,9 +32,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let catalog = strata_operator::platform::open(&db.database_url, &db.platform_database)
         .await
         .context("opening the platform catalog")?;
-    let client = Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API")?;
+    let client = kube_client().await?;
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
@@ -131,4 +129,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     probes.await??;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The Kubernetes client, from the kubeconfig or the in-cluster service
+/// account, with every wait bounded: a dead API server shows up as an error,
+/// not a request that hangs forever.
+async fn kube_client() -> anyhow::Result<Client> {
+    let mut config = kube::Config::infer()
+        .await
+        .context("loading the Kubernetes client configuration")?;
+    config.connect_timeout = Some(Duration::from_secs(10));
+    // Watches are closed by the server after 290 s (kube-runtime's default
+    // timeoutSeconds); the read timeout must stay above that. Resetting it on
+    // every write makes it count from the request, not from when a pooled
+    // connection went idle.
+    config.read_timeout = Some(Duration::from_secs(295));
+    config.reset_reader_on_write = true;
+    config.write_timeout = Some(Duration::from_secs(30));
+    Client::try_from(config).context("building the Kubernetes client")
 }
