@@ -6,9 +6,10 @@ use clap::Parser;
 use futures::FutureExt;
 use kube::Client;
 use prometheus_client::registry::Registry;
+use strata_operator::cluster::{Clusters, SecretClusters};
 use strata_operator::config::{Cli, Command, RunArgs};
 use strata_operator::controller::{self, Backoff, Context};
-use strata_operator::{cluster::Clusters, leader::LeaderElector, metrics::Metrics};
+use strata_operator::{leader::LeaderElector, metrics::Metrics};
 use strata_servicekit::{ReadinessCheck, probe_router, shutdown_signal};
 use tokio_util::sync::CancellationToken;
 
@@ -66,11 +67,24 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         });
     }
 
+    // Clusters are declared by the platform team in the operator's namespace.
+    let cluster_namespace = args
+        .cluster_namespace
+        .clone()
+        .unwrap_or_else(|| args.lease_namespace.clone());
+    let clusters = Clusters::new(
+        Box::new(SecretClusters {
+            secrets: kube::Api::namespaced(client.clone(), &cluster_namespace),
+        }),
+        db.database_url.clone(),
+        db.session_limits(),
+    );
     let ctx = Arc::new(Context {
         client: client.clone(),
         catalog,
-        clusters: Clusters::default(),
-        settings: db.settings(),
+        clusters,
+        reconcile_deadline: args.reconcile_deadline,
+        settings: db.settings("kubernetes"),
         reporter: controller::reporter(&identity),
         metrics: metrics.clone(),
         backoff: Backoff::default(),

@@ -797,6 +797,11 @@ impl Placement for DatabasePerTenant<'_> {
     }
 }
 
+/// `duplicate_object` / `duplicate_database` / unique violation on the catalogs.
+fn is_duplicate(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("42710" | "42P04" | "23505")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -821,9 +826,4 @@ mod tests {
         assert_ne!(base, node_auth_digest(id, &creds, &[("w2".into(), 5432)]));
         assert_ne!(base, node_auth_digest(Uuid::max(), &creds, &workers));
     }
-}
-
-/// `duplicate_object` / `duplicate_database` / unique violation on the catalogs.
-fn is_duplicate(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("42710" | "42P04" | "23505")))
 }

@@ -8,7 +8,7 @@ use strata_tests::{TestDb, TestNamespace, env, unique};
 
 #[tokio::test]
 async fn serves_probes_and_metrics_and_stops_on_sigterm() {
-    let _ns = TestNamespace::new().await; // the API server is up
+    let ns = TestNamespace::new().await; // the API server is up
     let catalog = TestDb::new().await;
     let port = free_port();
     let mut operator = Running::spawn(
@@ -18,6 +18,9 @@ async fn serves_probes_and_metrics_and_stops_on_sigterm() {
             .env("KUBECONFIG", env("STRATA_OPERATOR_KUBECONFIG"))
             .env("STRATA_OPERATOR_PROBE_ADDR", format!("127.0.0.1:{port}"))
             .env("STRATA_LEASE_NAME", unique("lease-"))
+            // Its own namespace only: with a catalog of its own, it must not
+            // reconcile (and fight over) other tests' tenants.
+            .env("STRATA_WATCH_NAMESPACE", &ns.name)
             .env("STRATA_LOG_FORMAT", "json"),
     );
     let base = format!("http://127.0.0.1:{port}");
