@@ -9,11 +9,17 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$ROOT"
 RUN=$ROOT/.stack/run
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug
-OPERATOR_ADDR=127.0.0.1:${STRATA_OPERATOR_PORT:-8081}
-DATAPLANE_ADDR=127.0.0.1:${STRATA_DATAPLANE_PORT:-8080}
+# Ports: see "Local ports" in README.md, the one place they are listed. Not
+# 8080/8081: 8080 is where kubectl goes without a kubeconfig, and both are
+# everybody's default for something; these are the binaries' own defaults.
+OPERATOR_ADDR=127.0.0.1:${STRATA_OPERATOR_PORT:-58081}
+DATAPLANE_ADDR=127.0.0.1:${STRATA_DATAPLANE_PORT:-58080}
 mkdir -p "$RUN"
 
 alive() { [[ -f $RUN/$1.pid ]] && kill -0 "$(<"$RUN/$1.pid")" 2>/dev/null; }
+
+# port_in_use ADDR: something accepts TCP connections on host:port.
+port_in_use() { (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; }
 
 wait_ready() { # name url
 	for _ in $(seq 1 120); do
@@ -30,25 +36,38 @@ wait_ready() { # name url
 	return 1
 }
 
-start() { # name command...
-	local name=$1
-	shift
+start() { # name addr command...
+	local name=$1 addr=$2
+	shift 2
 	if alive "$name"; then
-		echo "$name already running (pid $(<"$RUN/$name.pid"))"
-		return
+		# One started before a port change (or with another STRATA_*_PORT)
+		# would never answer on addr: restart it there.
+		if [[ $(cat "$RUN/$name.addr" 2>/dev/null) == "$addr" ]]; then
+			echo "$name already running (pid $(<"$RUN/$name.pid"))"
+			return
+		fi
+		stop "$name"
+	fi
+	# A listener we did not start would answer our readiness probe in place
+	# of the process we start (which then fails to bind): refuse instead.
+	if port_in_use "$addr"; then
+		echo "$name: $addr is already in use by a process hack/local.sh did not start;" \
+			"stop it or pick another port (README.md, \"Local ports\")" >&2
+		return 1
 	fi
 	nohup "$@" >"$RUN/$name.log" 2>&1 &
 	echo $! >"$RUN/$name.pid"
+	echo "$addr" >"$RUN/$name.addr"
 }
 
 stop() { # name
 	local name=$1 pid
-	alive "$name" || { rm -f "$RUN/$name.pid"; return 0; }
+	alive "$name" || { rm -f "$RUN/$name.pid" "$RUN/$name.addr"; return 0; }
 	pid=$(<"$RUN/$name.pid")
 	kill -TERM "$pid"
 	for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
 	kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
-	rm -f "$RUN/$name.pid"
+	rm -f "$RUN/$name.pid" "$RUN/$name.addr"
 	echo "stopped $name"
 }
 
@@ -56,11 +75,11 @@ case ${1:-} in
 up)
 	# shellcheck source=/dev/null
 	source .stack/env
-	start operator env KUBECONFIG="$STRATA_OPERATOR_KUBECONFIG" \
+	start operator "$OPERATOR_ADDR" env KUBECONFIG="$STRATA_OPERATOR_KUBECONFIG" \
 		STRATA_OPERATOR_PROBE_ADDR="$OPERATOR_ADDR" \
 		STRATA_API_BASE_URL="http://$DATAPLANE_ADDR" \
 		"$BIN/strata-operator"
-	start dataplane env STRATA_CATALOG_URL="${STRATA_DATABASE_URL%/*}/strata_platform" \
+	start dataplane "$DATAPLANE_ADDR" env STRATA_CATALOG_URL="${STRATA_DATABASE_URL%/*}/strata_platform" \
 		STRATA_DATAPLANE_ADDR="$DATAPLANE_ADDR" \
 		"$BIN/strata-dataplane"
 	wait_ready operator "http://$OPERATOR_ADDR/readyz"
@@ -89,7 +108,7 @@ down)
 	;;
 status)
 	for n in operator dataplane; do
-		if alive $n; then echo "$n: running (pid $(<"$RUN/$n.pid"))"; else echo "$n: stopped"; fi
+		if alive $n; then echo "$n: running (pid $(<"$RUN/$n.pid"), $(cat "$RUN/$n.addr" 2>/dev/null || echo "address unknown"))"; else echo "$n: stopped"; fi
 	done
 	;;
 *)
