@@ -10,6 +10,9 @@ SHELL := /usr/bin/env bash
 CARGO ?= cargo
 STACK := hack/stack.sh
 ENV := .stack/env
+# Talks to the stack's API server with the stack's kubeconfig, whatever
+# KUBECONFIG or ~/.kube/config say; no target uses kubectl's implicit default.
+KUBECTL := hack/kubectl.sh
 
 .PHONY: help
 help: ## Show this help
@@ -32,8 +35,8 @@ status: ## Show what runs
 .PHONY: stack-up
 stack-up: ## Start PostgreSQL+pgvector, Redis, Garage (S3) and the kube-apiserver; apply CRDs and RBAC
 	$(STACK) up
-	source $(ENV) && kubectl apply --server-side --force-conflicts -f crds/ -f config/rbac/ >/dev/null
-	source $(ENV) && kubectl wait --for condition=established --timeout=60s -f crds/ >/dev/null
+	$(KUBECTL) apply --server-side --force-conflicts -f crds/ -f config/rbac/ >/dev/null
+	$(KUBECTL) wait --for condition=established --timeout=60s -f crds/ >/dev/null
 
 .PHONY: stack-down
 stack-down: ## Stop the stack's services

@@ -6,13 +6,17 @@
 #      normalised text comparison of the `rules:` blocks);
 #   3. when `helm` is on PATH: `helm lint`, renders with several value sets,
 #      renders that must fail, and `helm template | kubectl apply
-#      --dry-run=client -f -` (needs a reachable API server: the current
-#      kubeconfig, else the local stack's from `make stack-up`). Renders for
-#      Kubernetes $STRATA_CHECK_KUBE_VERSION (default 1.34.0).
-#      Without helm, says so and skips only this part.
+#      --dry-run=client -f -`. Renders for Kubernetes $STRATA_CHECK_KUBE_VERSION
+#      (default 1.34.0). Without helm, says so and skips only this part.
+#      The dry run needs an API server (kubectl asks it for the resource
+#      types). It uses the local stack's (`make stack-up`), or the cluster of
+#      the kubeconfig in $STRATA_CHECK_KUBECONFIG when you set that; never
+#      kubectl's implicit default ($KUBECONFIG, ~/.kube/config, else
+#      localhost:8080), which may be some other cluster or no API server at all.
 #
 # Usage: charts/check.sh            (from anywhere)
 #        STRATA_CHECK_TEXT_ONLY=1 charts/check.sh   forces the text comparison in 2.
+#        STRATA_CHECK_KUBECONFIG=~/.kube/config charts/check.sh   dry run against your cluster
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -123,6 +127,19 @@ if ! command -v helm >/dev/null 2>&1; then
 fi
 echo "   using $(command -v helm) ($(helm version --short 2>/dev/null || echo unknown version))"
 
+# kubectl's client-side dry run below still asks an API server for its
+# resource types. Which one is chosen here, explicitly, before helm runs:
+# exporting KUBECONFIG also covers helm, should it ever look for a cluster.
+if [[ -n ${STRATA_CHECK_KUBECONFIG:-} ]]; then
+    [[ -s $STRATA_CHECK_KUBECONFIG ]] || fail "STRATA_CHECK_KUBECONFIG=$STRATA_CHECK_KUBECONFIG is not a file"
+    export KUBECONFIG=$STRATA_CHECK_KUBECONFIG
+    origin="STRATA_CHECK_KUBECONFIG"
+else
+    KUBECONFIG=$(hack/stack.sh kubeconfig) || fail "no local stack API server for the --dry-run=client check (run make stack-up, or set STRATA_CHECK_KUBECONFIG)"
+    export KUBECONFIG
+    origin="the local stack"
+fi
+
 helm lint "$CHART" >"$TMP/lint.out" 2>&1 || { cat "$TMP/lint.out" >&2; fail "helm lint $CHART"; }
 helm lint --strict "$CHART" >"$TMP/lint-strict.out" 2>&1 || { cat "$TMP/lint-strict.out" >&2; fail "helm lint --strict $CHART"; }
 echo "   ok  helm lint (and --strict)"
@@ -194,16 +211,11 @@ print("   ok  rendered ClusterRole rules and container environment as expected")
 PY
 fi
 
-# kubectl's client-side dry run still asks an API server for its resource types.
-kube_ok() { kubectl get --raw=/readyz --request-timeout=5s >/dev/null 2>&1; }
-if ! kube_ok; then
-    if [[ -z ${KUBECONFIG:-} && -f .stack/kube/admin.kubeconfig ]]; then
-        export KUBECONFIG=$ROOT/.stack/kube/admin.kubeconfig
-    fi
-    kube_ok || fail "kubectl reaches no API server for the --dry-run=client check (set KUBECONFIG, or run make stack-up)"
-fi
-render --include-crds | kubectl apply --dry-run=client -f - >"$TMP/apply.out" 2>&1 ||
-    { cat "$TMP/apply.out" >&2; fail "helm template $CHART | kubectl apply --dry-run=client -f -"; }
+kube() { kubectl --kubeconfig "$KUBECONFIG" --request-timeout=20s "$@"; }
+kube get --raw=/readyz >/dev/null 2>&1 ||
+    fail "the API server of $KUBECONFIG ($origin) is not ready; for the local stack: make stack-up"
+render --include-crds | kube apply --dry-run=client -f - >"$TMP/apply.out" 2>&1 ||
+    { cat "$TMP/apply.out" >&2; fail "helm template $CHART | kubectl apply --dry-run=client -f - (KUBECONFIG=$KUBECONFIG)"; }
 sed 's/^/   /' "$TMP/apply.out"
-echo "   ok  kubectl apply --dry-run=client ($(kubectl config current-context 2>/dev/null || echo no context))"
+echo "   ok  kubectl apply --dry-run=client against $origin ($(kube config view --minify -o 'jsonpath={.clusters[0].cluster.server}' 2>/dev/null || echo "$KUBECONFIG"))"
 echo "PASS"

@@ -17,6 +17,10 @@ STRATA_CACHE=${STRATA_CACHE:-$HOME/.cache/strata}
 ENV_FILE=$STACK/env
 CP_LIB=$ROOT/hack/controlplane/lib.sh
 CP_STATE=$STACK/kube
+# The stack's API server as cluster admin. Scripts name it explicitly
+# (`stack.sh kubeconfig`, hack/kubectl.sh): kubectl's implicit default may be
+# another cluster, or localhost:8080.
+ADMIN_KUBECONFIG=$CP_STATE/admin.kubeconfig
 SELF=$ROOT/hack/stack.sh
 
 # shellcheck source=lib/common.sh
@@ -43,6 +47,8 @@ Commands:
   status               One line per service; exit 0 only if all are running.
   env                  Print .stack/env (written by 'up'). Use:
                          source .stack/env   or   eval "\$(hack/stack.sh env)"
+  kubeconfig           Print the path of the API server's admin kubeconfig
+                       (written by 'up'); hack/kubectl.sh uses it.
   logs [SERVICE] [-f]  Tail service logs (all services if none given).
   -h, --help           This help.
 
@@ -120,7 +126,7 @@ write_env() {
 			redis_env
 			garage_env
 			if [[ -f $CP_LIB ]]; then
-				env_line KUBECONFIG "$CP_STATE/admin.kubeconfig"
+				env_line KUBECONFIG "$ADMIN_KUBECONFIG"
 				env_line STRATA_OPERATOR_KUBECONFIG "$CP_STATE/operator.kubeconfig"
 			fi
 		} >"$tmp"
@@ -169,6 +175,12 @@ cmd_status() {
 cmd_env() {
 	[[ -s $ENV_FILE ]] || die "$ENV_FILE does not exist; run 'hack/stack.sh up' first"
 	cat "$ENV_FILE"
+}
+
+cmd_kubeconfig() {
+	[[ -f $CP_LIB ]] || die "this checkout has no local API server ($CP_LIB is missing)"
+	[[ -s $ADMIN_KUBECONFIG ]] || die "$ADMIN_KUBECONFIG does not exist; run 'make stack-up' first"
+	printf '%s\n' "$ADMIN_KUBECONFIG"
 }
 
 cmd_logs() {
@@ -228,6 +240,7 @@ main() {
 		;;
 	status) cmd_status ;;
 	env) cmd_env ;;
+	kubeconfig) cmd_kubeconfig ;;
 	logs) cmd_logs "$@" ;;
 	*)
 		usage >&2
