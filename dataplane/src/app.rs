@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::http::StatusCode;
+use axum::middleware;
 use futures::FutureExt;
 use prometheus_client::registry::Registry;
 use sqlx::PgPool;
@@ -13,7 +15,10 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::problem::Problem;
+use crate::http::{ApiError, finish_problems, request_id};
+
+/// Longest a request may take before it is answered with 408.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Dependencies every handler may use.
 #[derive(Clone)]
@@ -47,13 +52,138 @@ fn readiness(state: AppState) -> ReadinessCheck {
 }
 
 pub fn router(state: AppState, registry: Arc<Registry>, max_body_bytes: usize) -> Router {
-    Router::new()
-        .merge(probe_router(registry, readiness(state)))
-        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "no such resource".to_string()) })
+    let probes = probe_router(registry, readiness(state))
         .layer(RequestBodyLimitLayer::new(max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(30),
+            REQUEST_TIMEOUT,
+        ));
+    Router::new()
+        .merge(probes)
+        .merge(api_router(Router::new(), max_body_bytes))
+        .layer(TraceLayer::new_for_http().make_span_with(request_id::make_span::<Body>))
+        // Outermost, so the trace span and every response carry the id.
+        .layer(middleware::from_fn(request_id::request_id))
+}
+
+/// The API routes (`/v1/…`) with what every API route shares: problem+json
+/// on every error path (unknown paths included), the body limit and the
+/// request timeout. The probes stay outside: their plain-text answers are
+/// what orchestrators and scrapers expect.
+pub fn api_router(routes: Router, max_body_bytes: usize) -> Router {
+    routes
+        .fallback(|| async { ApiError::NotFound })
+        .layer(RequestBodyLimitLayer::new(max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn(finish_problems))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::to_bytes;
+    use axum::http::{Request, header};
+    use axum::routing::post;
+    use sqlx::postgres::PgPoolOptions;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::http::extract::Json;
+
+    fn app() -> Router {
+        // Lazy: no connection is made unless /readyz is asked.
+        let catalog = PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .expect("lazy pool");
+        router(
+            AppState {
+                catalog,
+                redis: None,
+            },
+            Arc::new(Registry::default()),
+            1024,
+        )
+    }
+
+    async fn json(response: axum::response::Response) -> serde_json::Value {
+        let bytes = to_bytes(response.into_body(), 1 << 16).await.expect("body");
+        serde_json::from_slice(&bytes).expect("json")
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_are_problems_with_the_request_id() {
+        let response = app()
+            .oneshot(
+                Request::get("/v1/nothing")
+                    .header("x-request-id", "req-42")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("response");
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(response.headers()["x-request-id"], "req-42");
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        let body = json(response).await;
+        assert_eq!(body["instance"], "req-42");
+        assert_eq!(body["code"], "not-found");
+        assert_eq!(body["type"], "https://strata.dev/problems/not-found");
+    }
+
+    #[tokio::test]
+    async fn probes_keep_their_plain_answers() {
+        let response = app()
+            .oneshot(
+                Request::get("/healthz")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers().contains_key("x-request-id"));
+        let body = to_bytes(response.into_body(), 1024).await.expect("body");
+        assert_eq!(&body[..], b"ok\n");
+    }
+
+    #[tokio::test]
+    async fn api_routes_get_limits_and_problems() {
+        let routes = Router::new().route(
+            "/v1/echo",
+            post(|Json(value): Json<serde_json::Value>| async move { Json(value) }),
+        );
+        let app = api_router(routes, 16).layer(middleware::from_fn(request_id::request_id));
+        let response = app
+            .clone()
+            .oneshot(
+                Request::post("/v1/echo")
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .header(header::CONTENT_LENGTH, "100")
+                    .body(Body::from("x".repeat(100)))
+                    .expect("request"),
+            )
+            .await
+            .expect("response");
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let body = json(response).await;
+        assert_eq!(body["code"], "payload-too-large");
+        assert!(body["instance"].is_string());
+
+        let response = app
+            .oneshot(
+                Request::get("/v1/echo")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("response");
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert!(response.headers().contains_key(header::ALLOW));
+        assert_eq!(json(response).await["code"], "method-not-allowed");
+    }
 }

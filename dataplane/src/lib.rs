@@ -6,4 +6,4 @@
 
 pub mod app;
 pub mod config;
-pub mod problem;
+pub mod http;
