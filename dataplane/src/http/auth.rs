@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::http::{HeaderMap, header};
@@ -390,15 +391,24 @@ struct JwksState {
     fetched_at: Option<Instant>,
 }
 
-/// JWKS keys by `kid`, re-read when stale or when an unknown kid shows up
-/// (at most every `min_refresh`). A failed re-read keeps the keys we had:
-/// an identity provider hiccup must not log everyone out.
+/// JWKS keys by `kid`. Stale keys are served while a background task
+/// re-reads the source (requests never wait on a slow identity provider for
+/// a key we already have); an unknown kid re-reads in line, at most every
+/// `min_refresh`. A failed re-read keeps the keys we had: an identity
+/// provider hiccup must not log everyone out.
+#[derive(Clone)]
 pub struct JwksCache {
+    inner: Arc<JwksInner>,
+}
+
+struct JwksInner {
     source: JwksSource,
     http: reqwest::Client,
     state: tokio::sync::RwLock<JwksState>,
     /// Single flight: one re-read at a time; others wait and reuse it.
     refreshing: tokio::sync::Mutex<()>,
+    /// A background refresh is under way.
+    background: AtomicBool,
     max_age: Duration,
     min_refresh: Duration,
 }
@@ -414,18 +424,63 @@ impl JwksCache {
             .connect_timeout(Duration::from_secs(3))
             .build()?;
         Ok(Self {
-            source,
-            http,
-            state: tokio::sync::RwLock::new(JwksState {
-                keys: Arc::new(HashMap::new()),
-                fetched_at: None,
+            inner: Arc::new(JwksInner {
+                source,
+                http,
+                state: tokio::sync::RwLock::new(JwksState {
+                    keys: Arc::new(HashMap::new()),
+                    fetched_at: None,
+                }),
+                refreshing: tokio::sync::Mutex::new(()),
+                background: AtomicBool::new(false),
+                max_age,
+                min_refresh,
             }),
-            refreshing: tokio::sync::Mutex::new(()),
-            max_age,
-            min_refresh,
         })
     }
 
+    /// Reads the keys now (at startup), so a broken source shows in the logs
+    /// before the first request; returns how many usable keys it has.
+    pub async fn load(&self) -> anyhow::Result<usize> {
+        let keys = parse_jwks(&self.inner.read_source().await?)?;
+        let count = keys.len();
+        let mut state = self.inner.state.write().await;
+        state.keys = Arc::new(keys);
+        state.fetched_at = Some(Instant::now());
+        Ok(count)
+    }
+
+    async fn get(&self, kid: &str) -> Option<VerifyKey> {
+        let inner = &self.inner;
+        let (fetched_at, found) = {
+            let state = inner.state.read().await;
+            (state.fetched_at, state.keys.get(kid).cloned())
+        };
+        match (fetched_at, found) {
+            (Some(at), Some(key)) => {
+                // One background refresh at a time, not one per request.
+                if at.elapsed() >= inner.max_age && !inner.background.swap(true, Ordering::AcqRel) {
+                    let inner = inner.clone();
+                    tokio::spawn(async move {
+                        inner.refresh(inner.max_age).await;
+                        inner.background.store(false, Ordering::Release);
+                    });
+                }
+                Some(key)
+            }
+            (None, _) => {
+                inner.refresh(inner.max_age).await;
+                inner.state.read().await.keys.get(kid).cloned()
+            }
+            (Some(_), None) => {
+                inner.refresh(inner.min_refresh).await;
+                inner.state.read().await.keys.get(kid).cloned()
+            }
+        }
+    }
+}
+
+impl JwksInner {
     async fn read_source(&self) -> anyhow::Result<Vec<u8>> {
         match &self.source {
             JwksSource::File(path) => {
@@ -472,24 +527,6 @@ impl JwksCache {
             ),
         }
     }
-
-    async fn get(&self, kid: &str) -> Option<VerifyKey> {
-        let (stale, found) = {
-            let state = self.state.read().await;
-            let stale = state
-                .fetched_at
-                .is_none_or(|at| at.elapsed() >= self.max_age);
-            (stale, state.keys.get(kid).cloned())
-        };
-        if stale {
-            self.refresh(self.max_age).await;
-        } else if found.is_none() {
-            self.refresh(self.min_refresh).await;
-        } else {
-            return found;
-        }
-        self.state.read().await.keys.get(kid).cloned()
-    }
 }
 
 pub struct JwtVerifier {
@@ -521,6 +558,14 @@ impl JwtVerifier {
             jwks,
             settings,
         })
+    }
+
+    /// Loads the JWKS, if any (see [`JwksCache::load`]).
+    pub async fn load_keys(&self) -> anyhow::Result<Option<usize>> {
+        match &self.jwks {
+            Some(jwks) => jwks.load().await.map(Some),
+            None => Ok(None),
+        }
     }
 
     fn validation(&self, algorithm: Algorithm) -> Validation {
@@ -917,6 +962,38 @@ mod tests {
         v.verify(&ec).await.expect("cached");
         assert_eq!(hits.load(Ordering::SeqCst), 2);
         server.abort();
+    }
+
+    #[tokio::test]
+    async fn stale_keys_are_served_while_refreshing_in_the_background() {
+        let dir = std::env::temp_dir().join(format!("strata-jwks-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("jwks.json");
+        std::fs::copy(JWKS, &path).expect("copy");
+        let v = JwtVerifier::new(JwtSettings {
+            jwks: Some(JwksSource::File(path.clone())),
+            jwks_max_age: Duration::from_millis(100),
+            jwks_min_refresh: Duration::from_secs(3600),
+            ..JwtSettings::default()
+        })
+        .expect("verifier");
+        assert_eq!(v.load_keys().await.expect("load"), Some(2));
+        let rsa = signed(Algorithm::RS256, Some("rsa-1"), &claims());
+        // The key is withdrawn from the source.
+        std::fs::write(&path, r#"{"keys":[]}"#).expect("write");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Stale: still served, and a refresh starts behind it.
+        v.verify(&rsa).await.expect("stale key served");
+        let mut withdrawn = false;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if rejected(&v, &rsa).await {
+                withdrawn = true;
+                break;
+            }
+        }
+        assert!(withdrawn, "the background refresh dropped the key");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -39,6 +39,43 @@ pub fn is_json_content_type(headers: &HeaderMap) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
+/// Most media ranges read from one `Accept` header.
+const MAX_MEDIA_RANGES: usize = 32;
+
+/// 406 unless `Accept` admits JSON (`application/json`, `application/*`,
+/// `*/*`, or any `+json` type), with a q-value above zero. No `Accept`
+/// means anything goes (RFC 9110 §12.5.1). Too many ranges: only the first
+/// [`MAX_MEDIA_RANGES`] are read.
+pub fn require_json_accept(headers: &HeaderMap) -> Result<(), ApiError> {
+    let mut values = headers.get_all(header::ACCEPT).iter().peekable();
+    if values.peek().is_none() {
+        return Ok(());
+    }
+    let ranges = values
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .take(MAX_MEDIA_RANGES);
+    for range in ranges {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let zero_q = parts.any(|p| {
+            let p = p.trim();
+            p.strip_prefix("q=")
+                .or_else(|| p.strip_prefix("Q="))
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        let json = matches!(media.as_str(), "*/*" | "application/*" | "application/json")
+            || (media.starts_with("application/") && media.ends_with("+json"));
+        if json && !zero_q {
+            return Ok(());
+        }
+    }
+    Err(ApiError::NotAcceptable(
+        "this resource is available as application/json only".into(),
+    ))
+}
+
 /// Turns a serde path (`items[2].name`) into an RFC 6901 pointer
 /// (`/items/2/name`), escaping `~` and `/` in keys.
 fn pointer_of(path: &serde_path_to_error::Path) -> String {
@@ -291,6 +328,37 @@ mod tests {
         let deeper = "[".repeat(200);
         let error = parse_json::<serde_json::Value>(deeper.as_bytes()).expect_err("too deep");
         assert_eq!(error.kind(), kind::INVALID_JSON);
+    }
+
+    #[test]
+    fn accept_negotiation() {
+        let accept = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT, v.parse().expect("value"));
+            require_json_accept(&h).is_ok()
+        };
+        assert!(require_json_accept(&HeaderMap::new()).is_ok());
+        for ok in [
+            "application/json",
+            "*/*",
+            "text/html, application/*;q=0.1",
+            "application/problem+json",
+            "Application/JSON; charset=utf-8",
+        ] {
+            assert!(accept(ok), "{ok}");
+        }
+        for no in [
+            "text/html",
+            "application/xml",
+            "application/json;q=0",
+            "image/*",
+        ] {
+            assert!(!accept(no), "{no}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, "text/plain".parse().expect("value"));
+        let error = require_json_accept(&h).expect_err("406");
+        assert_eq!(error.kind().status, StatusCode::NOT_ACCEPTABLE);
     }
 
     #[tokio::test]

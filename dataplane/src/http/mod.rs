@@ -4,6 +4,7 @@
 //! knows about documents or objects.
 
 pub mod auth;
+pub mod authz;
 pub mod extract;
 pub mod pagination;
 pub mod preconditions;
@@ -66,4 +67,97 @@ fn finish(mut response: Response, id: Option<RequestId>) -> Response {
     let body = problem.body();
     parts.extensions.insert(problem);
     Response::from_parts(parts, Body::from(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::body::to_bytes;
+    use axum::routing::get;
+    use tower::ServiceExt;
+    use tower_http::timeout::TimeoutLayer;
+
+    use super::*;
+
+    async fn call(app: Router, uri: &str) -> (Response, serde_json::Value) {
+        let response = app
+            .oneshot(
+                Request::get(uri)
+                    .header("x-request-id", "rid-1")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("response");
+        let (parts, body) = response.into_parts();
+        let bytes = to_bytes(body, 1 << 16).await.expect("body");
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        (Response::from_parts(parts, Body::empty()), json)
+    }
+
+    fn app() -> Router {
+        Router::new()
+            .route(
+                "/error",
+                get(|| async { ApiError::Conflict("taken".into()) }),
+            )
+            .route("/ok", get(|| async { "fine" }))
+            .route(
+                "/teapot",
+                get(|| async { (StatusCode::IM_A_TEAPOT, "short and stout") }),
+            )
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    "late"
+                }),
+            )
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                Duration::from_millis(100),
+            ))
+            .layer(axum::middleware::from_fn(finish_problems))
+            .layer(axum::middleware::from_fn(request_id::request_id))
+    }
+
+    #[tokio::test]
+    async fn api_errors_get_the_request_id_as_instance() {
+        let (response, body) = call(app(), "/error").await;
+        assert_eq!(response.status(), StatusCode::CONFLICT);
+        assert_eq!(body["instance"], "rid-1");
+        assert_eq!(body["detail"], "taken");
+        assert_eq!(body["code"], "conflict");
+        assert!(response.extensions().get::<Problem>().is_some());
+    }
+
+    #[tokio::test]
+    async fn successes_are_untouched() {
+        let (response, body) = call(app(), "/ok").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(body, serde_json::Value::Null, "plain text, not JSON");
+    }
+
+    #[tokio::test]
+    async fn bare_errors_become_problems_without_their_body() {
+        let (response, body) = call(app(), "/teapot").await;
+        assert_eq!(response.status(), StatusCode::IM_A_TEAPOT);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            problem::PROBLEM_JSON
+        );
+        assert_eq!(body["status"], 418);
+        assert_eq!(body["code"], "bad-request");
+        assert!(!body.to_string().contains("stout"));
+    }
+
+    #[tokio::test]
+    async fn timeouts_are_problems() {
+        let (response, body) = call(app(), "/slow").await;
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(body["code"], "request-timeout");
+        assert_eq!(body["instance"], "rid-1");
+    }
 }
