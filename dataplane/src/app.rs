@@ -15,7 +15,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::http::{ApiError, finish_problems, request_id};
+use crate::http::{ApiError, HttpContext, finish_problems, request_id};
 
 /// Longest a request may take before it is answered with 408.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -25,6 +25,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct AppState {
     pub catalog: PgPool,
     pub redis: Option<redis::aio::ConnectionManager>,
+    pub http: HttpContext,
 }
 
 /// Ready when the catalog and (if configured) Redis answer.
@@ -97,10 +98,15 @@ mod tests {
         let catalog = PgPoolOptions::new()
             .connect_lazy("postgres://nobody@127.0.0.1:1/none")
             .expect("lazy pool");
+        let http = HttpContext {
+            auth: crate::http::auth::Authenticator::new(None, None),
+            cursors: crate::http::pagination::CursorCodec::new(vec![0; 32], vec![]).expect("key"),
+        };
         router(
             AppState {
                 catalog,
                 redis: None,
+                http,
             },
             Arc::new(Registry::default()),
             1024,

@@ -1,9 +1,17 @@
 //! Data plane configuration: flags with environment fallbacks.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::Parser;
+use anyhow::Context as _;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use clap::{Args, Parser};
 use strata_servicekit::LogArgs;
+
+use crate::http::auth::{JwksSource, JwtSettings};
+use crate::http::pagination::{CursorCodec, MIN_KEY_LEN};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -29,4 +37,164 @@ pub struct Config {
     /// Seconds to finish in-flight requests after SIGTERM.
     #[arg(long, env = "STRATA_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
     pub shutdown_grace_seconds: u64,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// Bearer JWT verification and pagination cursor keys. Without any JWT key
+/// the data plane accepts API keys only.
+#[derive(Args, Debug, Clone)]
+pub struct AuthArgs {
+    /// HS256 secret for JWTs (local use; at least 32 bytes).
+    #[arg(long, env = "STRATA_JWT_HS256_SECRET", hide_env_values = true)]
+    pub jwt_hs256_secret: Option<String>,
+    /// JWKS URL of the identity provider, for RS256/ES256 JWTs.
+    #[arg(long, env = "STRATA_JWKS_URL", conflicts_with = "jwks_file")]
+    pub jwks_url: Option<String>,
+    /// JWKS file, for RS256/ES256 JWTs (re-read like the URL).
+    #[arg(long, env = "STRATA_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// Accepted JWT audiences (comma-separated); unset: `aud` not checked.
+    #[arg(long, env = "STRATA_JWT_AUDIENCE", value_delimiter = ',')]
+    pub jwt_audience: Vec<String>,
+    /// Accepted JWT issuers (comma-separated); unset: `iss` not checked.
+    #[arg(long, env = "STRATA_JWT_ISSUER", value_delimiter = ',')]
+    pub jwt_issuer: Vec<String>,
+    /// Clock skew allowed on `exp`/`nbf`, in seconds.
+    #[arg(long, env = "STRATA_JWT_LEEWAY_SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub jwt_leeway_seconds: u64,
+    /// Seconds between JWKS re-reads.
+    #[arg(long, env = "STRATA_JWKS_MAX_AGE_SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(10..=86_400))]
+    pub jwks_max_age_seconds: u64,
+    /// Key (base64, at least 32 bytes) that signs pagination cursors. All
+    /// replicas need the same one; unset, each process makes its own and a
+    /// cursor only works on the replica that issued it.
+    #[arg(long, env = "STRATA_CURSOR_KEY", hide_env_values = true)]
+    pub cursor_key: Option<String>,
+    /// Previous cursor keys (comma-separated base64), still accepted so a
+    /// key rotation does not break the cursors clients hold.
+    #[arg(
+        long,
+        env = "STRATA_CURSOR_PREVIOUS_KEYS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub cursor_previous_keys: Vec<String>,
+}
+
+fn decode_key(name: &str, value: &str) -> anyhow::Result<Vec<u8>> {
+    let key = STANDARD
+        .decode(value.trim())
+        .with_context(|| format!("{name} is not base64"))?;
+    anyhow::ensure!(
+        key.len() >= MIN_KEY_LEN,
+        "{name} must decode to at least {MIN_KEY_LEN} bytes"
+    );
+    Ok(key)
+}
+
+impl AuthArgs {
+    /// `None` when no JWT key source is configured (API keys only).
+    pub fn jwt_settings(&self) -> Option<JwtSettings> {
+        let jwks = match (&self.jwks_url, &self.jwks_file) {
+            (Some(url), _) => Some(JwksSource::Url(url.clone())),
+            (None, Some(path)) => Some(JwksSource::File(path.clone())),
+            (None, None) => None,
+        };
+        if jwks.is_none() && self.jwt_hs256_secret.is_none() {
+            return None;
+        }
+        let non_empty = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+        Some(JwtSettings {
+            hs256_secret: self
+                .jwt_hs256_secret
+                .as_ref()
+                .map(|s| s.as_bytes().to_vec()),
+            jwks,
+            audience: non_empty(&self.jwt_audience),
+            issuer: non_empty(&self.jwt_issuer),
+            leeway: Duration::from_secs(self.jwt_leeway_seconds),
+            jwks_max_age: Duration::from_secs(self.jwks_max_age_seconds),
+            ..JwtSettings::default()
+        })
+    }
+
+    /// The cursor codec; a random per-process key when none is configured.
+    pub fn cursor_codec(&self) -> anyhow::Result<CursorCodec> {
+        let current = match &self.cursor_key {
+            Some(key) => decode_key("--cursor-key", key)?,
+            None => {
+                tracing::warn!(
+                    "no --cursor-key: pagination cursors are valid on this process only"
+                );
+                let mut key = vec![0u8; MIN_KEY_LEN];
+                rand::RngCore::fill_bytes(&mut rand::rng(), &mut key);
+                key
+            }
+        };
+        let previous = self
+            .cursor_previous_keys
+            .iter()
+            .map(|k| decode_key("--cursor-previous-keys", k))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(CursorCodec::new(current, previous)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        let mut argv = vec!["strata-dataplane", "--catalog-url", "postgres://x"];
+        argv.extend_from_slice(args);
+        Config::try_parse_from(argv)
+    }
+
+    #[test]
+    fn defaults_accept_api_keys_only_with_a_process_cursor_key() {
+        let config = parse(&[]).expect("parse");
+        assert!(config.auth.jwt_settings().is_none());
+        assert!(config.auth.cursor_codec().is_ok());
+    }
+
+    #[test]
+    fn jwt_settings_from_flags() {
+        let config = parse(&[
+            "--jwks-url",
+            "https://id.example/jwks",
+            "--jwt-audience",
+            "strata,api",
+            "--jwt-leeway-seconds",
+            "5",
+        ])
+        .expect("parse");
+        let settings = config.auth.jwt_settings().expect("jwt");
+        assert!(matches!(settings.jwks, Some(JwksSource::Url(_))));
+        assert_eq!(
+            settings.audience,
+            Some(vec!["strata".to_string(), "api".to_string()])
+        );
+        assert_eq!(settings.issuer, None);
+        assert_eq!(settings.leeway, Duration::from_secs(5));
+        assert!(parse(&["--jwt-leeway-seconds", "3600"]).is_err());
+        assert!(parse(&["--jwks-url", "u", "--jwks-file", "f"]).is_err());
+    }
+
+    #[test]
+    fn cursor_keys_are_checked() {
+        let key = STANDARD.encode([1u8; 32]);
+        let config = parse(&["--cursor-key", &key, "--cursor-previous-keys", &key]).expect("parse");
+        assert!(config.auth.cursor_codec().is_ok());
+        let short = STANDARD.encode([1u8; 16]);
+        let config = parse(&["--cursor-key", &short]).expect("parse");
+        assert!(config.auth.cursor_codec().is_err());
+        let config = parse(&["--cursor-key", "not base64!"]).expect("parse");
+        assert!(config.auth.cursor_codec().is_err());
+        let config =
+            parse(&["--cursor-key", &key, "--cursor-previous-keys", &short]).expect("parse");
+        assert!(config.auth.cursor_codec().is_err());
+    }
 }

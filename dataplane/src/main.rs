@@ -7,6 +7,8 @@ use prometheus_client::registry::Registry;
 use sqlx::postgres::PgPoolOptions;
 use strata_dataplane::app::{AppState, router};
 use strata_dataplane::config::Config;
+use strata_dataplane::http::HttpContext;
+use strata_dataplane::http::auth::{Authenticator, JwtVerifier};
 use strata_servicekit::shutdown_signal;
 
 #[tokio::main]
@@ -32,8 +34,39 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
+    let jwt = match config.auth.jwt_settings() {
+        Some(settings) => {
+            let verifier = JwtVerifier::new(settings).context("JWT settings")?;
+            // A JWKS that cannot be read now may be readable later (the
+            // provider may start after us): warn, and retry on demand.
+            match verifier.load_keys().await {
+                Ok(Some(count)) => tracing::info!(count, "JWKS loaded"),
+                Ok(None) => {}
+                Err(error) => tracing::warn!(error = format!("{error:#}"), "JWKS not loaded yet"),
+            }
+            Some(verifier)
+        }
+        None => {
+            tracing::info!("no JWT key configured: API keys only");
+            None
+        }
+    };
+    let http = HttpContext {
+        // API keys are looked up in the catalog once the key store exists
+        // (issue 8); until then only JWTs authenticate.
+        auth: Authenticator::new(jwt, None),
+        cursors: config.auth.cursor_codec()?,
+    };
     let registry = Arc::new(Registry::default());
-    let app = router(AppState { catalog, redis }, registry, config.max_body_bytes);
+    let app = router(
+        AppState {
+            catalog,
+            redis,
+            http,
+        },
+        registry,
+        config.max_body_bytes,
+    );
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

@@ -20,6 +20,13 @@ use axum::response::Response;
 pub use problem::{ApiError, FieldError, Problem};
 pub use request_id::RequestId;
 
+/// What API handlers share, built once at startup from the config.
+#[derive(Clone)]
+pub struct HttpContext {
+    pub auth: auth::Authenticator,
+    pub cursors: pagination::CursorCodec,
+}
+
 /// Middleware for the API routes (inside [`request_id::request_id`]):
 /// - fills the problem `instance` with the request id;
 /// - turns bare error responses of the framework and of tower layers (405
