@@ -318,11 +318,14 @@ impl DatabasePerTenant<'_> {
             let present: Vec<String> = sqlx::query_scalar("SELECT extname::text FROM pg_extension")
                 .fetch_all(&worker)
                 .await?;
-            for extension in ["citus", "vector"] {
+            // In `public` like on the coordinator (the admin search path
+            // would put it in pg_catalog); citus always lives in pg_catalog.
+            for (extension, create) in [
+                ("citus", "CREATE EXTENSION citus"),
+                ("vector", "CREATE EXTENSION vector SCHEMA public"),
+            ] {
                 if !present.iter().any(|e| e == extension) {
-                    sqlx::query(&format!("CREATE EXTENSION {extension}"))
-                        .execute(&worker)
-                        .await?;
+                    sqlx::query(create).execute(&worker).await?;
                 }
             }
             write_node_auth(&worker, credentials).await?;

@@ -2,6 +2,15 @@
 //! `STRATA_CITUS_URL` (an admin URL of a coordinator with at least one worker).
 //! Citus is not in any package registry, so this test is ignored by default;
 //! run it with `STRATA_CITUS_URL=... cargo test -p strata-tests --test citus -- --ignored`.
+//!
+//! The cluster it expects is the production setup (docs/clusters.md): every
+//! node authenticates every connection with `scram-sha-256`, no `trust` rule
+//! anywhere (checked below), the admin's node-to-node password given to the
+//! servers (a password file in the servers' environment, and
+//! `citus.local_hostname` set to the address that file names), Citus and
+//! pgvector installed on every node, the workers registered on the
+//! coordinator's `postgres` database. The operator supplies node
+//! authentication for every role it creates, per tenant database.
 
 use sqlx::PgPool;
 use strata_api::TenantSpec;
@@ -35,6 +44,29 @@ async fn provisioning_on_citus_distributes_and_colocates_tenant_tables() {
     let cluster = provision::resolve_cluster(&clusters_at(&citus_url), "default")
         .await
         .expect("cluster");
+    // No trust rule on any worker: nodes must authenticate with passwords.
+    let admin = PgPool::connect(&citus_url).await.expect("admin");
+    let workers: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT nodename::text, nodeport FROM pg_dist_node WHERE groupid <> 0 AND noderole = 'primary'",
+    )
+    .fetch_all(&admin)
+    .await
+    .expect("workers");
+    assert!(!workers.is_empty(), "the coordinator has workers");
+    for (host, port) in &workers {
+        let options: sqlx::postgres::PgConnectOptions = citus_url.parse().expect("url");
+        let worker = PgPool::connect_with(options.host(host).port(*port as u16))
+            .await
+            .expect("worker");
+        let trust: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_hba_file_rules WHERE auth_method = 'trust'",
+        )
+        .fetch_one(&worker)
+        .await
+        .expect("pg_hba_file_rules");
+        assert_eq!(trust, 0, "worker {host}:{port} has a trust rule");
+        worker.close().await;
+    }
     let provisioner = Provisioner {
         settings: &settings,
         catalog: &catalog,
@@ -123,10 +155,47 @@ async fn provisioning_on_citus_distributes_and_colocates_tenant_tables() {
     assert_eq!(x, 1);
     tenant.close().await;
 
+    // Rotation: the role, the Secret and the node authentication change
+    // together; the old password stops working and the new one reaches the
+    // workers.
+    let old_url = creds.get("url").expect("url").to_string();
+    let mut rotated = t.clone();
+    rotated.rotation.requested = Some("r1".into());
+    provisioner
+        .provision(&rotated)
+        .await
+        .unwrap_or_else(|f| panic!("rotation: {f}"));
+    let creds = host
+        .read_secret(&provision::credentials_secret_name(&t.name))
+        .await
+        .expect("read credentials")
+        .expect("credentials secret");
+    let new_url = creds.get("url").expect("url").to_string();
+    assert_ne!(new_url, old_url);
+    let err = PgPool::connect(&old_url)
+        .await
+        .expect_err("the old password stops working");
+    assert!(
+        err.to_string().contains("password authentication failed"),
+        "{err}"
+    );
+    let tenant = PgPool::connect(&new_url).await.expect("new password");
+    sqlx::query("INSERT INTO documents (collection_id, id, data) VALUES ($1, 'n2', '{\"x\": 2}')")
+        .bind(collection)
+        .execute(&tenant)
+        .await
+        .expect("distributed write after rotation");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM documents WHERE collection_id = $1")
+        .bind(collection)
+        .fetch_one(&tenant)
+        .await
+        .expect("distributed read after rotation");
+    assert_eq!(n, 2);
+    tenant.close().await;
+
     provision::destroy(&catalog, &cluster, t.id)
         .await
         .unwrap_or_else(|f| panic!("release: {f}"));
-    let admin = PgPool::connect(&citus_url).await.expect("admin");
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
         .bind(names.database.as_str())
         .fetch_one(&admin)
