@@ -1,7 +1,6 @@
 //! Tenant provisioning end to end: the controller (in-process, scoped to the
 //! test's namespace) against the real kube-apiserver and PostgreSQL.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -414,16 +413,25 @@ async fn unreachable_cluster_reports_and_recovers_by_itself() {
         1,
     );
     assert_ne!(broken, real);
-    // The platform team declares cluster "remote" (the harness reads
-    // cluster declarations from the test's namespace).
-    let mut secret = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some("strata-cluster-remote".into()),
-            ..Default::default()
-        },
-        string_data: Some(BTreeMap::from([("url".to_string(), broken)])),
-        ..Default::default()
-    };
+    // The platform team declares a cluster with the documented example
+    // (examples/cluster-secret.yaml); the harness reads cluster declarations
+    // from the test's namespace. First with an address nothing answers on.
+    let mut secret: Secret = serde_yaml::from_str(
+        &std::fs::read_to_string(strata_tests::repo_root().join("examples/cluster-secret.yaml"))
+            .expect("read example"),
+    )
+    .expect("example is a Secret");
+    assert_eq!(
+        secret.metadata.name.as_deref(),
+        Some("strata-cluster-analytics")
+    );
+    let example_url = secret
+        .string_data
+        .as_mut()
+        .and_then(|d| d.get_mut("url"))
+        .expect("example has a url");
+    assert!(example_url.starts_with("postgres://"), "{example_url}");
+    *example_url = broken;
     secrets
         .create(&PostParams::default(), &secret)
         .await
@@ -431,7 +439,7 @@ async fn unreachable_cluster_reports_and_recovers_by_itself() {
     let tenants: Api<Tenant> = ns.api();
     let t = tenant(
         "remote",
-        json!({"displayName": "Remote", "adminEmail": "r@remote.example", "cluster": "remote"}),
+        json!({"displayName": "Remote", "adminEmail": "r@remote.example", "cluster": "analytics"}),
     );
     tenants
         .create(&PostParams::default(), &t)
@@ -477,9 +485,19 @@ async fn unreachable_cluster_reports_and_recovers_by_itself() {
     );
 
     // The cluster "comes back": the operator recovers on its own backoff.
-    secret.string_data = Some(BTreeMap::from([("url".to_string(), real)]));
+    secret
+        .string_data
+        .as_mut()
+        .expect("string data")
+        .insert("url".to_string(), real);
+    secret.metadata.resource_version = secrets
+        .get("strata-cluster-analytics")
+        .await
+        .expect("get")
+        .metadata
+        .resource_version;
     secrets
-        .replace("strata-cluster-remote", &PostParams::default(), &secret)
+        .replace("strata-cluster-analytics", &PostParams::default(), &secret)
         .await
         .expect("fix secret");
     let t = wait_for_status(&tenants, "remote", READY_TIMEOUT, |s| {
