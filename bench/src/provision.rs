@@ -37,6 +37,33 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// Deletes the benchmark's Tenants and waits until the operator released them
+/// all and the catalog holds no entry for them.
+async fn clean_up(tenants: &Api<Tenant>, names: &[String], catalog: &TestDb) -> anyhow::Result<()> {
+    for name in names {
+        match tenants.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let left = tenants.list(&Default::default()).await?.items.len();
+        let entries: i64 = sqlx::query_scalar("SELECT count(*) FROM catalog.tenants")
+            .fetch_one(&catalog.pool)
+            .await?;
+        if left == 0 && entries == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "cleanup incomplete after 600 s: {left} Tenants, {entries} catalog entries left"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -105,6 +132,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let strata_total = started.elapsed();
     let peak = peak_rss_kib(pid);
+    // Clean up (Delete policy drops the databases) while the operator runs,
+    // whatever happened above; a benchmark leaves nothing behind.
+    let cleaned = clean_up(&tenants, &names, &catalog).await;
+    drop(operator);
+    cleaned?;
     anyhow::ensure!(
         ready.len() == n,
         "only {} of {n} tenants became Ready",
@@ -112,18 +144,6 @@ async fn main() -> anyhow::Result<()> {
     );
     let mut times: Vec<f64> = ready.values().map(Duration::as_secs_f64).collect();
     times.sort_by(f64::total_cmp);
-
-    // Clean up (Delete policy drops the databases) while the operator runs.
-    for name in &names {
-        tenants.delete(name, &DeleteParams::default()).await?;
-    }
-    let cleanup_deadline = Instant::now() + Duration::from_secs(600);
-    while !tenants.list(&Default::default()).await?.items.is_empty()
-        && Instant::now() < cleanup_deadline
-    {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    drop(operator);
 
     // --- Baseline: the same database work as plain SQL in one psql script.
     let prefix = unique("bench_base_");
