@@ -28,6 +28,12 @@ pub struct AppState {
     pub http: HttpContext,
 }
 
+impl axum::extract::FromRef<AppState> for HttpContext {
+    fn from_ref(state: &AppState) -> Self {
+        state.http.clone()
+    }
+}
+
 /// Ready when the catalog and (if configured) Redis answer.
 fn readiness(state: AppState) -> ReadinessCheck {
     Arc::new(move || {

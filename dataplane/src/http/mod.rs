@@ -5,11 +5,13 @@
 
 pub mod auth;
 pub mod authz;
+pub mod db_error;
 pub mod extract;
 pub mod pagination;
 pub mod preconditions;
 pub mod problem;
 pub mod request_id;
+pub mod tenancy;
 
 use axum::body::Body;
 use axum::extract::Request;
