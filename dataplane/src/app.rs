@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::middleware;
 use futures::FutureExt;
@@ -80,6 +81,9 @@ pub fn router(state: AppState, registry: Arc<Registry>, max_body_bytes: usize) -
 pub fn api_router(routes: Router, max_body_bytes: usize) -> Router {
     routes
         .fallback(|| async { ApiError::NotFound })
+        // Extractors that buffer (JSON) have axum's own 2 MB default; make
+        // the configured limit the one in force for them too.
+        .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(RequestBodyLimitLayer::new(max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -187,6 +191,7 @@ mod tests {
         assert!(body["instance"].is_string());
 
         let response = app
+            .clone()
             .oneshot(
                 Request::get("/v1/echo")
                     .body(Body::empty())
@@ -197,5 +202,31 @@ mod tests {
         assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert!(response.headers().contains_key(header::ALLOW));
         assert_eq!(json(response).await["code"], "method-not-allowed");
+    }
+
+    #[tokio::test]
+    async fn the_configured_limit_replaces_axums_default() {
+        let routes = Router::new().route(
+            "/v1/echo",
+            post(|Json(value): Json<serde_json::Value>| async move {
+                Json(value.as_str().map(str::len))
+            }),
+        );
+        let app = api_router(routes, 3 << 20);
+        let body = serde_json::to_vec(&"x".repeat(5 << 19)).expect("json");
+        let response = app
+            .oneshot(
+                Request::post("/v1/echo")
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(body))
+                    .expect("request"),
+            )
+            .await
+            .expect("response");
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "2.5 MiB under a 3 MiB limit"
+        );
     }
 }
