@@ -81,7 +81,10 @@ pub struct PageParams {
 
 /// Identifies a query: SHA-256 over a canonical description of its filter
 /// and sort. Callers pass a value whose serialisation is deterministic (a
-/// struct, or the parsed filter tree, not the raw query string).
+/// struct, or the parsed filter tree, not the raw query string), and
+/// include what the path scopes (tenant, collection or bucket) so a cursor
+/// does not carry over to a sibling resource. `limit` stays out: a client
+/// may change the page size between pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueryFingerprint([u8; 32]);
 
