@@ -743,7 +743,7 @@ impl Provisioner<'_> {
             .map_err(invite_failed)?;
             match state {
                 // Reissue: a new token replaces the expired invitation.
-                InviteState::Expired { id } if token.is_some() => {
+                InviteState::Expired { id } => {
                     audit::record(
                         pool,
                         &success(
