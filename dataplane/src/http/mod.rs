@@ -7,6 +7,7 @@ pub mod auth;
 pub mod authz;
 pub mod db_error;
 pub mod extract;
+pub mod idempotency;
 pub mod pagination;
 pub mod preconditions;
 pub mod problem;
