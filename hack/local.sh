@@ -9,11 +9,11 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$ROOT"
 RUN=$ROOT/.stack/run
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug
-# Ports: see "Local ports" in README.md, the one place they are listed. Not
-# 8080/8081: 8080 is where kubectl goes without a kubeconfig, and both are
-# everybody's default for something; these are the binaries' own defaults.
-OPERATOR_ADDR=127.0.0.1:${STRATA_OPERATOR_PORT:-58081}
-DATAPLANE_ADDR=127.0.0.1:${STRATA_DATAPLANE_PORT:-58080}
+# Ports: see "Local ports" in README.md, the one place they are listed (and
+# why these: not 8080, kubectl's fallback; not in the range the kernel hands
+# out as client source ports). They are the binaries' own defaults.
+OPERATOR_ADDR=127.0.0.1:${STRATA_OPERATOR_PORT:-28081}
+DATAPLANE_ADDR=127.0.0.1:${STRATA_DATAPLANE_PORT:-28080}
 mkdir -p "$RUN"
 
 alive() { [[ -f $RUN/$1.pid ]] && kill -0 "$(<"$RUN/$1.pid")" 2>/dev/null; }

@@ -23,7 +23,7 @@ pub struct Config {
     #[command(flatten)]
     pub log: LogArgs,
     /// Address to serve the API, probes and metrics on.
-    #[arg(long, env = "STRATA_DATAPLANE_ADDR", default_value = "127.0.0.1:58080")]
+    #[arg(long, env = "STRATA_DATAPLANE_ADDR", default_value = "127.0.0.1:28080")]
     pub listen: SocketAddr,
     /// Connection string of the platform catalog database (read access suffices).
     #[arg(long, env = "STRATA_CATALOG_URL", hide_env_values = true)]

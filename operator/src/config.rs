@@ -95,7 +95,7 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "STRATA_OPERATOR_PROBE_ADDR",
-        default_value = "127.0.0.1:58081"
+        default_value = "127.0.0.1:28081"
     )]
     pub probe_addr: SocketAddr,
     /// Watch only this namespace (default: all namespaces).

@@ -20,7 +20,7 @@ use crate::{TestDb, env};
 pub fn settings(fault_after: Option<Step>) -> ProvisionSettings {
     ProvisionSettings {
         origin: "kubernetes",
-        api_base_url: Some("http://127.0.0.1:58080".into()),
+        api_base_url: Some("http://127.0.0.1:28080".into()),
         invite_ttl_hours: 168,
         fault_after,
     }
