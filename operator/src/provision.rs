@@ -714,9 +714,10 @@ impl Provisioner<'_> {
             }
             _ => None,
         };
+        // At most two rounds: an expired invitation is replaced by a new token.
         let state = loop {
-            let current = match &token {
-                Some(current) => current.clone(),
+            let current = match token.take() {
+                Some(current) => current,
                 None => {
                     let fresh = invite::new_token();
                     let data = SecretData(BTreeMap::from([
@@ -727,7 +728,6 @@ impl Provisioner<'_> {
                         .write_secret(&secret_name, data)
                         .await
                         .map_err(|e| secret_failure(Step::Invite, e))?;
-                    token = Some(fresh.clone());
                     fresh
                 }
             };
@@ -754,7 +754,6 @@ impl Provisioner<'_> {
                     )
                     .await
                     .map_err(|e| Failure::new(Step::Invite, "AuditFailed", e, true))?;
-                    token = None;
                 }
                 other => break other,
             }
