@@ -185,6 +185,32 @@ impl Catalog {
         .await
     }
 
+    /// Records where a cluster is, for the data plane (idempotent).
+    pub async fn record_cluster(
+        &self,
+        name: &str,
+        host: &str,
+        port: u16,
+        dataplane_role: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query!(
+            r#"INSERT INTO catalog.clusters (name, host, port, dataplane_role)
+               VALUES ($1, $2, $3, $4)
+               ON CONFLICT (name) DO UPDATE
+                   SET host = EXCLUDED.host, port = EXCLUDED.port,
+                       dataplane_role = EXCLUDED.dataplane_role, updated_at = now()
+                   WHERE (catalog.clusters.host, catalog.clusters.port, catalog.clusters.dataplane_role)
+                         IS DISTINCT FROM (EXCLUDED.host, EXCLUDED.port, EXCLUDED.dataplane_role)"#,
+            name,
+            host,
+            i32::from(port),
+            dataplane_role
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Digest of the Citus node-authentication rows last written for a tenant.
     pub async fn node_auth_digest(&self, id: Uuid) -> Result<Option<String>, sqlx::Error> {
         Ok(sqlx::query_scalar!(

@@ -25,3 +25,13 @@ ALTER TABLE catalog.tenants
 -- tenant's database (roles, passwords, nodes), so the admin enters the tenant
 -- database only when they must change. NULL on plain PostgreSQL.
 ALTER TABLE catalog.tenants ADD COLUMN node_auth_digest text;
+
+-- Where each cluster is, for the data plane (which logs in with its own role
+-- and never reads the operator's cluster declarations).
+CREATE TABLE catalog.clusters (
+    name            text PRIMARY KEY,
+    host            text NOT NULL,
+    port            integer NOT NULL CHECK (port BETWEEN 1 AND 65535),
+    dataplane_role  text NOT NULL,
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);

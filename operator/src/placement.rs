@@ -590,6 +590,17 @@ impl Placement for DatabasePerTenant<'_> {
         let login = self
             .ensure_login_role(&names.role, &role_marker(tenant), passwords.login)
             .await?;
+        // The data plane may *become* the owner (SET ROLE) for the DDL its
+        // API needs (per-collection indexes, built CONCURRENTLY, which no
+        // function can do), but never inherits the owner's rights in its
+        // ordinary sessions. PostgreSQL 16+.
+        sqlx::query(&format!(
+            "GRANT {} TO {} WITH INHERIT FALSE, SET TRUE",
+            names.owner.quoted(),
+            self.cluster.dataplane_role.quoted()
+        ))
+        .execute(self.cluster.admin())
+        .await?;
         Ok(if owner == Ensured::Created || login == Ensured::Created {
             Ensured::Created
         } else {

@@ -329,6 +329,16 @@ impl Provisioner<'_> {
             }
             CatalogError::Db(e) => catalog_unavailable(e),
         })?;
+        let (cluster_host, cluster_port) = self.cluster.host_port();
+        self.catalog
+            .record_cluster(
+                &self.cluster.id,
+                &cluster_host,
+                cluster_port,
+                self.cluster.dataplane_role.as_str(),
+            )
+            .await
+            .map_err(catalog_unavailable)?;
         // The owner role's password: stored once, known only to the operator.
         let owner_password = self
             .catalog
