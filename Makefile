@@ -52,6 +52,10 @@ test: stack-up lint chart-check sqlx-check ## Run every check and test against t
 	hack/local.sh down
 	source $(ENV) && $(CARGO) test --workspace --no-fail-fast
 
+.PHONY: readme-path
+readme-path: ## The README's path on one stack: make up, the Quickstart, make test's checks (CI)
+	hack/readme-path.sh
+
 .PHONY: lint
 lint: ## cargo fmt --check and clippy with warnings denied
 	$(CARGO) fmt --all -- --check
