@@ -27,6 +27,9 @@ pub struct AppState {
     pub catalog: PgPool,
     pub redis: Option<redis::aio::ConnectionManager>,
     pub http: HttpContext,
+    /// Tenant resolution, per-tenant pools and role permissions: what
+    /// [`crate::tenancy::TenantContext`] needs.
+    pub tenancy: crate::tenancy::Tenancy,
 }
 
 impl axum::extract::FromRef<AppState> for HttpContext {
@@ -60,15 +63,19 @@ fn readiness(state: AppState) -> ReadinessCheck {
 }
 
 pub fn router(state: AppState, registry: Arc<Registry>, max_body_bytes: usize) -> Router {
-    let probes = probe_router(registry, readiness(state))
+    let probes = probe_router(registry, readiness(state.clone()))
         .layer(RequestBodyLimitLayer::new(max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ));
+    // Each API adds its routes here (one `.merge` line each).
+    let api = Router::new()
+        .merge(crate::identity::routes())
+        .with_state(state);
     Router::new()
         .merge(probes)
-        .merge(api_router(Router::new(), max_body_bytes))
+        .merge(api_router(api, max_body_bytes))
         .layer(TraceLayer::new_for_http().make_span_with(request_id::make_span::<Body>))
         // Outermost, so the trace span and every response carry the id.
         .layer(middleware::from_fn(request_id::request_id))
@@ -112,11 +119,16 @@ mod tests {
             auth: crate::http::auth::Authenticator::new(None, None),
             cursors: crate::http::pagination::CursorCodec::new(vec![0; 32], vec![]).expect("key"),
         };
+        let tenancy = crate::tenancy::Tenancy::new(
+            catalog.clone(),
+            crate::tenancy::TenancySettings::new(sqlx::postgres::PgConnectOptions::new()),
+        );
         router(
             AppState {
                 catalog,
                 redis: None,
                 http,
+                tenancy,
             },
             Arc::new(Registry::default()),
             1024,

@@ -10,8 +10,11 @@ use base64::engine::general_purpose::STANDARD;
 use clap::{Args, Parser};
 use strata_servicekit::LogArgs;
 
+use sqlx::postgres::PgConnectOptions;
+
 use crate::http::auth::{JwksSource, JwtSettings};
 use crate::http::pagination::{CursorCodec, MIN_KEY_LEN};
+use crate::tenancy::TenancySettings;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -39,6 +42,59 @@ pub struct Config {
     pub shutdown_grace_seconds: u64,
     #[command(flatten)]
     pub auth: AuthArgs,
+    #[command(flatten)]
+    pub tenancy: TenancyArgs,
+}
+
+/// How the data plane reaches tenant databases (see `tenancy::pools`).
+#[derive(Args, Debug, Clone)]
+pub struct TenancyArgs {
+    /// Login for tenant databases: only its user, password and TLS settings
+    /// are used (host and port come from `catalog.clusters`, the database
+    /// from `catalog.tenants`). Unset: the login of --catalog-url.
+    #[arg(long, env = "STRATA_TENANT_DATABASE_URL", hide_env_values = true)]
+    pub tenant_database_url: Option<String>,
+    /// Connections per tenant pool.
+    #[arg(long, env = "STRATA_TENANT_POOL_SIZE", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub tenant_pool_size: u32,
+    /// Cap on connections to tenant databases across all pools; at most
+    /// this / --tenant-pool-size pools are open (least recently used closed).
+    #[arg(long, env = "STRATA_TENANT_MAX_CONNECTIONS", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub tenant_max_connections: u32,
+    /// Seconds a tenant pool may stay unused before it is closed.
+    #[arg(long, env = "STRATA_TENANT_POOL_IDLE_SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub tenant_pool_idle_seconds: u64,
+    /// Milliseconds any statement on a tenant database may run.
+    #[arg(long, env = "STRATA_TENANT_STATEMENT_TIMEOUT_MS", default_value_t = 15_000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub tenant_statement_timeout_ms: u64,
+    /// Milliseconds a catalog answer (tenant → database, state) is reused;
+    /// also how long a suspension takes to reach every replica.
+    #[arg(long, env = "STRATA_TENANT_CACHE_TTL_MS", default_value_t = 2_000,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub tenant_cache_ttl_ms: u64,
+}
+
+impl TenancyArgs {
+    pub fn settings(&self, catalog_url: &str) -> anyhow::Result<TenancySettings> {
+        let url = self.tenant_database_url.as_deref().unwrap_or(catalog_url);
+        let login: PgConnectOptions = url
+            .parse()
+            .context("invalid --tenant-database-url (or --catalog-url)")?;
+        let ttl = Duration::from_millis(self.tenant_cache_ttl_ms);
+        Ok(TenancySettings {
+            pool_size: self.tenant_pool_size,
+            max_connections: self.tenant_max_connections.max(self.tenant_pool_size),
+            pool_idle: Duration::from_secs(self.tenant_pool_idle_seconds),
+            statement_timeout: Duration::from_millis(self.tenant_statement_timeout_ms),
+            catalog_ttl: ttl,
+            roles_ttl: ttl,
+            ..TenancySettings::new(login)
+        })
+    }
 }
 
 /// Bearer JWT verification and pagination cursor keys. Without any JWT key
@@ -181,6 +237,21 @@ mod tests {
         assert_eq!(settings.leeway, Duration::from_secs(5));
         assert!(parse(&["--jwt-leeway-seconds", "3600"]).is_err());
         assert!(parse(&["--jwks-url", "u", "--jwks-file", "f"]).is_err());
+    }
+
+    #[test]
+    fn tenancy_defaults_and_login_fallback() {
+        let config = parse(&[]).expect("parse");
+        let settings = config
+            .tenancy
+            .settings("postgres://dp:pw@db:5432/strata_platform")
+            .expect("settings");
+        assert_eq!(settings.pool_size, 4);
+        assert_eq!(settings.max_connections, 200);
+        assert_eq!(settings.catalog_ttl, Duration::from_secs(2));
+        assert!(parse(&["--tenant-pool-size", "0"]).is_err());
+        let config = parse(&["--tenant-database-url", "not a url"]).expect("parse");
+        assert!(config.tenancy.settings("postgres://x").is_err());
     }
 
     #[test]

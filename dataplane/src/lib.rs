@@ -9,3 +9,5 @@
 pub mod app;
 pub mod config;
 pub mod http;
+pub mod identity;
+pub mod tenancy;

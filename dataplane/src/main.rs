@@ -9,6 +9,7 @@ use strata_dataplane::app::{AppState, router};
 use strata_dataplane::config::Config;
 use strata_dataplane::http::HttpContext;
 use strata_dataplane::http::auth::{Authenticator, JwtVerifier};
+use strata_dataplane::tenancy::Tenancy;
 use strata_servicekit::shutdown_signal;
 
 #[tokio::main]
@@ -52,17 +53,22 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let http = HttpContext {
-        // API keys are looked up in the catalog once the key store exists
-        // (issue 8); until then only JWTs authenticate.
+        // API keys live in each tenant's database: `tenancy::TenantContext`
+        // looks them up there, so this authenticator verifies JWTs only.
         auth: Authenticator::new(jwt, None),
         cursors: config.auth.cursor_codec()?,
     };
+    let tenancy = Tenancy::new(
+        catalog.clone(),
+        config.tenancy.settings(&config.catalog_url)?,
+    );
     let registry = Arc::new(Registry::default());
     let app = router(
         AppState {
             catalog,
             redis,
             http,
+            tenancy,
         },
         registry,
         config.max_body_bytes,

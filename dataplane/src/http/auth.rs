@@ -659,6 +659,16 @@ impl Authenticator {
         }
     }
 
+    /// Verifies a JWT alone. Tenant routes use this through
+    /// [`crate::tenancy::TenantContext`], which looks API keys up in the
+    /// tenant's own database (this authenticator has no tenant to look in).
+    pub async fn verify_jwt(&self, token: &str) -> Result<Principal, ApiError> {
+        match &self.jwt {
+            Some(verifier) => verifier.verify(token).await,
+            None => Err(unauthenticated()),
+        }
+    }
+
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
         match parse_authorization(headers)? {
             Bearer::Jwt(token) => match &self.jwt {

@@ -113,6 +113,12 @@ impl Permissions {
     pub fn allows(&self, resource: Resource, action: Action) -> bool {
         self.0[resource.index()] & action.bit() != 0
     }
+
+    /// Whether every grant of `self` is also a grant of `other`: a role may
+    /// only hand out (keys, member roles) what it holds itself.
+    pub fn is_subset_of(&self, other: &Permissions) -> bool {
+        self.0.iter().zip(other.0.iter()).all(|(a, b)| a & !b == 0)
+    }
 }
 
 /// 403 unless the principal's role grants `action` on `resource`. Call it

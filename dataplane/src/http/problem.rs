@@ -77,6 +77,8 @@ kinds! {
         "The request took longer than the server's limit.");
     CONFLICT = ("conflict", CONFLICT, "Conflict",
         "The request conflicts with the current state (for example the id already exists).");
+    INVITATION_EXPIRED = ("invitation-expired", GONE, "Invitation expired",
+        "The invitation token is valid but its expiry has passed; ask for a new invitation.");
     PRECONDITION_FAILED = ("precondition-failed", PRECONDITION_FAILED, "Precondition failed",
         "If-Match, If-None-Match or If-Unmodified-Since did not hold for the current version.");
     PAYLOAD_TOO_LARGE = ("payload-too-large", PAYLOAD_TOO_LARGE, "Payload too large",

@@ -1,0 +1,193 @@
+//! Per-tenant connection pools in a bounded LRU.
+//!
+//! Every pool logs in as the data plane's own role (user and password of
+//! `--tenant-database-url`) to the host and port the catalog records for
+//! the tenant's cluster and to the tenant's database, so a pool can reach
+//! that one database and nothing else the role was not granted.
+//!
+//! The cap on connections is structural: at most
+//! `max_connections / pool_size` pools are open, each with at most
+//! `pool_size` connections. Opening one more evicts the least recently used
+//! pool, which is closed (requests still holding its connections finish;
+//! a later acquire on it is a 503 with Retry-After). Pools unused for
+//! `pool_idle` are closed on the next lookup, and idle connections close
+//! after `connection_idle`, so quiet tenants cost nothing.
+//!
+//! Session settings are connect options, not statements, so no connection
+//! is ever handed out without them: `statement_timeout` bounds every query
+//! and `search_path = public,pg_temp` keeps `pg_temp` last (it is searched
+//! first when unlisted). The values contain no spaces: sqlx splits the
+//! `options` parameter on spaces.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use uuid::Uuid;
+
+use super::TenancySettings;
+use super::catalog::TenantInfo;
+use crate::http::problem::ApiError;
+
+/// Where a pool points; a tenant moved elsewhere gets a new pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    host: String,
+    port: u16,
+    database: String,
+}
+
+struct Entry {
+    pool: PgPool,
+    target: Target,
+    last_used: Instant,
+}
+
+pub struct TenantPools {
+    settings: TenancySettings,
+    max_pools: usize,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    pools: HashMap<Uuid, Entry>,
+    last_sweep: Instant,
+}
+
+/// Idle pools are looked for at most this often (on lookups).
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+impl TenantPools {
+    pub fn new(settings: TenancySettings) -> Self {
+        let pool_size = settings.pool_size.max(1);
+        let max_pools = (settings.max_connections / pool_size).max(1) as usize;
+        Self {
+            settings: TenancySettings {
+                pool_size,
+                ..settings
+            },
+            max_pools,
+            inner: Mutex::new(Inner {
+                pools: HashMap::new(),
+                last_sweep: Instant::now(),
+            }),
+        }
+    }
+
+    /// Most pools open at once.
+    pub fn max_pools(&self) -> usize {
+        self.max_pools
+    }
+
+    /// Pools open now.
+    pub fn open_pools(&self) -> usize {
+        self.lock().pools.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The tenant's pool, created (lazily: no I/O here) on first use.
+    pub fn pool(&self, tenant: &TenantInfo) -> Result<PgPool, ApiError> {
+        let (Some(host), Some(port)) = (tenant.host.clone(), tenant.port) else {
+            // The operator records the cluster before the tenant is ready;
+            // a ready tenant without one is a catalog being repaired.
+            return Err(ApiError::Unavailable {
+                detail: "the tenant's database location is not known yet; retry later".into(),
+                retry_after: Some(super::NOT_READY_RETRY_AFTER),
+            });
+        };
+        let target = Target {
+            host,
+            port,
+            database: tenant.database_name.clone(),
+        };
+        let mut inner = self.lock();
+        let now = Instant::now();
+        if now.duration_since(inner.last_sweep) >= SWEEP_EVERY {
+            inner.last_sweep = now;
+            let idle = self.settings.pool_idle;
+            let stale: Vec<Uuid> = inner
+                .pools
+                .iter()
+                .filter(|(_, e)| now.duration_since(e.last_used) >= idle)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in stale {
+                if let Some(entry) = inner.pools.remove(&id) {
+                    close_later(entry.pool);
+                }
+            }
+        }
+        if let Some(entry) = inner.pools.get_mut(&tenant.id) {
+            if entry.target == target {
+                entry.last_used = now;
+                return Ok(entry.pool.clone());
+            }
+            if let Some(old) = inner.pools.remove(&tenant.id) {
+                close_later(old.pool);
+            }
+        }
+        while inner.pools.len() >= self.max_pools {
+            let Some(lru) = inner
+                .pools
+                .iter()
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(id, _)| *id)
+            else {
+                break;
+            };
+            if let Some(entry) = inner.pools.remove(&lru) {
+                close_later(entry.pool);
+            }
+        }
+        let pool = self.build(&target);
+        inner.pools.insert(
+            tenant.id,
+            Entry {
+                pool: pool.clone(),
+                target,
+                last_used: now,
+            },
+        );
+        Ok(pool)
+    }
+
+    fn build(&self, target: &Target) -> PgPool {
+        let s = &self.settings;
+        let options: PgConnectOptions = s
+            .login
+            .clone()
+            .host(&target.host)
+            .port(target.port)
+            .database(&target.database)
+            .application_name("strata-dataplane")
+            .options([
+                (
+                    "statement_timeout",
+                    format!("{}", s.statement_timeout.as_millis()),
+                ),
+                ("search_path", "public,pg_temp".to_string()),
+            ]);
+        PgPoolOptions::new()
+            .max_connections(s.pool_size)
+            .min_connections(0)
+            .acquire_timeout(s.acquire_timeout)
+            .idle_timeout(Some(s.connection_idle))
+            // Connections are reused across requests; a bounded lifetime
+            // picks up role and server changes.
+            .max_lifetime(Some(Duration::from_secs(30 * 60)))
+            .connect_lazy_with(options)
+    }
+}
+
+/// Closes a pool in the background: `close` waits for borrowed connections
+/// to come back, which must not hold the map's lock or the caller.
+fn close_later(pool: PgPool) {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn(async move { pool.close().await });
+    }
+}
