@@ -72,6 +72,7 @@ pub fn router(state: AppState, registry: Arc<Registry>, max_body_bytes: usize) -
     // Each API adds its routes here (one `.merge` line each).
     let api = Router::new()
         .merge(crate::identity::routes())
+        .merge(crate::documents::routes())
         .with_state(state);
     Router::new()
         .merge(probes)

@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod config;
+pub mod documents;
 pub mod http;
 pub mod identity;
 pub mod tenancy;

@@ -1,0 +1,238 @@
+//! Collections: `POST collections`, `GET collections`, `GET|PATCH|DELETE
+//! collections/{name}`. ETag per collection version; `If-Match` on PATCH
+//! and DELETE. Indexed fields get their expression indexes after the row
+//! is committed, built `CONCURRENTLY` as the owner ([`super::indexes`]).
+
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+
+use super::indexes::{self, fields_json, parse_fields};
+use super::names::{collection_name, is_collection_name};
+use super::schema;
+use super::store::{self, Collection, NewCollection};
+use crate::http::pagination::PageLimits;
+use crate::http::preconditions::{self, Requirement};
+use crate::http::problem::{ApiError, FieldError};
+
+pub const LIMITS: PageLimits = PageLimits {
+    default: 50,
+    max: 500,
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hnsw {
+    pub m: Option<i32>,
+    pub ef_construction: Option<i32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VectorConfig {
+    pub dimension: i32,
+    pub metric: String,
+    pub hnsw: Option<Hnsw>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    pub name: String,
+    pub schema: Option<Value>,
+    pub vector: Option<VectorConfig>,
+    #[serde(default)]
+    pub indexed_fields: Option<Value>,
+    #[serde(default)]
+    pub require_if_match: bool,
+}
+
+/// `PATCH collections/{name}`: fields absent stay; `schema: null` removes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateBody {
+    #[serde(default, deserialize_with = "some")]
+    pub schema: Option<Option<Value>>,
+    pub indexed_fields: Option<Value>,
+    pub require_if_match: Option<bool>,
+}
+
+fn some<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Value>>, D::Error> {
+    Option::<Value>::deserialize(d).map(Some)
+}
+
+pub fn collection_response(status: StatusCode, c: &Collection) -> Response {
+    let mut response = (status, axum::Json(c.view())).into_response();
+    preconditions::set_validators(response.headers_mut(), &c.etag(), None);
+    response
+}
+
+fn check_vector(v: &VectorConfig) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    if !(1..=16000).contains(&v.dimension) {
+        errors.push(FieldError::new("/vector/dimension", "1 to 16000"));
+    }
+    if !matches!(v.metric.as_str(), "cosine" | "l2" | "inner_product") {
+        errors.push(FieldError::new(
+            "/vector/metric",
+            "cosine, l2 or inner_product",
+        ));
+    }
+    if let Some(h) = &v.hnsw {
+        if h.m.is_some_and(|m| !(2..=100).contains(&m)) {
+            errors.push(FieldError::new("/vector/hnsw/m", "2 to 100"));
+        }
+        if h.ef_construction.is_some_and(|e| !(4..=1000).contains(&e)) {
+            errors.push(FieldError::new("/vector/hnsw/ef_construction", "4 to 1000"));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(errors))
+    }
+}
+
+/// Creates the row (committed) and returns it; the caller then builds the
+/// indexes with [`build_indexes`] on an owner connection.
+pub async fn create(pool: &PgPool, body: CreateBody) -> Result<Collection, ApiError> {
+    if !is_collection_name(&body.name) {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "/name",
+            "1 to 128 of A-Z a-z 0-9 _ -",
+        )]));
+    }
+    if let Some(s) = &body.schema {
+        schema::compile(s, "/schema")?;
+    }
+    if let Some(v) = &body.vector {
+        check_vector(v)?;
+    }
+    let fields = match &body.indexed_fields {
+        Some(value) => parse_fields(value, "/indexed_fields")?,
+        None => Vec::new(),
+    };
+    let mut tx = pool.begin().await?;
+    let hnsw = body.vector.as_ref().and_then(|v| v.hnsw.as_ref());
+    let row = store::insert_collection(
+        &mut tx,
+        &NewCollection {
+            name: &body.name,
+            schema: body.schema.as_ref(),
+            dimension: body.vector.as_ref().map(|v| v.dimension),
+            metric: body.vector.as_ref().map(|v| v.metric.as_str()),
+            hnsw_m: hnsw.and_then(|h| h.m),
+            hnsw_ef_construction: hnsw.and_then(|h| h.ef_construction),
+            require_if_match: body.require_if_match,
+            indexed_fields: fields_json(&fields),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+/// Brings the collection's expression indexes in line with its fields.
+pub async fn build_indexes(
+    owner: &mut PgConnection,
+    collection: &Collection,
+) -> Result<(), ApiError> {
+    indexes::sync(owner, collection.id, &collection.fields()?).await
+}
+
+pub async fn get(
+    pool: &PgPool,
+    name: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let c = store::get_collection(pool, collection_name(name)?).await?;
+    let tag = c.etag();
+    preconditions::check(method, headers, Some((&tag, None)), Requirement::Optional)?;
+    Ok(collection_response(StatusCode::OK, &c))
+}
+
+pub async fn update(
+    pool: &PgPool,
+    name: &str,
+    headers: &HeaderMap,
+    body: UpdateBody,
+) -> Result<Collection, ApiError> {
+    let name = collection_name(name)?;
+    let mut tx = pool.begin().await?;
+    let c = store::lock_collection(&mut tx, name)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let tag = c.etag();
+    let requirement = if c.require_if_match {
+        Requirement::Required
+    } else {
+        Requirement::Optional
+    };
+    preconditions::check(&Method::PATCH, headers, Some((&tag, None)), requirement)?;
+    let schema = match &body.schema {
+        Some(Some(s)) => {
+            schema::compile(s, "/schema")?;
+            Some(s.clone())
+        }
+        Some(None) => None,
+        None => c.json_schema.clone(),
+    };
+    let fields = match &body.indexed_fields {
+        Some(value) => fields_json(&parse_fields(value, "/indexed_fields")?),
+        None => c.indexed_fields.clone(),
+    };
+    let row = store::update_collection(
+        &mut tx,
+        c.id,
+        schema.as_ref(),
+        body.require_if_match.unwrap_or(c.require_if_match),
+        &fields,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+/// Deletes the row (documents and vectors cascade) and returns it; the
+/// caller then drops its indexes with [`indexes::drop_all`].
+pub async fn delete(
+    pool: &PgPool,
+    name: &str,
+    headers: &HeaderMap,
+) -> Result<Collection, ApiError> {
+    let name = collection_name(name)?;
+    let mut tx = pool.begin().await?;
+    let c = store::lock_collection(&mut tx, name)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let tag = c.etag();
+    let requirement = if c.require_if_match {
+        Requirement::Required
+    } else {
+        Requirement::Optional
+    };
+    preconditions::check(&Method::DELETE, headers, Some((&tag, None)), requirement)?;
+    store::delete_collection(&mut tx, &c).await?;
+    tx.commit().await?;
+    Ok(c)
+}
+
+pub async fn list(
+    pool: &PgPool,
+    limit: Option<u32>,
+    after: Option<&str>,
+) -> Result<(Vec<Value>, Option<String>), ApiError> {
+    let limit = LIMITS.resolve(limit)?;
+    let mut rows = store::list_collections(pool, after, limit).await?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next = if more {
+        rows.last().map(|c| c.name.clone())
+    } else {
+        None
+    };
+    Ok((rows.iter().map(Collection::view).collect(), next))
+}

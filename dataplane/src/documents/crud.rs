@@ -1,0 +1,311 @@
+//! One document: create (POST), get, replace (PUT), merge patch (PATCH,
+//! RFC 7396), delete. Conditional requests follow RFC 9110 through
+//! [`crate::http::preconditions`]: the document row is locked, its ETag
+//! evaluated against `If-Match`/`If-None-Match`, and a collection with
+//! `require_if_match` answers 428 to a write without either.
+//!
+//! - `POST …/documents` `{"id"?, "data"}`: 201; the id is a UUIDv7 unless
+//!   given; an existing id is 409 (with `If-None-Match: *` too, 412).
+//! - `PUT …/documents/{id}` with the data as body: replaces (200) or
+//!   creates (201); `If-None-Match: *` makes it create-only (412 if it
+//!   exists, race-safe through `ON CONFLICT DO NOTHING`).
+//! - `PATCH …/documents/{id}`: merge patch of the data; 404 if absent.
+//! - `DELETE …/documents/{id}`: 204; 404 if absent.
+
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::Value;
+use sqlx::PgPool;
+
+use super::names::{collection_name, document_id};
+use super::schema;
+use super::store::{self, Collection, Document};
+use super::{MAX_DOCUMENT_BYTES, MAX_DOCUMENT_DEPTH};
+use crate::http::preconditions::{self, Requirement};
+use crate::http::problem::{ApiError, FieldError, kind};
+
+/// The response for one document, with its ETag.
+pub fn document_response(status: StatusCode, doc: &Document, location: Option<String>) -> Response {
+    let mut response = (status, axum::Json(doc)).into_response();
+    preconditions::set_validators(response.headers_mut(), &doc.etag(), None);
+    if let Some(location) = location.and_then(|l| axum::http::HeaderValue::from_str(&l).ok()) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Checks a document's data: an object, within the size and depth
+/// limits, valid against the collection's schema. `pointer` is where the
+/// data sits in the request body.
+pub fn check_data(
+    collection: &Collection,
+    compiled: Option<&schema::Schema>,
+    data: &Value,
+    pointer: &str,
+) -> Result<(), ApiError> {
+    if !data.is_object() {
+        return Err(ApiError::validation(vec![FieldError::new(
+            pointer,
+            "a document is a JSON object",
+        )]));
+    }
+    let size = serde_json::to_vec(data)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_DOCUMENT_BYTES {
+        return Err(ApiError::PayloadTooLarge {
+            limit: Some(MAX_DOCUMENT_BYTES as u64),
+        });
+    }
+    if depth(data) > MAX_DOCUMENT_DEPTH {
+        return Err(ApiError::bad_request(
+            kind::INVALID_JSON,
+            format!("a document nests deeper than {MAX_DOCUMENT_DEPTH}"),
+        ));
+    }
+    match (compiled, &collection.json_schema) {
+        (Some(schema), _) => schema.validate(data, pointer),
+        (None, Some(raw)) => schema::compile(raw, "/schema")
+            .map_err(|_| ApiError::internal(anyhow::anyhow!("stored schema does not compile")))?
+            .validate(data, pointer),
+        (None, None) => Ok(()),
+    }
+}
+
+fn requirement(collection: &Collection) -> Requirement {
+    if collection.require_if_match {
+        Requirement::Required
+    } else {
+        Requirement::Optional
+    }
+}
+
+fn current(
+    doc: &Option<Document>,
+) -> Option<(preconditions::EntityTag, Option<std::time::SystemTime>)> {
+    doc.as_ref().map(|d| (d.etag(), None))
+}
+
+fn check(
+    method: &Method,
+    headers: &HeaderMap,
+    doc: &Option<Document>,
+    requirement: Requirement,
+) -> Result<(), ApiError> {
+    let current = current(doc);
+    preconditions::check(
+        method,
+        headers,
+        current.as_ref().map(|(t, m)| (t, *m)),
+        requirement,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    pub id: Option<String>,
+    pub data: Value,
+}
+
+pub async fn create(
+    pool: &PgPool,
+    collection: &str,
+    headers: &HeaderMap,
+    body: CreateBody,
+) -> Result<Response, ApiError> {
+    let collection = collection_name(collection)?;
+    let id = match &body.id {
+        Some(id) => document_id(id, "/id")?.to_string(),
+        None => uuid::Uuid::now_v7().to_string(),
+    };
+    let mut tx = pool.begin().await?;
+    let coll = store::get_collection(&mut *tx, collection).await?;
+    check_data(&coll, None, &body.data, "/data")?;
+    // POST creates: only `If-None-Match: *` (or nothing) makes sense; an
+    // If-Match names a version that cannot exist yet.
+    check(&Method::POST, headers, &None, Requirement::Optional)?;
+    let create_only = headers.contains_key(header::IF_NONE_MATCH);
+    let Some(doc) = store::insert_document(&mut tx, coll.id, &id, &body.data).await? else {
+        return Err(if create_only {
+            ApiError::PreconditionFailed
+        } else {
+            ApiError::Conflict("a document with this id exists".into())
+        });
+    };
+    tx.commit().await?;
+    Ok(document_response(StatusCode::CREATED, &doc, None))
+}
+
+pub async fn get(
+    pool: &PgPool,
+    collection: &str,
+    id: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let collection = collection_name(collection)?;
+    if !super::names::is_document_id(id) {
+        return Err(ApiError::NotFound);
+    }
+    let coll = store::get_collection(pool, collection).await?;
+    let doc = store::find_document(pool, coll.id, id, false).await?;
+    check(method, headers, &doc, Requirement::Optional)?;
+    let doc = doc.ok_or(ApiError::NotFound)?;
+    Ok(document_response(StatusCode::OK, &doc, None))
+}
+
+pub async fn replace(
+    pool: &PgPool,
+    collection: &str,
+    id: &str,
+    headers: &HeaderMap,
+    data: Value,
+) -> Result<Response, ApiError> {
+    let collection = collection_name(collection)?;
+    let id = document_id(id, "#/path/id")?;
+    let mut tx = pool.begin().await?;
+    let coll = store::get_collection(&mut *tx, collection).await?;
+    check_data(&coll, None, &data, "")?;
+    let doc = store::find_document(&mut *tx, coll.id, id, true).await?;
+    check(&Method::PUT, headers, &doc, requirement(&coll))?;
+    let response = match doc {
+        Some(_) => document_response(
+            StatusCode::OK,
+            &store::update_document(&mut tx, coll.id, id, &data).await?,
+            None,
+        ),
+        None => match store::insert_document(&mut tx, coll.id, id, &data).await? {
+            Some(doc) => document_response(StatusCode::CREATED, &doc, None),
+            // Created by a concurrent request since our read: a create-only
+            // PUT lost the race (412); a plain one may simply retry.
+            None if headers.contains_key(header::IF_NONE_MATCH) => {
+                return Err(ApiError::PreconditionFailed);
+            }
+            None => {
+                return Err(ApiError::Conflict(
+                    "the document was created concurrently; retry".into(),
+                ));
+            }
+        },
+    };
+    tx.commit().await?;
+    Ok(response)
+}
+
+/// RFC 7396: objects merge recursively, `null` removes, anything else
+/// replaces.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(serde_json::Map::new());
+    }
+    if let Value::Object(map) = target {
+        for (key, value) in patch {
+            if value.is_null() {
+                map.remove(key);
+            } else {
+                merge_patch(map.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
+    }
+}
+
+pub async fn patch(
+    pool: &PgPool,
+    collection: &str,
+    id: &str,
+    headers: &HeaderMap,
+    patch: Value,
+) -> Result<Response, ApiError> {
+    let collection = collection_name(collection)?;
+    let id = document_id(id, "#/path/id")?;
+    let mut tx = pool.begin().await?;
+    let coll = store::get_collection(&mut *tx, collection).await?;
+    let doc = store::find_document(&mut *tx, coll.id, id, true).await?;
+    check(&Method::PATCH, headers, &doc, requirement(&coll))?;
+    let doc = doc.ok_or(ApiError::NotFound)?;
+    let mut data = doc.data;
+    merge_patch(&mut data, &patch);
+    check_data(&coll, None, &data, "")?;
+    let doc = store::update_document(&mut tx, coll.id, id, &data).await?;
+    tx.commit().await?;
+    Ok(document_response(StatusCode::OK, &doc, None))
+}
+
+pub async fn delete(
+    pool: &PgPool,
+    collection: &str,
+    id: &str,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let collection = collection_name(collection)?;
+    if !super::names::is_document_id(id) {
+        return Err(ApiError::NotFound);
+    }
+    let mut tx = pool.begin().await?;
+    let coll = store::get_collection(&mut *tx, collection).await?;
+    let doc = store::find_document(&mut *tx, coll.id, id, true).await?;
+    check(&Method::DELETE, headers, &doc, requirement(&coll))?;
+    if doc.is_none() || !store::delete_document(&mut tx, coll.id, id).await? {
+        return Err(ApiError::NotFound);
+    }
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn merge_patch_follows_rfc_7396_examples() {
+        let cases = [
+            (json!({"a": "b"}), json!({"a": "c"}), json!({"a": "c"})),
+            (
+                json!({"a": "b"}),
+                json!({"b": "c"}),
+                json!({"a": "b", "b": "c"}),
+            ),
+            (json!({"a": "b"}), json!({"a": null}), json!({})),
+            (
+                json!({"a": {"b": "c"}}),
+                json!({"a": {"b": "d", "c": null}}),
+                json!({"a": {"b": "d"}}),
+            ),
+            (
+                json!({"a": [{"b": "c"}]}),
+                json!({"a": [1]}),
+                json!({"a": [1]}),
+            ),
+            (
+                json!({"e": null}),
+                json!({"a": 1}),
+                json!({"e": null, "a": 1}),
+            ),
+            (
+                json!({}),
+                json!({"a": {"bb": {"ccc": null}}}),
+                json!({"a": {"bb": {}}}),
+            ),
+        ];
+        for (mut target, patch, want) in cases {
+            merge_patch(&mut target, &patch);
+            assert_eq!(target, want);
+        }
+    }
+}

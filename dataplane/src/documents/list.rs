@@ -1,0 +1,266 @@
+//! Listing and querying documents: `GET …/documents?filter[…]…&sort=…`
+//! and `POST …/query` with `{"filter", "sort", "limit", "cursor", "count"}`.
+//! Both compile to one statement:
+//!
+//! ```sql
+//! SELECT id, data, …, (k0)::text, … FROM documents
+//! WHERE collection_id = $1 AND (<filter>) AND (<after cursor>)
+//! ORDER BY k0, …, id LIMIT <limit + 1>
+//! ```
+//!
+//! run as an unnamed statement (`persistent(false)`): PostgreSQL then
+//! plans it with the bound values, which is what lets the partial
+//! expression indexes of indexed fields match (see [`super::indexes`]).
+//! The cursor is bound to a fingerprint of (collection, filter, sort); a
+//! cursor reused with another query is a 400. Totals only with `count`.
+
+use axum::http::Uri;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{PgPool, Postgres, QueryBuilder, Row};
+use uuid::Uuid;
+
+use super::filter::{self, Fields, Filter};
+use super::names::collection_name;
+use super::sort::{Keys, Sort};
+use super::store::{self, Document, document_columns};
+use crate::http::pagination::{CursorCodec, Page, PageLimits, Position, QueryFingerprint};
+use crate::http::problem::ApiError;
+
+/// Page sizes of document lists.
+pub const LIMITS: PageLimits = PageLimits {
+    default: 50,
+    max: 1000,
+};
+
+/// A parsed list request.
+#[derive(Debug, Clone, Default)]
+pub struct ListRequest {
+    pub filter: Option<Filter>,
+    pub sort: Vec<String>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+    pub count: bool,
+}
+
+/// The body of `POST …/query`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryBody {
+    pub filter: Option<Value>,
+    #[serde(default)]
+    pub sort: Vec<String>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+    #[serde(default)]
+    pub count: bool,
+}
+
+impl QueryBody {
+    pub fn into_request(self) -> Result<ListRequest, ApiError> {
+        let filter = self
+            .filter
+            .as_ref()
+            .map(|f| filter::parse_json(f, "/filter"))
+            .transpose()
+            .map_err(filter::FilterError::into_api)?;
+        Ok(ListRequest {
+            filter,
+            sort: self.sort,
+            limit: self.limit,
+            cursor: self.cursor,
+            count: self.count,
+        })
+    }
+}
+
+/// Reads the list parameters from a query string: `filter[…]`, `sort`,
+/// `limit`, `cursor`, `count`. Unknown parameters are a 400 (a typo in a
+/// filter must not silently widen the result).
+pub fn parse_query_string(query: Option<&str>) -> Result<ListRequest, ApiError> {
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect();
+    // Bounded before anything else is done with them.
+    if pairs.len() > filter::MAX_TERMS + 8 {
+        return Err(ApiError::invalid_parameter(
+            "query",
+            "filter",
+            "too many parameters",
+        ));
+    }
+    let mut request = ListRequest::default();
+    let mut filters = Vec::new();
+    for (name, value) in &pairs {
+        match name.as_str() {
+            "sort" => request.sort = value.split(',').map(str::to_string).collect(),
+            "limit" => {
+                request.limit = Some(value.parse().map_err(|_| {
+                    ApiError::invalid_parameter("query", "limit", "a positive integer")
+                })?)
+            }
+            "cursor" => request.cursor = Some(value.clone()),
+            "count" => {
+                request.count = match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(ApiError::invalid_parameter(
+                            "query",
+                            "count",
+                            "true or false",
+                        ));
+                    }
+                }
+            }
+            n if n.starts_with("filter[") => filters.push((name.as_str(), value.as_str())),
+            _ => {
+                let shown: String = name.chars().take(64).collect();
+                return Err(ApiError::invalid_parameter(
+                    "query",
+                    &shown,
+                    "unknown parameter",
+                ));
+            }
+        }
+    }
+    request.filter = filter::parse_query_params(filters)?;
+    Ok(request)
+}
+
+#[derive(Serialize)]
+struct Fingerprint<'a> {
+    collection: Uuid,
+    filter: &'a Option<Filter>,
+    sort: &'a Sort,
+}
+
+/// Runs a list request and answers the page (with `Link: rel="next"`).
+pub async fn list(
+    pool: &PgPool,
+    codec: &CursorCodec,
+    collection: &str,
+    request: ListRequest,
+    uri: &Uri,
+) -> Result<Response, ApiError> {
+    let collection = collection_name(collection)?;
+    let limit = LIMITS.resolve(request.limit)?;
+    let coll = store::get_collection(pool, collection).await?;
+    let indexed = coll.fields()?;
+    let fields = Fields { indexed: &indexed };
+    if let Some(filter) = &request.filter {
+        fields.check(filter)?;
+    }
+    let sort = Sort::parse(
+        request
+            .sort
+            .iter()
+            .map(String::as_str)
+            .filter(|s| !s.is_empty()),
+        &indexed,
+    )?;
+    let fingerprint = QueryFingerprint::of(&Fingerprint {
+        collection: coll.id,
+        filter: &request.filter,
+        sort: &sort,
+    });
+    let after: Option<Position<Keys>> =
+        codec.decode_param(request.cursor.as_deref(), &fingerprint)?;
+
+    let mut qb = QueryBuilder::<Postgres>::new(format!("SELECT {}", document_columns()));
+    sort.push_select(&mut qb);
+    qb.push(" FROM documents WHERE collection_id = ");
+    qb.push_bind(coll.id);
+    if let Some(filter) = &request.filter {
+        qb.push(" AND ");
+        filter::push_filter(&mut qb, filter, &fields);
+    }
+    if let Some(after) = &after {
+        sort.push_after(&mut qb, after)?;
+    }
+    sort.push_order_by(&mut qb);
+    qb.push(" LIMIT ");
+    qb.push_bind(i64::from(limit) + 1);
+    let rows = qb.build().persistent(false).fetch_all(pool).await?;
+    let mut items = Vec::with_capacity(rows.len());
+    for row in rows {
+        let doc = Document {
+            id: row.try_get("id")?,
+            data: row.try_get("data")?,
+            version: row.try_get("version")?,
+            created_us: row.try_get("created_us")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        };
+        let keys: Keys = (0..sort.keys.len())
+            .map(|i| row.try_get::<Option<String>, _>(6 + i))
+            .collect::<Result<_, _>>()?;
+        items.push((doc, keys));
+    }
+    let page = Page::from_rows(items, limit, codec, &fingerprint, |(doc, keys)| Position {
+        keys: keys.clone(),
+        id: doc.id.clone(),
+    });
+    let total = if request.count {
+        let mut qb =
+            QueryBuilder::<Postgres>::new("SELECT count(*) FROM documents WHERE collection_id = ");
+        qb.push_bind(coll.id);
+        if let Some(filter) = &request.filter {
+            qb.push(" AND ");
+            filter::push_filter(&mut qb, filter, &fields);
+        }
+        let n: i64 = qb
+            .build_query_scalar()
+            .persistent(false)
+            .fetch_one(pool)
+            .await?;
+        Some(u64::try_from(n).unwrap_or(0))
+    } else {
+        None
+    };
+    let page = Page {
+        items: page
+            .items
+            .into_iter()
+            .map(|(doc, _)| doc)
+            .collect::<Vec<_>>(),
+        next_cursor: page.next_cursor,
+        total,
+    };
+    Ok(page.into_response_for(uri).into_response())
+}
+
+/// The SQL and plan of a list request (tests prove index use with it).
+pub async fn explain(
+    pool: &PgPool,
+    collection: &str,
+    request: &ListRequest,
+) -> Result<String, ApiError> {
+    let coll = store::get_collection(pool, collection).await?;
+    let indexed = coll.fields()?;
+    let fields = Fields { indexed: &indexed };
+    let sort = Sort::parse(request.sort.iter().map(String::as_str), &indexed)?;
+    let mut qb =
+        QueryBuilder::<Postgres>::new("EXPLAIN SELECT id FROM documents WHERE collection_id = ");
+    qb.push_bind(coll.id);
+    if let Some(filter) = &request.filter {
+        qb.push(" AND ");
+        filter::push_filter(&mut qb, filter, &fields);
+    }
+    sort.push_order_by(&mut qb);
+    qb.push(" LIMIT 10");
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SET enable_seqscan = off")
+        .execute(&mut *conn)
+        .await?;
+    let lines: Vec<String> = qb
+        .build_query_scalar()
+        .persistent(false)
+        .fetch_all(&mut *conn)
+        .await?;
+    sqlx::query("RESET enable_seqscan")
+        .execute(&mut *conn)
+        .await?;
+    Ok(lines.join("\n"))
+}

@@ -1,0 +1,374 @@
+//! The SQL of collections and documents. Static statements use runtime
+//! `sqlx::query` (offline metadata is regenerated centrally); dynamic ones
+//! (filters, sorts) are in [`super::list`] through `QueryBuilder`.
+//!
+//! Every write appends an `outbox` row in the same transaction: topic
+//! `collection.*` / `document.*`, aggregate id `<collection id>/<document id>`,
+//! and a payload with the version (never the document: the outbox is
+//! read by the dispatcher, which fetches what it needs).
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use super::indexes::{IndexedField, parse_fields};
+use crate::http::preconditions::EntityTag;
+use crate::http::problem::ApiError;
+
+/// `to_char(… AT TIME ZONE 'UTC', RFC 3339)` (no time crate in sqlx here).
+fn ts(column: &str) -> String {
+    format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+}
+
+/// A version alone would repeat after delete + re-create, so the tag also
+/// names the creation time (microseconds): a stale `If-Match` from before
+/// a re-creation never matches.
+pub fn etag(version: i64, created_us: i64) -> EntityTag {
+    EntityTag::strong(format!("v{version}.{created_us:x}"))
+        .unwrap_or_else(|_| EntityTag::from_version(version))
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Collection {
+    pub id: Uuid,
+    pub name: String,
+    pub json_schema: Option<Value>,
+    pub vector_dimension: Option<i32>,
+    pub vector_metric: Option<String>,
+    pub hnsw_m: Option<i32>,
+    pub hnsw_ef_construction: Option<i32>,
+    pub version: i64,
+    pub require_if_match: bool,
+    pub indexed_fields: Value,
+    pub created_us: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Collection {
+    pub fn etag(&self) -> EntityTag {
+        etag(self.version, self.created_us)
+    }
+
+    pub fn fields(&self) -> Result<Vec<IndexedField>, ApiError> {
+        // Stored by us, so a parse failure is our bug.
+        parse_fields(&self.indexed_fields, "")
+            .map_err(|_| ApiError::internal(anyhow::anyhow!("stored indexed_fields do not parse")))
+    }
+
+    pub fn view(&self) -> Value {
+        json!({
+            "id": self.id,
+            "name": self.name,
+            "schema": self.json_schema,
+            "vector": self.vector_dimension.map(|d| json!({
+                "dimension": d,
+                "metric": self.vector_metric,
+                "hnsw": {"m": self.hnsw_m, "ef_construction": self.hnsw_ef_construction},
+            })),
+            "indexed_fields": self.indexed_fields,
+            "require_if_match": self.require_if_match,
+            "version": self.version,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        })
+    }
+}
+
+fn collection_columns() -> String {
+    format!(
+        "id, name, json_schema, vector_dimension, vector_metric, hnsw_m, hnsw_ef_construction, version, \
+         require_if_match, indexed_fields, (extract(epoch from created_at) * 1000000)::int8 AS created_us, \
+         {} AS created_at, {} AS updated_at",
+        ts("created_at"),
+        ts("updated_at")
+    )
+}
+
+pub async fn find_collection<'e>(
+    db: impl PgExecutor<'e>,
+    name: &str,
+) -> Result<Option<Collection>, ApiError> {
+    let sql = format!(
+        "SELECT {} FROM collections WHERE name = $1",
+        collection_columns()
+    );
+    Ok(sqlx::query_as(&sql).bind(name).fetch_optional(db).await?)
+}
+
+/// The collection, locked for the rest of the transaction (writes that
+/// check its settings, updates, deletes).
+pub async fn lock_collection(
+    conn: &mut PgConnection,
+    name: &str,
+) -> Result<Option<Collection>, ApiError> {
+    let sql = format!(
+        "SELECT {} FROM collections WHERE name = $1 FOR UPDATE",
+        collection_columns()
+    );
+    Ok(sqlx::query_as(&sql).bind(name).fetch_optional(conn).await?)
+}
+
+pub async fn get_collection<'e>(
+    db: impl PgExecutor<'e>,
+    name: &str,
+) -> Result<Collection, ApiError> {
+    find_collection(db, name).await?.ok_or(ApiError::NotFound)
+}
+
+pub struct NewCollection<'a> {
+    pub name: &'a str,
+    pub schema: Option<&'a Value>,
+    pub dimension: Option<i32>,
+    pub metric: Option<&'a str>,
+    pub hnsw_m: Option<i32>,
+    pub hnsw_ef_construction: Option<i32>,
+    pub require_if_match: bool,
+    pub indexed_fields: Value,
+}
+
+pub async fn insert_collection(
+    conn: &mut PgConnection,
+    new: &NewCollection<'_>,
+) -> Result<Collection, ApiError> {
+    let sql = format!(
+        "INSERT INTO collections (name, json_schema, vector_dimension, vector_metric, hnsw_m, \
+         hnsw_ef_construction, require_if_match, indexed_fields) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         RETURNING {}",
+        collection_columns()
+    );
+    let row: Collection = sqlx::query_as(&sql)
+        .bind(new.name)
+        .bind(new.schema)
+        .bind(new.dimension)
+        .bind(new.metric)
+        .bind(new.hnsw_m)
+        .bind(new.hnsw_ef_construction)
+        .bind(new.require_if_match)
+        .bind(&new.indexed_fields)
+        .fetch_one(&mut *conn)
+        .await?;
+    outbox(
+        conn,
+        "collection.created",
+        &row.id.to_string(),
+        json!({"name": row.name, "version": row.version}),
+    )
+    .await?;
+    Ok(row)
+}
+
+pub async fn update_collection(
+    conn: &mut PgConnection,
+    id: Uuid,
+    schema: Option<&Value>,
+    require_if_match: bool,
+    indexed_fields: &Value,
+) -> Result<Collection, ApiError> {
+    let sql = format!(
+        "UPDATE collections SET json_schema = $2, require_if_match = $3, indexed_fields = $4, \
+         version = version + 1, updated_at = now() WHERE id = $1 RETURNING {}",
+        collection_columns()
+    );
+    let row: Collection = sqlx::query_as(&sql)
+        .bind(id)
+        .bind(schema)
+        .bind(require_if_match)
+        .bind(indexed_fields)
+        .fetch_one(&mut *conn)
+        .await?;
+    outbox(
+        conn,
+        "collection.updated",
+        &row.id.to_string(),
+        json!({"name": row.name, "version": row.version}),
+    )
+    .await?;
+    Ok(row)
+}
+
+/// Deletes the collection; documents and vectors go with it (foreign keys
+/// `ON DELETE CASCADE`).
+pub async fn delete_collection(
+    conn: &mut PgConnection,
+    collection: &Collection,
+) -> Result<(), ApiError> {
+    sqlx::query("DELETE FROM collections WHERE id = $1")
+        .bind(collection.id)
+        .execute(&mut *conn)
+        .await?;
+    outbox(
+        conn,
+        "collection.deleted",
+        &collection.id.to_string(),
+        json!({"name": collection.name, "version": collection.version}),
+    )
+    .await
+}
+
+pub async fn list_collections<'e>(
+    db: impl PgExecutor<'e>,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<Collection>, ApiError> {
+    let sql = format!(
+        "SELECT {} FROM collections WHERE ($1::text IS NULL OR name > $1) ORDER BY name LIMIT $2",
+        collection_columns()
+    );
+    Ok(sqlx::query_as(&sql)
+        .bind(after)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(db)
+        .await?)
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Document {
+    pub id: String,
+    pub data: Value,
+    pub version: i64,
+    #[serde(skip)]
+    pub created_us: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Document {
+    pub fn etag(&self) -> EntityTag {
+        etag(self.version, self.created_us)
+    }
+}
+
+pub fn document_columns() -> String {
+    format!(
+        "id, data, version, (extract(epoch from created_at) * 1000000)::int8 AS created_us, \
+         {} AS created_at, {} AS updated_at",
+        ts("created_at"),
+        ts("updated_at")
+    )
+}
+
+pub async fn find_document<'e>(
+    db: impl PgExecutor<'e>,
+    collection: Uuid,
+    id: &str,
+    lock: bool,
+) -> Result<Option<Document>, ApiError> {
+    let sql = format!(
+        "SELECT {} FROM documents WHERE collection_id = $1 AND id = $2{}",
+        document_columns(),
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    Ok(sqlx::query_as(&sql)
+        .bind(collection)
+        .bind(id)
+        .fetch_optional(db)
+        .await?)
+}
+
+fn aggregate(collection: Uuid, id: &str) -> String {
+    format!("{collection}/{id}")
+}
+
+/// Inserts unless the id exists (`None` then: the caller decides between
+/// 409 and 412). Race-safe: `ON CONFLICT DO NOTHING`.
+pub async fn insert_document(
+    conn: &mut PgConnection,
+    collection: Uuid,
+    id: &str,
+    data: &Value,
+) -> Result<Option<Document>, ApiError> {
+    let sql = format!(
+        "INSERT INTO documents (collection_id, id, data) VALUES ($1, $2, $3) \
+         ON CONFLICT (collection_id, id) DO NOTHING RETURNING {}",
+        document_columns()
+    );
+    let row: Option<Document> = sqlx::query_as(&sql)
+        .bind(collection)
+        .bind(id)
+        .bind(data)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if let Some(doc) = &row {
+        outbox(
+            conn,
+            "document.created",
+            &aggregate(collection, id),
+            json!({"version": doc.version}),
+        )
+        .await?;
+    }
+    Ok(row)
+}
+
+/// Replaces the data of an existing (locked) document.
+pub async fn update_document(
+    conn: &mut PgConnection,
+    collection: Uuid,
+    id: &str,
+    data: &Value,
+) -> Result<Document, ApiError> {
+    let sql = format!(
+        "UPDATE documents SET data = $3, version = version + 1, updated_at = now() \
+         WHERE collection_id = $1 AND id = $2 RETURNING {}",
+        document_columns()
+    );
+    let doc: Document = sqlx::query_as(&sql)
+        .bind(collection)
+        .bind(id)
+        .bind(data)
+        .fetch_one(&mut *conn)
+        .await?;
+    outbox(
+        conn,
+        "document.updated",
+        &aggregate(collection, id),
+        json!({"version": doc.version}),
+    )
+    .await?;
+    Ok(doc)
+}
+
+/// Deletes a document; `false` when there was none.
+pub async fn delete_document(
+    conn: &mut PgConnection,
+    collection: Uuid,
+    id: &str,
+) -> Result<bool, ApiError> {
+    let version: Option<i64> = sqlx::query_scalar(
+        "DELETE FROM documents WHERE collection_id = $1 AND id = $2 RETURNING version",
+    )
+    .bind(collection)
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match version {
+        Some(version) => {
+            outbox(
+                conn,
+                "document.deleted",
+                &aggregate(collection, id),
+                json!({"version": version}),
+            )
+            .await?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+pub async fn outbox(
+    conn: &mut PgConnection,
+    topic: &str,
+    aggregate_id: &str,
+    payload: Value,
+) -> Result<(), ApiError> {
+    sqlx::query("INSERT INTO outbox (topic, aggregate_id, payload) VALUES ($1, $2, $3)")
+        .bind(topic)
+        .bind(aggregate_id)
+        .bind(payload)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
