@@ -299,10 +299,9 @@ async fn scenario(catalog_db: String, catalog: strata_db::Catalog, a: Tenant, b:
     );
     // Expired: B's invitation, aged by the admin.
     let b_admin = admin_on(
-        &strata_operator::placement::TenantNames::for_tenant(b_id)
+        strata_operator::placement::TenantNames::for_tenant(b_id)
             .database
-            .as_str()
-            .to_string(),
+            .as_str(),
     )
     .await;
     sqlx::query("UPDATE invitations SET expires_at = now() - interval '1 minute'")
@@ -868,7 +867,11 @@ async fn scenario(catalog_db: String, catalog: strata_db::Catalog, a: Tenant, b:
         None,
     )
     .await;
-    assert_eq!(lowered.status, StatusCode::FORBIDDEN, "keys follow a demotion");
+    assert_eq!(
+        lowered.status,
+        StatusCode::FORBIDDEN,
+        "keys follow a demotion"
+    );
 
     a_admin.close().await;
     b_admin.close().await;

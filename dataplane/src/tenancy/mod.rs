@@ -158,3 +158,37 @@ pub fn state_gate(tenant: &TenantInfo) -> Result<(), ApiError> {
         TenantState::Detached | TenantState::Deleting => Err(ApiError::NotFound),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+
+    #[test]
+    fn states_map_to_statuses() {
+        let tenant = |state| TenantInfo {
+            id: Uuid::nil(),
+            name: "t".into(),
+            state,
+            cluster: "default".into(),
+            database_name: "d".into(),
+            owner_role: "o".into(),
+            host: None,
+            port: None,
+        };
+        assert!(state_gate(&tenant(TenantState::Ready)).is_ok());
+        let status = |state| {
+            state_gate(&tenant(state))
+                .expect_err("refused")
+                .kind()
+                .status
+                .as_u16()
+        };
+        assert_eq!(status(TenantState::Suspended), 403);
+        assert_eq!(status(TenantState::Provisioning), 503);
+        assert_eq!(status(TenantState::Failed), 503);
+        assert_eq!(status(TenantState::Deleting), 404);
+        assert_eq!(status(TenantState::Detached), 404);
+    }
+}

@@ -191,3 +191,85 @@ fn close_later(pool: PgPool) {
         handle.spawn(async move { pool.close().await });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use strata_db::TenantState;
+
+    use super::*;
+
+    fn tenant(n: u8) -> TenantInfo {
+        TenantInfo {
+            id: Uuid::from_bytes([n; 16]),
+            name: format!("t{n}"),
+            state: TenantState::Ready,
+            cluster: "default".into(),
+            database_name: format!("db{n}"),
+            owner_role: format!("owner{n}"),
+            host: Some("127.0.0.1".into()),
+            port: Some(1),
+        }
+    }
+
+    fn pools(pool_size: u32, max_connections: u32) -> TenantPools {
+        TenantPools::new(TenancySettings {
+            pool_size,
+            max_connections,
+            ..TenancySettings::new(PgConnectOptions::new())
+        })
+    }
+
+    #[tokio::test]
+    async fn the_connection_cap_bounds_the_number_of_pools() {
+        let pools = pools(4, 10);
+        assert_eq!(
+            pools.max_pools(),
+            2,
+            "10 / 4 pools of 4: at most 8 connections"
+        );
+        let first = pools.pool(&tenant(1)).expect("pool");
+        pools.pool(&tenant(2)).expect("pool");
+        // Touch 1 so 2 is the least recently used.
+        std::thread::sleep(Duration::from_millis(2));
+        pools.pool(&tenant(1)).expect("pool");
+        pools.pool(&tenant(3)).expect("pool");
+        assert_eq!(pools.open_pools(), 2);
+        let inner = pools.lock();
+        assert!(inner.pools.contains_key(&tenant(1).id));
+        assert!(inner.pools.contains_key(&tenant(3).id));
+        assert!(!inner.pools.contains_key(&tenant(2).id), "LRU evicted");
+        drop(inner);
+        assert!(!first.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_moved_tenant_gets_a_new_pool_and_the_old_one_closes() {
+        let pools = pools(2, 100);
+        let before = pools.pool(&tenant(1)).expect("pool");
+        let moved = TenantInfo {
+            port: Some(2),
+            ..tenant(1)
+        };
+        let after = pools.pool(&moved).expect("pool");
+        assert_eq!(pools.open_pools(), 1);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !before.is_closed() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("old pool closed");
+        assert!(!after.is_closed());
+    }
+
+    #[tokio::test]
+    async fn no_location_is_a_503() {
+        let pools = pools(2, 100);
+        let unknown = TenantInfo {
+            host: None,
+            ..tenant(1)
+        };
+        let error = pools.pool(&unknown).expect_err("no host");
+        assert_eq!(error.kind().status.as_u16(), 503);
+    }
+}
