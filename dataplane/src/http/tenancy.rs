@@ -3,6 +3,11 @@
 //! bad one is 401; a good credential for another tenant (or a path tenant
 //! that is not even a valid name) is 404, the same answer as for a tenant
 //! that does not exist.
+//!
+//! **Tenant routes use [`crate::tenancy::TenantContext`] instead**: it also
+//! resolves the tenant in the catalog (state: 403/503), checks API keys in
+//! the tenant's own database, loads the role's permissions and hands out the
+//! tenant's pool. `TenantScope` checks a JWT's tenant claim only.
 
 use axum::extract::{FromRef, FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
