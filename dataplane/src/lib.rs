@@ -12,3 +12,4 @@ pub mod documents;
 pub mod http;
 pub mod identity;
 pub mod tenancy;
+pub mod vectors;
