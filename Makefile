@@ -69,6 +69,10 @@ chart-check: stack-up ## Chart: CRD and RBAC copies in sync, helm lint, render a
 crds: ## Regenerate crds/ from the Rust types
 	$(CARGO) run -q -p strata-api --bin crdgen
 
+.PHONY: openapi
+openapi: ## Regenerate docs/openapi.json and docs/problems.md from the data plane's code
+	$(CARGO) run -q -p strata-dataplane --bin openapi
+
 .PHONY: sqlx-prepare
 sqlx-prepare: stack-up ## Regenerate the offline query metadata in .sqlx/
 	hack/sqlx.sh prepare

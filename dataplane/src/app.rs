@@ -71,11 +71,17 @@ pub fn router(state: AppState, registry: Arc<Registry>, max_body_bytes: usize) -
         ));
     // Each API adds its routes here (one `.merge` line each).
     let api = Router::new()
+        .route(
+            "/v1/openapi.json",
+            axum::routing::get(crate::openapi::openapi_json),
+        )
         .merge(crate::identity::routes())
         .merge(crate::documents::routes())
         .with_state(state);
     Router::new()
         .merge(probes)
+        // HTML and scripts for browsers, outside the API's problem+json layer.
+        .merge(crate::docs::routes())
         .merge(api_router(api, max_body_bytes))
         .layer(TraceLayer::new_for_http().make_span_with(request_id::make_span::<Body>))
         // Outermost, so the trace span and every response carry the id.

@@ -8,8 +8,10 @@
 
 pub mod app;
 pub mod config;
+pub mod docs;
 pub mod documents;
 pub mod http;
 pub mod identity;
+pub mod openapi;
 pub mod tenancy;
 pub mod vectors;

@@ -73,9 +73,15 @@ impl PageLimits {
 
 /// The standard query parameters of a list endpoint (extract with
 /// `Query<PageParams>` or flatten into the endpoint's own struct).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageParams {
+    /// Page size: 1 to 1000 (default 50). Out of range is a 400, never
+    /// silently clamped.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    /// `next_cursor` of the previous page (also in its `Link: rel=next`).
+    /// Opaque; valid only for the same query.
     pub cursor: Option<String>,
 }
 
@@ -235,9 +241,10 @@ pub fn next_link(uri: &Uri, next_cursor: &str) -> Option<HeaderValue> {
 }
 
 /// The list envelope.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
+    /// Absent or null on the last page; otherwise pass it as `cursor`.
     pub next_cursor: Option<String>,
     /// Only when the client asked for it (counting is not free).
     #[serde(skip_serializing_if = "Option::is_none")]

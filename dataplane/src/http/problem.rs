@@ -113,9 +113,13 @@ pub fn kind_for_status(status: StatusCode) -> ProblemKind {
 
 /// A field-level error: `pointer` is an RFC 6901 JSON pointer into the body
 /// (or `#/query/<name>`, `#/path/<name>`, `#/header/<name>` for parameters).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
+    /// RFC 6901 JSON pointer into the body, or `#/query/<name>`,
+    /// `#/path/<name>`, `#/header/<name>` for a parameter.
+    #[schema(example = "/vector/3")]
     pub pointer: String,
+    #[schema(example = "must be a finite number")]
     pub message: String,
 }
 
@@ -128,18 +132,36 @@ impl FieldError {
     }
 }
 
-/// The serialised problem document.
-#[derive(Debug, Clone, Serialize)]
+/// The serialised problem document (RFC 9457), the body of every error
+/// response (`application/problem+json`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
+    /// `https://strata.dev/problems/<code>`; the kinds are listed in
+    /// `docs/problems.md` and in this document's introduction.
     #[serde(rename = "type")]
+    #[schema(
+        format = "uri",
+        example = "https://strata.dev/problems/validation-failed"
+    )]
     pub type_: String,
+    #[schema(example = "Validation failed")]
     pub title: String,
+    /// The HTTP status, repeated.
+    #[schema(example = 422)]
     pub status: u16,
+    /// What went wrong with this request, for a person.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "1 field is invalid")]
     pub detail: Option<String>,
+    /// The request id (also the `x-request-id` response header): quote it
+    /// when reporting a problem.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "0197a6f0-3b1c-7d2e-9f00-4c5d6e7f8a9b")]
     pub instance: Option<String>,
+    /// The stable machine-readable kind: the last segment of `type`.
+    #[schema(example = "validation-failed")]
     pub code: String,
+    /// Field-level errors (400 `invalid-parameter`, 422 `validation-failed`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
 }

@@ -42,9 +42,11 @@ const MAX_SUBJECT_LEN: usize = 320;
 const ACTOR: &str = "dataplane";
 pub const OUTBOX_TOPIC: &str = "invitation.accepted";
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Accept {
+    /// The token from the `<tenant>-admin-invite` Secret (key `token`).
+    #[schema(min_length = 1, max_length = 512)]
     pub token: String,
     /// The member's subject (the JWT `sub` they will use, if any); default:
     /// the invited email.
@@ -52,7 +54,7 @@ pub struct Accept {
     pub subject: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Accepted {
     pub subject: String,
     pub email: String,
@@ -71,6 +73,26 @@ struct Invitation {
     open: bool,
 }
 
+/// Accept an invitation
+///
+/// The invitation token is the credential: no `Authorization` header. The
+/// invitee becomes a member with the invitation's role and gets a first API
+/// key (shown once); the invitation is then spent.
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant}/invitations/accept",
+    operation_id = "acceptInvitation",
+    tag = "invitations",
+    security(()),
+    request_body = Accept,
+    responses(
+        (status = 201, description = "The new member and its first API key", body = Accepted),
+        (status = 404, description = "Unknown, spent or revoked token (or no such tenant)"),
+        (status = 409, description = "`subject` is already a member; the invitation stays open"),
+        (status = 410, description = "The invitation has expired"),
+        (status = 422, description = "Token or subject of the wrong length"),
+    ),
+)]
 pub async fn accept(
     State(tenancy): State<Tenancy>,
     Path(tenant): Path<String>,

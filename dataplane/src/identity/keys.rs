@@ -164,28 +164,42 @@ pub(crate) fn is_rfc3339(value: &str) -> bool {
             .all(|c| c.is_ascii_digit() || matches!(c, b'-' | b':' | b'T' | b'Z' | b'.' | b'+'))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
+    /// A label for people (at most 200 characters).
     #[serde(default)]
+    #[schema(max_length = 200, example = "ci pipeline")]
     pub name: String,
+    /// A role of the tenant (`viewer`, `editor`, `admin`, `owner`) whose
+    /// rights the caller's role holds.
+    #[schema(example = "editor")]
     pub role: String,
-    /// RFC 3339; unset: the key does not expire.
+    /// RFC 3339 with an offset, in the future; unset: the key does not expire.
     #[serde(default)]
+    #[schema(format = DateTime, example = "2030-01-01T00:00:00Z")]
     pub expires_at: Option<String>,
 }
 
 /// A key as listed (never its secret).
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct KeyView {
+    /// The key's id: the `<id>` of `sk_<id>_<secret>`.
+    #[schema(example = "3f1c9a0b7d2e4f60")]
     pub id: String,
     pub name: String,
     pub role: String,
+    /// The member the key belongs to, if its creator is a member.
     pub subject: Option<String>,
     pub created_by: String,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
+    /// Refreshed at most once a minute.
+    #[schema(format = DateTime)]
     pub last_used_at: Option<String>,
+    #[schema(format = DateTime)]
     pub revoked_at: Option<String>,
 }
 
@@ -232,6 +246,22 @@ pub(crate) async fn check_grantable(
     Ok(())
 }
 
+/// Create an API key
+///
+/// The response's `key` (`sk_<id>_<secret>`) is shown this once; only its
+/// hash is stored. Use it as `Authorization: Bearer <key>`.
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant}/keys",
+    operation_id = "createKey",
+    tag = "keys",
+    request_body = CreateKey,
+    responses(
+        (status = 201, description = "The new key, with its secret", body = NewKeyView),
+        (status = 403, description = "The caller may not manage keys, or the role has rights the caller's lacks"),
+        (status = 422, description = "Unknown role, name too long, expiry not a future RFC 3339 time"),
+    ),
+)]
 pub async fn create(ctx: TenantContext, Json(body): Json<CreateKey>) -> Result<Response, ApiError> {
     ctx.require(Resource::Keys, Action::Write)?;
     let mut errors = Vec::new();
@@ -318,14 +348,31 @@ pub async fn create(ctx: TenantContext, Json(body): Json<CreateKey>) -> Result<R
 }
 
 /// The create response: the listing's fields plus the token.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct NewKeyView {
     /// `sk_<id>_<secret>`: shown once, stored only as a hash.
+    #[schema(example = "sk_3f1c9a0b7d2e4f60_q8Xv0m2R5tLk9wZcYb1nHd4sJfE7uA6p")]
     pub key: String,
     #[serde(flatten)]
     pub view: KeyView,
 }
 
+/// List API keys
+///
+/// Ordered by id; never shows secrets. Revoked and expired keys are listed
+/// too (with `revoked_at` / `expires_at`).
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/keys",
+    operation_id = "listKeys",
+    tag = "keys",
+    params(PageParams),
+    responses(
+        (status = 200, description = "A page of keys; `Link: rel=next` when there is more", body = Page<KeyView>),
+        (status = 400, description = "`limit` out of range or a cursor from another list"),
+        (status = 403, description = "The caller may not read keys"),
+    ),
+)]
 pub async fn list(
     ctx: TenantContext,
     axum::extract::State(http): axum::extract::State<HttpContext>,
@@ -360,6 +407,21 @@ fn is_key_id(id: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Revoke an API key
+///
+/// In force at once on every replica. A caller may revoke its own keys and
+/// keys whose role grants nothing beyond its own.
+#[utoipa::path(
+    delete,
+    path = "/v1/tenants/{tenant}/keys/{id}",
+    operation_id = "revokeKey",
+    tag = "keys",
+    params(("id" = String, Path, description = "The key's id (16 lowercase hex digits)")),
+    responses(
+        (status = 204, description = "Revoked (also when it already was)"),
+        (status = 403, description = "The key's role has rights the caller lacks"),
+    ),
+)]
 pub async fn revoke(
     ctx: TenantContext,
     Path((_tenant, id)): Path<(String, String)>,

@@ -35,13 +35,18 @@ pub const OWNER_ROLE: &str = "owner";
 /// Longest subject (as the table's CHECK).
 const MAX_SUBJECT_LEN: usize = 320;
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct MemberView {
+    /// The member's id: a JWT `sub`, or the invited email by default.
+    #[schema(example = "ada@example.com")]
     pub subject: String,
     pub email: Option<String>,
+    #[schema(example = "owner")]
     pub role: String,
     pub invited_by: Option<String>,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 
@@ -53,6 +58,19 @@ fn member_columns() -> String {
     )
 }
 
+/// List members
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/members",
+    operation_id = "listMembers",
+    tag = "members",
+    params(PageParams),
+    responses(
+        (status = 200, description = "A page of members by subject; `Link: rel=next` when there is more", body = Page<MemberView>),
+        (status = 400, description = "`limit` out of range or a cursor from another list"),
+        (status = 403, description = "The caller may not read members"),
+    ),
+)]
 pub async fn list(
     ctx: TenantContext,
     State(http): State<HttpContext>,
@@ -80,9 +98,12 @@ pub async fn list(
     Ok(page.into_response_for(&uri))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateMember {
+    /// The new role; the caller must hold every right of the old and the
+    /// new role.
+    #[schema(example = "editor")]
     pub role: String,
 }
 
@@ -123,6 +144,24 @@ fn last_owner() -> ApiError {
     ApiError::Conflict("the tenant's last owner cannot be demoted or removed".into())
 }
 
+/// Change a member's role
+///
+/// The member's keys whose role now exceeds the member's are lowered to it
+/// in the same transaction.
+#[utoipa::path(
+    patch,
+    path = "/v1/tenants/{tenant}/members/{subject}",
+    operation_id = "updateMember",
+    tag = "members",
+    params(("subject" = String, Path, description = "The member's subject (URL-encoded)")),
+    request_body = UpdateMember,
+    responses(
+        (status = 200, description = "The member after the change", body = MemberView),
+        (status = 403, description = "The old or the new role has rights the caller lacks"),
+        (status = 409, description = "The tenant's last owner cannot be demoted"),
+        (status = 422, description = "No such role in this tenant"),
+    ),
+)]
 pub async fn update(
     ctx: TenantContext,
     Path((_tenant, subject)): Path<(String, String)>,
@@ -175,6 +214,21 @@ pub async fn update(
     Ok(Json(member).into_response())
 }
 
+/// Remove a member
+///
+/// The member's API keys go with it.
+#[utoipa::path(
+    delete,
+    path = "/v1/tenants/{tenant}/members/{subject}",
+    operation_id = "removeMember",
+    tag = "members",
+    params(("subject" = String, Path, description = "The member's subject (URL-encoded)")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 403, description = "The member's role has rights the caller lacks"),
+        (status = 409, description = "The tenant's last owner cannot be removed"),
+    ),
+)]
 pub async fn remove(
     ctx: TenantContext,
     Path((_tenant, subject)): Path<(String, String)>,
