@@ -6,14 +6,17 @@
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
 
 use super::indexes::{self, fields_json, parse_fields};
 use super::names::{collection_name, is_collection_name};
 use super::schema;
 use super::store::{self, Collection, NewCollection};
-use crate::http::pagination::PageLimits;
+use crate::http::pagination::{
+    CursorCodec, Page, PageLimits, PageParams, Position, QueryFingerprint,
+};
 use crate::http::preconditions::{self, Requirement};
 use crate::http::problem::{ApiError, FieldError};
 
@@ -220,19 +223,25 @@ pub async fn delete(
     Ok(c)
 }
 
+/// One page of collections by name, with the shared signed cursor (bound
+/// to the tenant: a cursor of another list is a 400 `invalid-cursor`).
 pub async fn list(
     pool: &PgPool,
-    limit: Option<u32>,
-    after: Option<&str>,
-) -> Result<(Vec<Value>, Option<String>), ApiError> {
-    let limit = LIMITS.resolve(limit)?;
-    let mut rows = store::list_collections(pool, after, limit).await?;
-    let more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
-    let next = if more {
-        rows.last().map(|c| c.name.clone())
-    } else {
-        None
-    };
-    Ok((rows.iter().map(Collection::view).collect(), next))
+    codec: &CursorCodec,
+    tenant: Uuid,
+    page: &PageParams,
+) -> Result<Page<Value>, ApiError> {
+    let limit = LIMITS.resolve(page.limit)?;
+    let fingerprint = QueryFingerprint::of(&json!({"list": "collections", "tenant": tenant}));
+    let after: Option<Position<()>> = codec.decode_param(page.cursor.as_deref(), &fingerprint)?;
+    let rows = store::list_collections(pool, after.as_ref().map(|p| p.id.as_str()), limit).await?;
+    let page = Page::from_rows(rows, limit, codec, &fingerprint, |c| Position {
+        keys: (),
+        id: c.name.clone(),
+    });
+    Ok(Page {
+        items: page.items.iter().map(Collection::view).collect(),
+        next_cursor: page.next_cursor,
+        total: None,
+    })
 }

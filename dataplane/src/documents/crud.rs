@@ -25,10 +25,18 @@ use super::{MAX_DOCUMENT_BYTES, MAX_DOCUMENT_DEPTH};
 use crate::http::preconditions::{self, Requirement};
 use crate::http::problem::{ApiError, FieldError, kind};
 
+/// The id of the document a 201 created, as a response extension: the
+/// handler, which knows the URL, turns it into `Location`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created(pub String);
+
 /// The response for one document, with its ETag.
 pub fn document_response(status: StatusCode, doc: &Document, location: Option<String>) -> Response {
     let mut response = (status, axum::Json(doc)).into_response();
     preconditions::set_validators(response.headers_mut(), &doc.etag(), None);
+    if status == StatusCode::CREATED {
+        response.extensions_mut().insert(Created(doc.id.clone()));
+    }
     if let Some(location) = location.and_then(|l| axum::http::HeaderValue::from_str(&l).ok()) {
         response.headers_mut().insert(header::LOCATION, location);
     }

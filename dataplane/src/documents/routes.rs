@@ -13,16 +13,17 @@
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{bulk, collections, crud, indexes, list};
 use crate::app::AppState;
 use crate::http::HttpContext;
-use crate::http::extract::{Json, Path, Query};
+use crate::http::extract::{Json, Path, Query, accept_json};
+use crate::http::pagination::PageParams;
 use crate::tenancy::{Action, Resource, TenantContext};
 
 pub fn routes() -> Router<AppState> {
@@ -56,6 +57,23 @@ pub fn routes() -> Router<AppState> {
             "/v1/tenants/{tenant}/collections/{collection}/bulk",
             post(bulk_documents),
         )
+        // JSON is the only representation: 406 for an Accept without it.
+        .route_layer(axum::middleware::from_fn(accept_json))
+}
+
+/// `Location` of what a 201 created (RFC 9110 §10.2.2), as an absolute
+/// path. Names and ids are of URL-safe characters only ([`super::names`]).
+fn located(mut response: Response, location: String) -> Response {
+    if response.status() == StatusCode::CREATED
+        && let Ok(value) = HeaderValue::from_str(&location)
+    {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+fn collection_url(ctx: &TenantContext, collection: &str) -> String {
+    format!("/v1/tenants/{}/collections/{collection}", ctx.tenant_name())
 }
 
 #[derive(Deserialize)]
@@ -83,25 +101,22 @@ async fn create_collection(
         let mut owner = ctx.owner_ddl().await?;
         collections::build_indexes(&mut owner, &created).await?;
     }
-    Ok(collections::collection_response(
-        StatusCode::CREATED,
-        &created,
+    let location = collection_url(&ctx, &created.name);
+    Ok(located(
+        collections::collection_response(StatusCode::CREATED, &created),
+        location,
     ))
-}
-
-#[derive(Deserialize)]
-struct CollectionPage {
-    limit: Option<u32>,
-    after: Option<String>,
 }
 
 async fn list_collections(
     ctx: TenantContext,
-    Query(page): Query<CollectionPage>,
+    State(http): State<HttpContext>,
+    Query(page): Query<PageParams>,
+    uri: Uri,
 ) -> Result<Response, crate::http::ApiError> {
     ctx.require(Resource::Collections, Action::Read)?;
-    let (items, next) = collections::list(ctx.pool(), page.limit, page.after.as_deref()).await?;
-    Ok(axum::Json(json!({"items": items, "next_cursor": next})).into_response())
+    let page = collections::list(ctx.pool(), &http.cursors, ctx.tenant_id(), &page).await?;
+    Ok(page.into_response_for(&uri))
 }
 
 async fn get_collection(
@@ -149,7 +164,14 @@ async fn create_document(
     Json(body): Json<crud::CreateBody>,
 ) -> Result<Response, crate::http::ApiError> {
     ctx.require(Resource::Documents, Action::Write)?;
-    crud::create(ctx.pool(), &p.collection, &headers, body).await
+    let response = crud::create(ctx.pool(), &p.collection, &headers, body).await?;
+    let location = match response.extensions().get::<crud::Created>() {
+        Some(crud::Created(id)) => {
+            format!("{}/documents/{id}", collection_url(&ctx, &p.collection))
+        }
+        None => String::new(),
+    };
+    Ok(located(response, location))
 }
 
 async fn list_documents(
@@ -198,7 +220,9 @@ async fn replace_document(
     Json(data): Json<Value>,
 ) -> Result<Response, crate::http::ApiError> {
     ctx.require(Resource::Documents, Action::Write)?;
-    crud::replace(ctx.pool(), &p.collection, &p.id, &headers, data).await
+    let response = crud::replace(ctx.pool(), &p.collection, &p.id, &headers, data).await?;
+    let location = format!("{}/documents/{}", collection_url(&ctx, &p.collection), p.id);
+    Ok(located(response, location))
 }
 
 async fn patch_document(

@@ -76,6 +76,16 @@ pub fn require_json_accept(headers: &HeaderMap) -> Result<(), ApiError> {
     ))
 }
 
+/// [`require_json_accept`] as middleware, for routes that answer JSON only
+/// (`route_layer(axum::middleware::from_fn(accept_json))`): the 406 comes
+/// before the handler does any work.
+pub async fn accept_json(request: Request, next: axum::middleware::Next) -> Response {
+    match require_json_accept(request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(error) => error.into_response(),
+    }
+}
+
 /// Turns a serde path (`items[2].name`) into an RFC 6901 pointer
 /// (`/items/2/name`), escaping `~` and `/` in keys.
 fn pointer_of(path: &serde_path_to_error::Path) -> String {
