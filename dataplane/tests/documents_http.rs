@@ -1,0 +1,1339 @@
+//! The documents API over HTTP, end to end: the real router and `AppState`
+//! served on an ephemeral port, two tenants provisioned by the operator's
+//! provisioner, credentials from accepting their invitations, and every
+//! route of `/v1/tenants/{t}/collections…` called with reqwest. Every error
+//! answer is checked as a problem document (type, title, status, code,
+//! `instance` = the `X-Request-Id` header) that leaks neither SQL nor the
+//! other tenant. Needs `source .stack/env`.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::{Body, Client, Reply, Server, Tenant, app_state, with_tenants, without_instance};
+
+/// Bodies larger than this are refused by the server (413).
+const MAX_BODY: usize = 2 << 20;
+
+/// What no response body may contain: SQL, catalog and table names, and
+/// (filled in per test) the other tenant's name, id and database.
+const LEAKS: &[&str] = &[
+    "SELECT",
+    "INSERT",
+    "UPDATE ",
+    "DELETE FROM",
+    "relation",
+    "constraint",
+    "violates",
+    "duplicate key",
+    "syntax error at",
+    "pg_",
+    "sqlx",
+    "outbox",
+    "api_keys",
+    "collection_id",
+    "strata_dataplane",
+    "catalog.",
+];
+
+struct Api {
+    client: Client,
+    leaks: Vec<String>,
+}
+
+impl Api {
+    /// Asserts `reply` is the problem `code` with `status`, well formed,
+    /// and leak-free; returns its body.
+    fn problem(&self, reply: &Reply, status: u16, code: &str) -> Value {
+        assert_eq!(reply.status, status, "{code}: {}", reply.text);
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/problem+json"),
+            "{}",
+            reply.text
+        );
+        let body = &reply.json;
+        assert_eq!(
+            body["type"],
+            format!("https://strata.dev/problems/{code}"),
+            "{body}"
+        );
+        assert!(
+            body["title"].as_str().is_some_and(|t| !t.is_empty()),
+            "{body}"
+        );
+        assert_eq!(body["status"], status, "{body}");
+        assert_eq!(body["code"], code, "{body}");
+        let id = reply.header("x-request-id").expect("x-request-id");
+        assert!(!id.is_empty());
+        assert_eq!(body["instance"], id, "instance is the request id");
+        self.no_leak(reply);
+        body.clone()
+    }
+
+    fn no_leak(&self, reply: &Reply) {
+        for word in LEAKS
+            .iter()
+            .map(|w| w.to_string())
+            .chain(self.leaks.iter().cloned())
+        {
+            assert!(
+                !reply.text.contains(&word),
+                "{word:?} leaked in {}",
+                reply.text
+            );
+        }
+    }
+
+    /// The pointers of a problem's `errors`.
+    fn pointers(body: &Value) -> Vec<String> {
+        body["errors"]
+            .as_array()
+            .map(|errors| {
+                errors
+                    .iter()
+                    .filter_map(|e| e["pointer"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn col(tenant: &str, rest: &str) -> String {
+    format!("/v1/tenants/{tenant}/collections{rest}")
+}
+
+#[tokio::test]
+async fn documents_api_over_http() {
+    with_tenants("documents-http", &["dha", "dhb"], |catalog_url, tenants| {
+        scenario(catalog_url, tenants)
+    })
+    .await;
+}
+
+async fn scenario(catalog_url: String, tenants: Vec<Tenant>) {
+    let server = Server::start(app_state(&catalog_url), MAX_BODY).await;
+    let client = Client::new(&server.base);
+    let (a, b) = (&tenants[0], &tenants[1]);
+    let b_names = strata_operator::placement::TenantNames::for_tenant(b.id);
+    let api = Api {
+        client: client.clone(),
+        leaks: vec![
+            b.name.clone(),
+            b.id.to_string(),
+            b_names.database.as_str().to_string(),
+            b_names.owner.as_str().to_string(),
+        ],
+    };
+    let owner = client.accept_invitation(a).await;
+    let b_owner = client.accept_invitation(b).await;
+    let viewer = client.new_key(&a.name, &owner, "viewer").await;
+    let ta = a.name.as_str();
+
+    credentials(&api, ta).await;
+    collections(&api, ta, &owner).await;
+    documents(&api, ta, &owner).await;
+    strict(&api, ta, &owner).await;
+    bulk(&api, ta, &owner).await;
+    listing(&api, ta, &owner).await;
+    protocol(&api, ta, &owner).await;
+    viewer_cannot_write(&api, ta, &owner, &viewer).await;
+    isolation(&api, a, b, &owner, &b_owner).await;
+    delete_collection(&api, ta, &owner).await;
+}
+
+/// 401 without a credential or with a malformed one, on every route.
+async fn credentials(api: &Api, ta: &str) {
+    let c = &api.client;
+    for path in [
+        col(ta, ""),
+        col(ta, "/books"),
+        col(ta, "/books/documents"),
+        col(ta, "/books/documents/x"),
+    ] {
+        let none = c.send("GET", &path, None, Body::None, &[]).await;
+        api.problem(&none, 401, "unauthenticated");
+        let bad = c
+            .send("GET", &path, Some("nonsense"), Body::None, &[])
+            .await;
+        api.problem(&bad, 401, "unauthenticated");
+        let basic = c
+            .send(
+                "GET",
+                &path,
+                None,
+                Body::None,
+                &[("authorization", "Basic YTpi")],
+            )
+            .await;
+        api.problem(&basic, 401, "unauthenticated");
+    }
+    let write = c
+        .send(
+            "POST",
+            &col(ta, ""),
+            None,
+            Body::Json(json!({"name": "x"})),
+            &[],
+        )
+        .await;
+    api.problem(&write, 401, "unauthenticated");
+}
+
+async fn collections(api: &Api, ta: &str, key: &str) {
+    let c = &api.client;
+    let books = json!({
+        "name": "books",
+        "schema": {
+            "type": "object",
+            "required": ["title"],
+            "properties": {"title": {"type": "string"}, "year": {"type": "integer"}}
+        },
+        "indexed_fields": [{"path": "year", "type": "number"}]
+    });
+    let created = c.json("POST", &col(ta, ""), key, books.clone()).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    assert_eq!(created.header("location"), Some(col(ta, "/books").as_str()));
+    assert_eq!(created.json["name"], "books");
+    let etag = created.header("etag").expect("etag").to_string();
+    // The Location is the collection.
+    let got = c.get(&col(ta, "/books"), key).await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    assert_eq!(got.header("etag"), Some(etag.as_str()));
+    assert_eq!(got.json["indexed_fields"][0]["path"], "year");
+    let cached = c
+        .send(
+            "GET",
+            &col(ta, "/books"),
+            Some(key),
+            Body::None,
+            &[("if-none-match", &etag)],
+        )
+        .await;
+    assert_eq!(cached.status, 304);
+    assert!(cached.text.is_empty());
+
+    // 409, 422 with pointers, 400, 415.
+    let again = c.json("POST", &col(ta, ""), key, books).await;
+    api.problem(&again, 409, "conflict");
+    let bad_name = c
+        .json("POST", &col(ta, ""), key, json!({"name": "no spaces!"}))
+        .await;
+    let body = api.problem(&bad_name, 422, "validation-failed");
+    assert_eq!(Api::pointers(&body), ["/name"]);
+    let bad_vector = c
+        .json(
+            "POST",
+            &col(ta, ""),
+            key,
+            json!({"name": "v", "vector": {"dimension": 0, "metric": "hamming", "hnsw": {"m": 1}}}),
+        )
+        .await;
+    let body = api.problem(&bad_vector, 422, "validation-failed");
+    assert_eq!(
+        Api::pointers(&body),
+        ["/vector/dimension", "/vector/metric", "/vector/hnsw/m"]
+    );
+    let bad_schema = c
+        .json(
+            "POST",
+            &col(ta, ""),
+            key,
+            json!({"name": "s", "schema": {"type": "nonsense"}}),
+        )
+        .await;
+    let body = api.problem(&bad_schema, 422, "validation-failed");
+    assert!(
+        Api::pointers(&body)
+            .iter()
+            .all(|p| p.starts_with("/schema")),
+        "{body}"
+    );
+    let bad_fields = c
+        .json(
+            "POST",
+            &col(ta, ""),
+            key,
+            json!({"name": "f", "indexed_fields": [{"path": "a..b", "type": "number"}]}),
+        )
+        .await;
+    let body = api.problem(&bad_fields, 422, "validation-failed");
+    assert_eq!(Api::pointers(&body), ["/indexed_fields/0/path"]);
+    let unknown_field = c
+        .json("POST", &col(ta, ""), key, json!({"name": "u", "nmae": 1}))
+        .await;
+    api.problem(&unknown_field, 422, "validation-failed");
+    let wrong_type = c.json("POST", &col(ta, ""), key, json!({"name": 5})).await;
+    let body = api.problem(&wrong_type, 422, "validation-failed");
+    assert_eq!(Api::pointers(&body), ["/name"]);
+    let malformed = c
+        .send(
+            "POST",
+            &col(ta, ""),
+            Some(key),
+            Body::Raw(Some("application/json"), b"{\"name\": ".to_vec()),
+            &[],
+        )
+        .await;
+    api.problem(&malformed, 400, "invalid-json");
+    let trailing = c
+        .send(
+            "POST",
+            &col(ta, ""),
+            Some(key),
+            Body::Raw(Some("application/json"), b"{\"name\": \"t\"} x".to_vec()),
+            &[],
+        )
+        .await;
+    api.problem(&trailing, 400, "invalid-json");
+    // Nested past serde_json's recursion limit, where any JSON is accepted.
+    let deep = format!(
+        r#"{{"name": "d", "schema": {}{}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let deep = c
+        .send(
+            "POST",
+            &col(ta, ""),
+            Some(key),
+            Body::Raw(Some("application/json"), deep.into_bytes()),
+            &[],
+        )
+        .await;
+    api.problem(&deep, 400, "invalid-json");
+    for content_type in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        None,
+    ] {
+        let reply = c
+            .send(
+                "POST",
+                &col(ta, ""),
+                Some(key),
+                Body::Raw(content_type, br#"{"name": "t"}"#.to_vec()),
+                &[],
+            )
+            .await;
+        api.problem(&reply, 415, "unsupported-media-type");
+    }
+
+    // Update: If-Match (412 when stale), new ETag; 404 for unknown.
+    let stale = c
+        .send(
+            "PATCH",
+            &col(ta, "/books"),
+            Some(key),
+            Body::Json(json!({"require_if_match": false})),
+            &[("if-match", "\"v0.0\"")],
+        )
+        .await;
+    api.problem(&stale, 412, "precondition-failed");
+    let updated = c
+        .send(
+            "PATCH",
+            &col(ta, "/books"),
+            Some(key),
+            Body::Json(json!({"require_if_match": false})),
+            &[("if-match", &etag)],
+        )
+        .await;
+    assert_eq!(updated.status, 200, "{}", updated.text);
+    assert_ne!(updated.header("etag"), Some(etag.as_str()));
+    assert_eq!(updated.json["version"], 2);
+    let bad_update = c
+        .json(
+            "PATCH",
+            &col(ta, "/books"),
+            key,
+            json!({"indexed_fields": [{"path": "year", "type": "decimal"}]}),
+        )
+        .await;
+    let body = api.problem(&bad_update, 422, "validation-failed");
+    assert_eq!(Api::pointers(&body), ["/indexed_fields"]);
+    for (method, body) in [
+        ("GET", Body::None),
+        ("PATCH", Body::Json(json!({}))),
+        ("DELETE", Body::None),
+    ] {
+        let reply = c
+            .send(method, &col(ta, "/nope"), Some(key), body, &[])
+            .await;
+        api.problem(&reply, 404, "not-found");
+    }
+    // A name that cannot exist is a 404 too, not a 400 echoing it.
+    let weird = c.get(&col(ta, "/%27%3B%20DROP%20TABLE%20x"), key).await;
+    api.problem(&weird, 404, "not-found");
+
+    // The list: signed cursor, Link to the end, same as documents.
+    for i in 0..5 {
+        let reply = c
+            .json("POST", &col(ta, ""), key, json!({"name": format!("c-{i}")}))
+            .await;
+        assert_eq!(reply.status, 201, "{}", reply.text);
+    }
+    let mut names = Vec::new();
+    let mut next = Some(col(ta, "?limit=2"));
+    let mut pages = 0;
+    while let Some(path) = next.take() {
+        let page = c.get(&path, key).await;
+        assert_eq!(page.status, 200, "{}", page.text);
+        pages += 1;
+        for item in page.json["items"].as_array().expect("items") {
+            names.push(item["name"].as_str().expect("name").to_string());
+        }
+        next = page.next_link();
+        match &next {
+            Some(link) => {
+                let cursor = page.json["next_cursor"].as_str().expect("cursor");
+                assert!(link.ends_with(&format!("cursor={cursor}")), "{link}");
+                assert!(link.contains("limit=2"), "{link}");
+            }
+            None => assert!(page.json["next_cursor"].is_null()),
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(names, ["books", "c-0", "c-1", "c-2", "c-3", "c-4"]);
+    // An old-style name is not a cursor.
+    let bad = c.get(&col(ta, "?cursor=c-1"), key).await;
+    api.problem(&bad, 400, "invalid-cursor");
+    for query in ["?limit=0", "?limit=501", "?limit=ten"] {
+        let bad = c.get(&col(ta, query), key).await;
+        api.problem(&bad, 400, "invalid-parameter");
+    }
+}
+
+async fn documents(api: &Api, ta: &str, key: &str) {
+    let c = &api.client;
+    let docs = col(ta, "/books/documents");
+    let dune = json!({"title": "Dune", "year": 1965});
+    let created = c
+        .json("POST", &docs, key, json!({"id": "dune", "data": dune}))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let location = created.header("location").expect("location").to_string();
+    assert_eq!(location, format!("{docs}/dune"));
+    let etag = created.header("etag").expect("etag").to_string();
+    let got = c.get(&location, key).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.json["data"], dune);
+    assert_eq!(got.json["id"], "dune");
+    assert_eq!(got.header("etag"), Some(etag.as_str()));
+    let cached = c
+        .send(
+            "GET",
+            &location,
+            Some(key),
+            Body::None,
+            &[("if-none-match", &etag)],
+        )
+        .await;
+    assert_eq!(cached.status, 304);
+    assert_eq!(cached.header("etag"), Some(etag.as_str()));
+
+    // Server-chosen id: the Location names it.
+    let anon = c
+        .json("POST", &docs, key, json!({"data": {"title": "Anon"}}))
+        .await;
+    assert_eq!(anon.status, 201, "{}", anon.text);
+    let id = anon.json["id"].as_str().expect("id");
+    assert_eq!(
+        anon.header("location"),
+        Some(format!("{docs}/{id}").as_str())
+    );
+
+    // 409 / 412 on an existing id; 422 with pointers; 400 for a bad id.
+    let dup = c
+        .json("POST", &docs, key, json!({"id": "dune", "data": dune}))
+        .await;
+    api.problem(&dup, 409, "conflict");
+    let create_only = c
+        .send(
+            "POST",
+            &docs,
+            Some(key),
+            Body::Json(json!({"id": "dune", "data": dune})),
+            &[("if-none-match", "*")],
+        )
+        .await;
+    api.problem(&create_only, 412, "precondition-failed");
+    let invalid = c
+        .json(
+            "POST",
+            &docs,
+            key,
+            json!({"id": "x", "data": {"year": "old"}}),
+        )
+        .await;
+    let body = api.problem(&invalid, 422, "validation-failed");
+    let pointers = Api::pointers(&body);
+    assert!(pointers.contains(&"/data/year".to_string()), "{body}");
+    assert!(pointers.contains(&"/data".to_string()), "{body}");
+    let not_object = c.json("POST", &docs, key, json!({"data": [1]})).await;
+    let body = api.problem(&not_object, 422, "validation-failed");
+    assert_eq!(Api::pointers(&body), ["/data"]);
+    let bad_id = c
+        .json(
+            "POST",
+            &docs,
+            key,
+            json!({"id": "../etc'; --", "data": {"title": "t"}}),
+        )
+        .await;
+    let body = api.problem(&bad_id, 400, "invalid-parameter");
+    assert_eq!(Api::pointers(&body), ["/id"]);
+    let missing_data = c.json("POST", &docs, key, json!({"id": "m"})).await;
+    api.problem(&missing_data, 422, "validation-failed");
+
+    // PUT: create (201 + Location), replace (200), preconditions.
+    let emma = format!("{docs}/emma");
+    let put = c
+        .json("PUT", &emma, key, json!({"title": "Emma", "year": 1815}))
+        .await;
+    assert_eq!(put.status, 201, "{}", put.text);
+    assert_eq!(put.header("location"), Some(emma.as_str()));
+    let v1 = put.header("etag").expect("etag").to_string();
+    let put = c
+        .json("PUT", &emma, key, json!({"title": "Emma", "year": 1816}))
+        .await;
+    assert_eq!(put.status, 200, "{}", put.text);
+    assert!(
+        put.header("location").is_none(),
+        "a replace creates nothing"
+    );
+    assert_eq!(put.json["version"], 2);
+    let v2 = put.header("etag").expect("etag").to_string();
+    assert_ne!(v1, v2);
+    let only_create = c
+        .send(
+            "PUT",
+            &emma,
+            Some(key),
+            Body::Json(json!({"title": "E"})),
+            &[("if-none-match", "*")],
+        )
+        .await;
+    api.problem(&only_create, 412, "precondition-failed");
+    let stale = c
+        .send(
+            "PUT",
+            &emma,
+            Some(key),
+            Body::Json(json!({"title": "E"})),
+            &[("if-match", &v1)],
+        )
+        .await;
+    api.problem(&stale, 412, "precondition-failed");
+    let put = c
+        .send(
+            "PUT",
+            &emma,
+            Some(key),
+            Body::Json(json!({"title": "Emma", "year": 1815})),
+            &[("if-match", &v2)],
+        )
+        .await;
+    assert_eq!(put.status, 200, "{}", put.text);
+    let v3 = put.header("etag").expect("etag").to_string();
+    let invalid = c.json("PUT", &emma, key, json!({"year": 1})).await;
+    let body = api.problem(&invalid, 422, "validation-failed");
+    assert!(!Api::pointers(&body).is_empty(), "{body}");
+    let bad_header = c
+        .send(
+            "PUT",
+            &emma,
+            Some(key),
+            Body::Json(json!({"title": "E"})),
+            &[("if-match", "not-an-etag")],
+        )
+        .await;
+    api.problem(&bad_header, 400, "invalid-header");
+    let bad_put_id = c
+        .json(
+            "PUT",
+            &format!("{docs}/bad%20id"),
+            key,
+            json!({"title": "t"}),
+        )
+        .await;
+    api.problem(&bad_put_id, 400, "invalid-parameter");
+
+    // PATCH: RFC 7396 merge, schema re-checked, preconditions, 404.
+    let patched = c
+        .send(
+            "PATCH",
+            &emma,
+            Some(key),
+            Body::Raw(
+                Some("application/merge-patch+json"),
+                br#"{"year": null, "tags": ["classic"], "meta": {"a": {"b": 1}}}"#.to_vec(),
+            ),
+            &[("if-match", &v3)],
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.text);
+    assert_eq!(
+        patched.json["data"],
+        json!({"title": "Emma", "tags": ["classic"], "meta": {"a": {"b": 1}}})
+    );
+    let v4 = patched.header("etag").expect("etag").to_string();
+    let patched = c
+        .json(
+            "PATCH",
+            &emma,
+            key,
+            json!({"meta": {"a": {"b": null, "c": 2}}}),
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.text);
+    assert_eq!(patched.json["data"]["meta"], json!({"a": {"c": 2}}));
+    let stale = c
+        .send(
+            "PATCH",
+            &emma,
+            Some(key),
+            Body::Json(json!({"x": 1})),
+            &[("if-match", &v4)],
+        )
+        .await;
+    api.problem(&stale, 412, "precondition-failed");
+    let breaks_schema = c.json("PATCH", &emma, key, json!({"title": null})).await;
+    let body = api.problem(&breaks_schema, 422, "validation-failed");
+    assert!(!Api::pointers(&body).is_empty(), "{body}");
+    let ghost = c
+        .json("PATCH", &format!("{docs}/ghost"), key, json!({"a": 1}))
+        .await;
+    api.problem(&ghost, 404, "not-found");
+
+    // DELETE: preconditions, 204, then 404.
+    let stale = c
+        .send("DELETE", &emma, Some(key), Body::None, &[("if-match", &v1)])
+        .await;
+    api.problem(&stale, 412, "precondition-failed");
+    let deleted = c.send("DELETE", &emma, Some(key), Body::None, &[]).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text);
+    assert!(deleted.text.is_empty());
+    for method in ["GET", "DELETE"] {
+        let gone = c.send(method, &emma, Some(key), Body::None, &[]).await;
+        api.problem(&gone, 404, "not-found");
+    }
+    // Re-created: the old ETag does not match the new document.
+    let put = c.json("PUT", &emma, key, json!({"title": "Emma"})).await;
+    assert_eq!(put.status, 201);
+    let stale = c
+        .send("DELETE", &emma, Some(key), Body::None, &[("if-match", &v1)])
+        .await;
+    api.problem(&stale, 412, "precondition-failed");
+
+    // Unknown collection, unknown document, ids that cannot exist.
+    for path in [
+        col(ta, "/nope/documents/dune"),
+        col(ta, "/nope/documents"),
+        format!("{docs}/nothing"),
+        format!("{docs}/..%2F..%2Fkeys"),
+        format!("{docs}/%27%20OR%201%3D1"),
+    ] {
+        let reply = c.get(&path, key).await;
+        api.problem(&reply, 404, "not-found");
+    }
+    let nope = c
+        .json(
+            "POST",
+            &col(ta, "/nope/documents"),
+            key,
+            json!({"data": {}}),
+        )
+        .await;
+    api.problem(&nope, 404, "not-found");
+}
+
+/// A collection with `require_if_match`: writes without a validator 428.
+async fn strict(api: &Api, ta: &str, key: &str) {
+    let c = &api.client;
+    let created = c
+        .json(
+            "POST",
+            &col(ta, ""),
+            key,
+            json!({"name": "strict", "require_if_match": true}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let col_etag = created.header("etag").expect("etag").to_string();
+    let doc = col(ta, "/strict/documents/one");
+    // Creating needs If-None-Match: *.
+    let put = c.json("PUT", &doc, key, json!({"n": 1})).await;
+    api.problem(&put, 428, "precondition-required");
+    let put = c
+        .send(
+            "PUT",
+            &doc,
+            Some(key),
+            Body::Json(json!({"n": 1})),
+            &[("if-none-match", "*")],
+        )
+        .await;
+    assert_eq!(put.status, 201, "{}", put.text);
+    assert_eq!(put.header("location"), Some(doc.as_str()));
+    let etag = put.header("etag").expect("etag").to_string();
+    for (method, body) in [
+        ("PUT", Body::Json(json!({"n": 2}))),
+        ("PATCH", Body::Json(json!({"n": 2}))),
+        ("DELETE", Body::None),
+    ] {
+        let reply = c.send(method, &doc, Some(key), body, &[]).await;
+        api.problem(&reply, 428, "precondition-required");
+    }
+    let patched = c
+        .send(
+            "PATCH",
+            &doc,
+            Some(key),
+            Body::Json(json!({"n": 2})),
+            &[("if-match", &etag)],
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.text);
+    let etag = patched.header("etag").expect("etag").to_string();
+    let deleted = c
+        .send(
+            "DELETE",
+            &doc,
+            Some(key),
+            Body::None,
+            &[("if-match", &etag)],
+        )
+        .await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text);
+    // The collection itself.
+    let patch = c
+        .json("PATCH", &col(ta, "/strict"), key, json!({"schema": null}))
+        .await;
+    api.problem(&patch, 428, "precondition-required");
+    let delete = c
+        .send("DELETE", &col(ta, "/strict"), Some(key), Body::None, &[])
+        .await;
+    api.problem(&delete, 428, "precondition-required");
+    let delete = c
+        .send(
+            "DELETE",
+            &col(ta, "/strict"),
+            Some(key),
+            Body::None,
+            &[("if-match", &col_etag)],
+        )
+        .await;
+    assert_eq!(delete.status, 204, "{}", delete.text);
+    let gone = c.get(&col(ta, "/strict"), key).await;
+    api.problem(&gone, 404, "not-found");
+}
+
+async fn bulk(api: &Api, ta: &str, key: &str) {
+    let c = &api.client;
+    let bulk = col(ta, "/books/bulk");
+    let ok = c
+        .json(
+            "POST",
+            &bulk,
+            key,
+            json!({"operations": [
+                {"op": "create", "id": "b1", "data": {"title": "B1"}},
+                {"op": "create", "data": {"title": "B2"}},
+                {"op": "upsert", "id": "dune", "data": {"title": "Dune", "year": 1966}},
+                {"op": "upsert", "id": "b3", "data": {"title": "B3"}},
+                {"op": "delete", "id": "b1"}
+            ]}),
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    let statuses: Vec<u64> = ok.json["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["status"].as_u64().expect("status"))
+        .collect();
+    assert_eq!(statuses, [201, 201, 200, 201, 204]);
+    let dune = c.get(&col(ta, "/books/documents/dune"), key).await;
+    assert_eq!(dune.json["data"]["year"], 1966);
+
+    // All or nothing: the failing operation is named, nothing is written.
+    let conflict = c
+        .json(
+            "POST",
+            &bulk,
+            key,
+            json!({"operations": [
+                {"op": "create", "id": "b4", "data": {"title": "B4"}},
+                {"op": "create", "id": "b3", "data": {"title": "again"}}
+            ]}),
+        )
+        .await;
+    let body = api.problem(&conflict, 409, "conflict");
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("operation 1"))
+    );
+    let b4 = c.get(&col(ta, "/books/documents/b4"), key).await;
+    api.problem(&b4, 404, "not-found");
+    let invalid = c
+        .json(
+            "POST",
+            &bulk,
+            key,
+            json!({"operations": [
+                {"op": "create", "id": "b5", "data": {"title": "B5"}},
+                {"op": "upsert", "id": "b6", "data": {"title": "B6", "year": "x"}}
+            ]}),
+        )
+        .await;
+    let body = api.problem(&invalid, 422, "validation-failed");
+    assert_eq!(Api::pointers(&body), ["/operations/1/data/year"]);
+    let missing = c
+        .json(
+            "POST",
+            &bulk,
+            key,
+            json!({"operations": [{"op": "delete", "id": "never"}]}),
+        )
+        .await;
+    api.problem(&missing, 404, "not-found");
+    let bad_id = c
+        .json(
+            "POST",
+            &bulk,
+            key,
+            json!({"operations": [{"op": "delete", "id": "a b"}]}),
+        )
+        .await;
+    let body = api.problem(&bad_id, 400, "invalid-parameter");
+    assert_eq!(Api::pointers(&body), ["/operations/0/id"]);
+    for bad in [
+        json!({"operations": []}),
+        json!({"operations": [{"op": "explode", "id": "x"}]}),
+        json!({"operations": [{"op": "create"}]}),
+        json!({"ops": []}),
+    ] {
+        let reply = c.json("POST", &bulk, key, bad.clone()).await;
+        api.problem(&reply, 422, "validation-failed");
+    }
+    let too_many: Vec<Value> = (0..1001)
+        .map(|i| json!({"op": "delete", "id": format!("d{i}")}))
+        .collect();
+    let reply = c
+        .json("POST", &bulk, key, json!({"operations": too_many}))
+        .await;
+    let body = api.problem(&reply, 422, "validation-failed");
+    assert_eq!(Api::pointers(&body), ["/operations"]);
+    let nope = c
+        .json(
+            "POST",
+            &col(ta, "/nope/bulk"),
+            key,
+            json!({"operations": [{"op": "delete", "id": "x"}]}),
+        )
+        .await;
+    api.problem(&nope, 404, "not-found");
+}
+
+/// Follows `Link: rel="next"` from `first` to the end; the ids in order,
+/// the pages, and the `total` of the first page.
+async fn follow(api: &Api, key: &str, first: &str) -> (Vec<String>, usize, Value) {
+    let mut ids = Vec::new();
+    let mut pages = 0;
+    let mut total = Value::Null;
+    let mut next = Some(first.to_string());
+    while let Some(path) = next.take() {
+        let page = api.client.get(&path, key).await;
+        assert_eq!(page.status, 200, "{path}: {}", page.text);
+        if pages == 0 {
+            total = page.json["total"].clone();
+        }
+        pages += 1;
+        for item in page.json["items"].as_array().expect("items") {
+            ids.push(item["id"].as_str().expect("id").to_string());
+        }
+        next = page.next_link();
+        assert_eq!(next.is_some(), page.json["next_cursor"].is_string());
+        assert!(pages < 100, "no end");
+    }
+    (ids, pages, total)
+}
+
+async fn listing(api: &Api, ta: &str, key: &str) {
+    let c = &api.client;
+    let created = c
+        .json(
+            "POST",
+            &col(ta, ""),
+            key,
+            json!({"name": "shelf", "indexed_fields": [{"path": "year", "type": "number"}]}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let operations: Vec<Value> = (0..25)
+        .map(|i| {
+            json!({"op": "create", "id": format!("n{i:02}"), "data": {
+                "title": format!("T{i}"),
+                "year": 1900 + i,
+                "genre": if i % 2 == 0 { "even" } else { "odd" },
+                "tags": if i % 5 == 0 { json!(["five"]) } else { json!([]) },
+            }})
+        })
+        .collect();
+    let bulk = c
+        .json(
+            "POST",
+            &col(ta, "/shelf/bulk"),
+            key,
+            json!({"operations": operations}),
+        )
+        .await;
+    assert_eq!(bulk.status, 200, "{}", bulk.text);
+    let docs = col(ta, "/shelf/documents");
+    let n = |is: &[usize]| -> Vec<String> { is.iter().map(|i| format!("n{i:02}")).collect() };
+
+    // Everything, by id, default page size: one page.
+    let (ids, pages, total) = follow(api, key, &docs).await;
+    assert_eq!((ids.len(), pages), (25, 1));
+    assert_eq!(ids, n(&(0..25).collect::<Vec<_>>()));
+    assert!(total.is_null(), "no total unless asked");
+
+    // Query-string filter, sort, limit, count; Link followed to the end.
+    let (ids, pages, total) = follow(
+        api,
+        key,
+        &format!("{docs}?filter[genre]=even&sort=-year&limit=4&count=true"),
+    )
+    .await;
+    assert_eq!(total, 13);
+    assert_eq!(pages, 4);
+    assert_eq!(
+        ids,
+        n(&(0..25).rev().filter(|i| i % 2 == 0).collect::<Vec<_>>())
+    );
+    let (ids, _, total) = follow(
+        api,
+        key,
+        &format!("{docs}?filter%5Byear%5D%5Bgte%5D=1910&filter[year][lt]=1915&limit=2&count=true"),
+    )
+    .await;
+    assert_eq!(total, 5);
+    assert_eq!(ids, n(&[10, 11, 12, 13, 14]));
+    let (ids, _, _) = follow(
+        api,
+        key,
+        &format!("{docs}?filter[tags][contains]=%22five%22&filter[title][prefix]=T1&sort=title"),
+    )
+    .await;
+    assert_eq!(ids, n(&[10, 15]));
+    let (ids, _, _) = follow(
+        api,
+        key,
+        &format!("{docs}?filter[year][in]=[1901,1903,1999]&sort=genre,-year&limit=1"),
+    )
+    .await;
+    assert_eq!(ids, n(&[3, 1]));
+    // Injection in a value is just a value.
+    let (ids, _, _) = follow(
+        api,
+        key,
+        &format!("{docs}?filter[title]=x%27%20OR%201%3D1%20--"),
+    )
+    .await;
+    assert!(ids.is_empty());
+    let count = c.get(&format!("{docs}?count=true&limit=1"), key).await;
+    assert_eq!(count.json["total"], 25);
+    assert_eq!(count.json["items"].as_array().map(Vec::len), Some(1));
+
+    // POST …/query with a JSON filter; pages through next_cursor.
+    let query = col(ta, "/shelf/query");
+    let filter = json!({"or": [
+        {"year": {"lt": 1903}},
+        {"title": {"in": ["T20", "T21"]}},
+        {"and": [{"genre": "odd"}, {"not": {"year": {"lte": 1922}}}]}
+    ]});
+    let mut ids = Vec::new();
+    let mut cursor = Value::Null;
+    let mut totals = Vec::new();
+    loop {
+        let page = c
+            .json(
+                "POST",
+                &query,
+                key,
+                json!({"filter": filter, "sort": ["-year"], "limit": 2, "count": true, "cursor": cursor}),
+            )
+            .await;
+        assert_eq!(page.status, 200, "{}", page.text);
+        totals.push(page.json["total"].clone());
+        for item in page.json["items"].as_array().expect("items") {
+            ids.push(item["id"].as_str().expect("id").to_string());
+        }
+        cursor = page.json["next_cursor"].clone();
+        if cursor.is_null() {
+            break;
+        }
+    }
+    assert_eq!(ids, n(&[23, 21, 20, 2, 1, 0]));
+    assert!(totals.iter().all(|t| *t == 6), "{totals:?}");
+
+    // A cursor belongs to its query.
+    let first = c
+        .get(&format!("{docs}?filter[genre]=even&limit=2"), key)
+        .await;
+    let cursor = first.json["next_cursor"].as_str().expect("cursor");
+    for other in [
+        format!("{docs}?filter[genre]=odd&limit=2&cursor={cursor}"),
+        format!("{docs}?filter[genre]=even&sort=-year&cursor={cursor}"),
+        format!("{docs}?cursor={cursor}"),
+        col(
+            ta,
+            &format!("/books/documents?filter[genre]=even&cursor={cursor}"),
+        ),
+        col(ta, &format!("?cursor={cursor}")),
+        format!("{docs}?cursor=garbage"),
+        format!("{docs}?cursor={}", "A".repeat(3000)),
+    ] {
+        let reply = c.get(&other, key).await;
+        api.problem(&reply, 400, "invalid-cursor");
+    }
+    let reply = c.json("POST", &query, key, json!({"cursor": cursor})).await;
+    api.problem(&reply, 400, "invalid-cursor");
+    // The same cursor still works with its own query, at another page size.
+    let reply = c
+        .get(
+            &format!("{docs}?filter[genre]=even&limit=3&cursor={cursor}"),
+            key,
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+
+    // Bad filters, sorts and parameters: 400, never 500.
+    for bad in [
+        "?filter[year][regex]=x",
+        "?filter[a..b]=1",
+        "?filter[year][in]=1",
+        "?filter[year]=1&filter[year][gte]=2&unknown=1",
+        "?filter=1",
+        "?sort=a..b",
+        "?sort=title;DROP%20TABLE%20documents",
+        "?sort=a,b,c,d,e",
+        "?limit=0",
+        "?limit=1001",
+        "?limit=-1",
+        "?count=maybe",
+        "?select=id",
+    ] {
+        let reply = c.get(&format!("{docs}{bad}"), key).await;
+        assert_eq!(reply.status, 400, "{bad}: {}", reply.text);
+        let code = reply.json["code"].as_str().unwrap_or("").to_string();
+        assert!(
+            ["invalid-parameter", "bad-request"].contains(&code.as_str()),
+            "{bad}: {code}"
+        );
+        api.problem(&reply, 400, &code);
+    }
+    for bad in [
+        json!({"filter": {"year": {"bogus": 1}}}),
+        json!({"filter": "year = 1; DROP TABLE documents"}),
+        json!({"filter": {"and": []}}),
+        json!({"filter": {"year": {"in": "1900"}}}),
+        json!({"filter": {"not": {"not": {"not": {"not": {"not": {"not": {"not": {"not": {"not": {"a": 1}}}}}}}}}}}),
+        json!({"filter": {"$where": 1}}),
+        json!({"sort": ["x", "-"]}),
+    ] {
+        let reply = c.json("POST", &query, key, bad.clone()).await;
+        assert_eq!(reply.status, 400, "{bad}: {}", reply.text);
+        let code = reply.json["code"].as_str().unwrap_or("").to_string();
+        api.problem(&reply, 400, &code);
+    }
+    for bad in [json!({"limit": "ten"}), json!({"filters": {}})] {
+        let reply = c.json("POST", &query, key, bad.clone()).await;
+        api.problem(&reply, 422, "validation-failed");
+    }
+    let malformed = c
+        .send(
+            "POST",
+            &query,
+            Some(key),
+            Body::Raw(Some("application/json"), b"{\"filter\": {".to_vec()),
+            &[],
+        )
+        .await;
+    api.problem(&malformed, 400, "invalid-json");
+    let unknown = c
+        .json("POST", &col(ta, "/nope/query"), key, json!({}))
+        .await;
+    api.problem(&unknown, 404, "not-found");
+}
+
+/// 405 with `Allow`, 406, 413, 415: what the framework answers, as problems.
+async fn protocol(api: &Api, ta: &str, key: &str) {
+    let c = &api.client;
+    for (method, path, allowed) in [
+        ("DELETE", col(ta, ""), vec!["GET", "POST"]),
+        ("PUT", col(ta, "/books"), vec!["GET", "PATCH", "DELETE"]),
+        ("PUT", col(ta, "/books/documents"), vec!["GET", "POST"]),
+        (
+            "POST",
+            col(ta, "/books/documents/dune"),
+            vec!["GET", "PUT", "PATCH", "DELETE"],
+        ),
+        ("GET", col(ta, "/books/query"), vec!["POST"]),
+        ("GET", col(ta, "/books/bulk"), vec!["POST"]),
+    ] {
+        let reply = c.send(method, &path, Some(key), Body::None, &[]).await;
+        api.problem(&reply, 405, "method-not-allowed");
+        let allow = reply.header("allow").expect("Allow").to_string();
+        for m in allowed {
+            assert!(allow.contains(m), "{method} {path}: Allow {allow}");
+        }
+        assert!(!allow.contains(method), "{allow}");
+    }
+
+    for accept in ["text/html", "application/json;q=0", "image/*, text/plain"] {
+        for (method, path) in [
+            ("GET", col(ta, "")),
+            ("GET", col(ta, "/books/documents/dune")),
+            ("GET", col(ta, "/books/documents")),
+        ] {
+            let reply = c
+                .send(method, &path, Some(key), Body::None, &[("accept", accept)])
+                .await;
+            api.problem(&reply, 406, "not-acceptable");
+        }
+    }
+    let post = c
+        .send(
+            "POST",
+            &col(ta, "/books/query"),
+            Some(key),
+            Body::Json(json!({})),
+            &[("accept", "text/csv")],
+        )
+        .await;
+    api.problem(&post, 406, "not-acceptable");
+    for accept in [
+        "application/json",
+        "application/*;q=0.5",
+        "*/*",
+        "application/problem+json",
+    ] {
+        let reply = c
+            .send(
+                "GET",
+                &col(ta, "/books/documents/dune"),
+                Some(key),
+                Body::None,
+                &[("accept", accept)],
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{accept}: {}", reply.text);
+    }
+
+    // Past the server's body limit, and a document past its own limit.
+    let huge = format!(r#"{{"data": {{"s": "{}"}}}}"#, "x".repeat(MAX_BODY + 1));
+    let reply = c
+        .send(
+            "POST",
+            &col(ta, "/books/documents"),
+            Some(key),
+            Body::Raw(Some("application/json"), huge.into_bytes()),
+            &[],
+        )
+        .await;
+    api.problem(&reply, 413, "payload-too-large");
+    let big = json!({"title": "big", "s": "x".repeat(1_100_000)});
+    for (method, path, body) in [
+        ("PUT", col(ta, "/books/documents/big"), big.clone()),
+        (
+            "POST",
+            col(ta, "/books/documents"),
+            json!({"id": "big", "data": big}),
+        ),
+    ] {
+        let reply = c.json(method, &path, key, body).await;
+        api.problem(&reply, 413, "payload-too-large");
+    }
+    let reply = c
+        .send(
+            "PATCH",
+            &col(ta, "/books/documents/dune"),
+            Some(key),
+            Body::Raw(Some("text/plain"), b"{}".to_vec()),
+            &[],
+        )
+        .await;
+    api.problem(&reply, 415, "unsupported-media-type");
+    let reply = c
+        .send(
+            "POST",
+            &col(ta, "/books/bulk"),
+            Some(key),
+            Body::Raw(None, b"{\"operations\": []}".to_vec()),
+            &[],
+        )
+        .await;
+    api.problem(&reply, 415, "unsupported-media-type");
+}
+
+async fn viewer_cannot_write(api: &Api, ta: &str, owner: &str, viewer: &str) {
+    let c = &api.client;
+    let read = c.get(&col(ta, "/books/documents/dune"), viewer).await;
+    assert_eq!(read.status, 200, "{}", read.text);
+    let list = c.get(&col(ta, "/books/documents"), viewer).await;
+    assert_eq!(list.status, 200);
+    let query = c
+        .json("POST", &col(ta, "/books/query"), viewer, json!({}))
+        .await;
+    assert_eq!(query.status, 200, "{}", query.text);
+    let collections = c.get(&col(ta, ""), viewer).await;
+    assert_eq!(collections.status, 200);
+    for (method, path, body) in [
+        ("POST", col(ta, ""), json!({"name": "mine"})),
+        ("PATCH", col(ta, "/books"), json!({"schema": null})),
+        ("DELETE", col(ta, "/books"), Value::Null),
+        (
+            "POST",
+            col(ta, "/books/documents"),
+            json!({"data": {"title": "t"}}),
+        ),
+        (
+            "PUT",
+            col(ta, "/books/documents/dune"),
+            json!({"title": "t"}),
+        ),
+        (
+            "PATCH",
+            col(ta, "/books/documents/dune"),
+            json!({"year": 1}),
+        ),
+        ("DELETE", col(ta, "/books/documents/dune"), Value::Null),
+        (
+            "POST",
+            col(ta, "/books/bulk"),
+            json!({"operations": [{"op": "delete", "id": "dune"}]}),
+        ),
+    ] {
+        let body = if body.is_null() {
+            Body::None
+        } else {
+            Body::Json(body)
+        };
+        let reply = c.send(method, &path, Some(viewer), body, &[]).await;
+        api.problem(&reply, 403, "forbidden");
+    }
+    // Nothing changed.
+    let dune = c.get(&col(ta, "/books/documents/dune"), owner).await;
+    assert_eq!(dune.json["version"], read.json["version"]);
+    assert_eq!(dune.json["data"], read.json["data"]);
+}
+
+/// Tenant A's key on tenant B's ids: 404, the same body as nothing at all.
+async fn isolation(api: &Api, a: &Tenant, b: &Tenant, a_key: &str, b_key: &str) {
+    let c = &api.client;
+    let (ta, tb) = (a.name.as_str(), b.name.as_str());
+    let made = c
+        .json("POST", &col(tb, ""), b_key, json!({"name": "secret-b"}))
+        .await;
+    assert_eq!(made.status, 201, "{}", made.text);
+    let made = c
+        .json("POST", &col(tb, ""), b_key, json!({"name": "secret-c"}))
+        .await;
+    assert_eq!(made.status, 201, "{}", made.text);
+    let doc = c
+        .json(
+            "PUT",
+            &col(tb, "/secret-b/documents/s1"),
+            b_key,
+            json!({"owner": tb, "pin": 1234}),
+        )
+        .await;
+    assert_eq!(doc.status, 201, "{}", doc.text);
+
+    let nothing = c.get(&col(ta, "/nothing-here"), a_key).await;
+    let reference = without_instance(api.problem(&nothing, 404, "not-found"));
+    let probes: Vec<(&str, String, Body)> = vec![
+        ("GET", col(tb, ""), Body::None),
+        ("GET", col(tb, "/secret-b"), Body::None),
+        ("PATCH", col(tb, "/secret-b"), Body::Json(json!({}))),
+        ("DELETE", col(tb, "/secret-b"), Body::None),
+        ("GET", col(tb, "/secret-b/documents"), Body::None),
+        ("GET", col(tb, "/secret-b/documents/s1"), Body::None),
+        (
+            "PUT",
+            col(tb, "/secret-b/documents/s1"),
+            Body::Json(json!({"owner": "a"})),
+        ),
+        (
+            "PATCH",
+            col(tb, "/secret-b/documents/s1"),
+            Body::Json(json!({"owner": "a"})),
+        ),
+        ("DELETE", col(tb, "/secret-b/documents/s1"), Body::None),
+        (
+            "POST",
+            col(tb, "/secret-b/query"),
+            Body::Json(json!({"filter": {"pin": 1234}})),
+        ),
+        (
+            "POST",
+            col(tb, "/secret-b/bulk"),
+            Body::Json(json!({"operations": [{"op": "delete", "id": "s1"}]})),
+        ),
+        // B's ids under A's own path: not A's.
+        ("GET", col(ta, "/secret-b"), Body::None),
+        ("GET", col(ta, "/secret-b/documents/s1"), Body::None),
+        ("DELETE", col(ta, "/secret-b/documents/s1"), Body::None),
+        (
+            "POST",
+            col(ta, "/secret-b/query"),
+            Body::Json(json!({"filter": {"pin": 1234}})),
+        ),
+    ];
+    for (method, path, body) in probes {
+        let reply = c.send(method, &path, Some(a_key), body, &[]).await;
+        let body = api.problem(&reply, 404, "not-found");
+        assert_eq!(without_instance(body), reference, "{method} {path}");
+        assert!(!reply.text.contains("1234") && !reply.text.contains("secret"));
+    }
+    // A's list shows none of B's; B's document is untouched.
+    let list = c.get(&col(ta, ""), a_key).await;
+    assert!(!list.text.contains("secret"), "{}", list.text);
+    let doc = c.get(&col(tb, "/secret-b/documents/s1"), b_key).await;
+    assert_eq!(doc.status, 200);
+    assert_eq!(doc.json["version"], 1);
+    // A cursor of B's collection list is not one of A's.
+    let page = c.get(&col(tb, "?limit=1"), b_key).await;
+    let cursor = page.json["next_cursor"].as_str().expect("cursor");
+    let reply = c.get(&col(ta, &format!("?cursor={cursor}")), a_key).await;
+    api.problem(&reply, 400, "invalid-cursor");
+}
+
+async fn delete_collection(api: &Api, ta: &str, key: &str) {
+    let c = &api.client;
+    let deleted = c
+        .send("DELETE", &col(ta, "/books"), Some(key), Body::None, &[])
+        .await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text);
+    for path in [
+        col(ta, "/books"),
+        col(ta, "/books/documents"),
+        col(ta, "/books/documents/dune"),
+    ] {
+        let reply = c.get(&path, key).await;
+        api.problem(&reply, 404, "not-found");
+    }
+    let again = c
+        .send("DELETE", &col(ta, "/books"), Some(key), Body::None, &[])
+        .await;
+    api.problem(&again, 404, "not-found");
+    // The name is free again, with no documents.
+    let created = c
+        .json("POST", &col(ta, ""), key, json!({"name": "books"}))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let list = c.get(&col(ta, "/books/documents"), key).await;
+    assert_eq!(list.json["items"], json!([]));
+}
