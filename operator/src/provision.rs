@@ -188,6 +188,9 @@ impl Failure {
     }
 }
 
+/// Key of the credentials Secret naming the rotation its password came from.
+pub const ROTATION_KEY: &str = "rotation";
+
 /// Name of the Secret with the tenant's database credentials.
 pub fn credentials_secret_name(tenant: &str) -> String {
     format!("{tenant}-database")
@@ -350,16 +353,32 @@ impl Provisioner<'_> {
         // 2. Credentials: the Secret is the source of truth for the password.
         let secret_name = credentials_secret_name(&t.name);
         let (host, port) = self.cluster.host_port();
-        let rotating = t.rotation.pending();
-        let password = match self.host.read_secret(&secret_name).await {
+        let existing = self
+            .host
+            .read_secret(&secret_name)
+            .await
+            .map_err(|e| secret_failure(Step::Credentials, e))?;
+        // The Secret records which rotation its password came from, so a
+        // rotation happens once even when a reconcile sees a stale status
+        // (e.g. the one the Secret write itself triggers).
+        let secret_rotation = existing
+            .as_ref()
+            .and_then(|s| s.get(ROTATION_KEY))
+            .map(str::to_string);
+        let rotating = t.rotation.pending() && secret_rotation != t.rotation.requested;
+        let password = match &existing {
             // A rotation replaces the password everywhere, starting here (the
             // Secret is the source of truth; a crash later converges on it).
-            Ok(Some(_)) | Ok(None) if rotating => crate::invite::new_token(),
-            Ok(Some(s)) if s.get("password").is_some_and(|p| !p.is_empty()) => {
+            _ if rotating => crate::invite::new_token(),
+            Some(s) if s.get("password").is_some_and(|p| !p.is_empty()) => {
                 s.get("password").unwrap_or_default().to_string()
             }
-            Ok(_) => crate::invite::new_token(),
-            Err(e) => return Err(secret_failure(Step::Credentials, e)),
+            _ => crate::invite::new_token(),
+        };
+        let rotation = if rotating {
+            t.rotation.requested.clone()
+        } else {
+            secret_rotation
         };
         let url = postgres_url(
             names.role.as_str(),
@@ -368,7 +387,7 @@ impl Provisioner<'_> {
             port,
             names.database.as_str(),
         );
-        let data = SecretData(BTreeMap::from([
+        let mut data = SecretData(BTreeMap::from([
             ("username".into(), names.role.to_string()),
             ("password".into(), password.clone()),
             ("host".into(), host.clone()),
@@ -376,6 +395,9 @@ impl Provisioner<'_> {
             ("database".into(), names.database.to_string()),
             ("url".into(), url),
         ]));
+        if let Some(rotation) = rotation {
+            data.0.insert(ROTATION_KEY.into(), rotation);
+        }
         self.host
             .write_secret(&secret_name, data)
             .await

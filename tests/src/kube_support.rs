@@ -15,9 +15,12 @@ async fn client_from(path: &str) -> kube::Client {
     kube::Client::try_from(config).expect("kube client")
 }
 
-/// A client with cluster-admin rights.
+/// A client with cluster-admin rights on the local stack's API server. The
+/// stack's kubeconfig (`.stack/env`) wins over a `KUBECONFIG` in the shell, so
+/// a bare `cargo test` never creates test namespaces in whatever cluster the
+/// shell points at.
 pub async fn admin_client() -> kube::Client {
-    client_from(&env("KUBECONFIG")).await
+    client_from(&crate::stack_env_first("KUBECONFIG")).await
 }
 
 /// A client with only the operator's ClusterRole.

@@ -29,6 +29,14 @@ pub fn try_env(key: &str) -> Option<String> {
     stack_env().get(key).cloned()
 }
 
+/// A stack setting from `.stack/env` when the stack wrote one, else from the
+/// environment: for settings that must name the local stack, never another
+/// cluster the shell happens to point at.
+pub fn stack_env_first(key: &str) -> String {
+    strata_servicekit::install_crypto_provider();
+    stack_env().get(key).cloned().unwrap_or_else(|| env(key))
+}
+
 /// The repository root.
 pub fn repo_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -742,8 +742,12 @@ async fn rotation_annotation_replaces_the_password_everywhere() {
         t.status.expect("status").observed_generation,
         t.metadata.generation
     );
-    let new_url = secret_value(&secrets.get("rotor-database").await.expect("creds"), "url");
+    let creds = secrets.get("rotor-database").await.expect("creds");
+    let new_url = secret_value(&creds, "url");
     assert_ne!(new_url, old_url, "the Secret holds a new password");
+    // The Secret says which rotation its password came from, so a reconcile
+    // that reads a stale status does not rotate a second time.
+    assert_eq!(secret_value(&creds, "rotation"), "2026-11-28T1");
     let err = PgPool::connect(&old_url)
         .await
         .expect_err("the old password stops working");
