@@ -138,6 +138,7 @@ async fn scenario(catalog_url: String, tenants: Vec<Tenant>) {
     protocol(&api, ta, &owner).await;
     viewer_cannot_write(&api, ta, &owner, &viewer).await;
     isolation(&api, a, b, &owner, &b_owner).await;
+    hostile(&api, ta, &owner).await;
     delete_collection(&api, ta, &owner).await;
 }
 
@@ -1309,6 +1310,87 @@ async fn isolation(api: &Api, a: &Tenant, b: &Tenant, a_key: &str, b_key: &str) 
     let cursor = page.json["next_cursor"].as_str().expect("cursor");
     let reply = c.get(&col(ta, &format!("?cursor={cursor}")), a_key).await;
     api.problem(&reply, 400, "invalid-cursor");
+}
+
+/// Input PostgreSQL itself refuses (U+0000 in text or jsonb) is the
+/// client's error, named by pointer, never a 500.
+async fn hostile(api: &Api, ta: &str, key: &str) {
+    let c = &api.client;
+    let docs = col(ta, "/shelf/documents");
+    let raw = |s: &str| Body::Raw(Some("application/json"), s.as_bytes().to_vec());
+    for (method, path, body, pointer) in [
+        (
+            "PUT",
+            format!("{docs}/nul"),
+            r#"{"title": "a\u0000b"}"#,
+            "/title",
+        ),
+        (
+            "PUT",
+            format!("{docs}/nul"),
+            r#"{"a\u0000b": 1}"#,
+            "/a\u{0}b",
+        ),
+        (
+            "POST",
+            docs.clone(),
+            r#"{"data": {"t": ["\u0000"]}}"#,
+            "/data/t/0",
+        ),
+        (
+            "PATCH",
+            format!("{docs}/n01"),
+            r#"{"x": {"y": "\u0000"}}"#,
+            "/x/y",
+        ),
+        (
+            "POST",
+            col(ta, "/shelf/bulk"),
+            r#"{"operations": [{"op": "upsert", "id": "nul", "data": {"t": "\u0000"}}]}"#,
+            "/operations/0/data/t",
+        ),
+        (
+            "POST",
+            col(ta, ""),
+            r#"{"name": "x", "schema": {"title": "\u0000"}}"#,
+            "/schema/title",
+        ),
+    ] {
+        let reply = c.send(method, &path, Some(key), raw(body), &[]).await;
+        let problem = api.problem(&reply, 422, "validation-failed");
+        assert_eq!(Api::pointers(&problem), [pointer], "{method} {path} {body}");
+    }
+    for body in [
+        r#"{"filter": {"title": "\u0000"}}"#,
+        r#"{"filter": {"title": {"prefix": "\u0000"}}}"#,
+        r#"{"filter": {"tags": {"contains": ["\u0000"]}}}"#,
+        r#"{"filter": {"title": {"in": ["a", "\u0000"]}}}"#,
+    ] {
+        let reply = c
+            .send("POST", &col(ta, "/shelf/query"), Some(key), raw(body), &[])
+            .await;
+        api.problem(&reply, 400, "invalid-parameter");
+    }
+    let reply = c
+        .send(
+            "POST",
+            &col(ta, "/shelf/query"),
+            Some(key),
+            raw(r#"{"filter": {"title": "\ud800"}}"#),
+            &[],
+        )
+        .await;
+    api.problem(&reply, 400, "invalid-json");
+    for query in [
+        "?filter[title]=%00",
+        "?filter[title][prefix]=a%00",
+        "?filter[title][in]=[%22%5Cu0000%22]",
+    ] {
+        let reply = c.get(&format!("{docs}{query}"), key).await;
+        api.problem(&reply, 400, "invalid-parameter");
+    }
+    let untouched = c.get(&format!("{docs}/n01"), key).await;
+    assert_eq!(untouched.json["version"], 1);
 }
 
 async fn delete_collection(api: &Api, ta: &str, key: &str) {

@@ -80,6 +80,12 @@ pub fn check_data(
             format!("a document nests deeper than {MAX_DOCUMENT_DEPTH}"),
         ));
     }
+    if let Some(at) = super::nul_pointer(data, pointer) {
+        return Err(ApiError::validation(vec![FieldError::new(
+            at,
+            super::NUL_MESSAGE,
+        )]));
+    }
     match (compiled, &collection.json_schema) {
         (Some(schema), _) => schema.validate(data, pointer),
         (None, Some(raw)) => schema::compile(raw, "/schema")

@@ -276,6 +276,9 @@ fn check_value(op: Op, value: &Value) -> Result<(), String> {
     if json_depth(value) > MAX_DEPTH {
         return Err(format!("the value nests deeper than {MAX_DEPTH}"));
     }
+    if super::nul_pointer(value, "").is_some() {
+        return Err(super::NUL_MESSAGE.into());
+    }
     match op {
         Op::Eq | Op::Ne => Ok(()),
         Op::Gt | Op::Gte | Op::Lt | Op::Lte => match value {

@@ -39,6 +39,12 @@ pub fn compile(schema: &Value, pointer: &str) -> Result<Schema, ApiError> {
             format!("the schema exceeds {MAX_SCHEMA_BYTES} bytes"),
         )]));
     }
+    if let Some(at) = super::nul_pointer(schema, pointer) {
+        return Err(ApiError::validation(vec![FieldError::new(
+            at,
+            super::NUL_MESSAGE,
+        )]));
+    }
     if !schema.is_object() && !schema.is_boolean() {
         return Err(ApiError::validation(vec![FieldError::new(
             pointer,

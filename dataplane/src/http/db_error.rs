@@ -33,12 +33,14 @@ pub fn from_sqlx(error: sqlx::Error) -> ApiError {
             ),
             // Our validation should have caught these; if not, the input is
             // still the client's, so 422 rather than 500.
-            Some("23502" | "23514" | "22001" | "22003" | "22P02" | "2201B" | "22023") => {
-                ApiError::validation(vec![FieldError::new(
-                    "",
-                    "a value is out of range or not allowed",
-                )])
-            }
+            // 22P05 / 22021: U+0000 (or bytes) that jsonb / text cannot hold.
+            Some(
+                "23502" | "23514" | "22001" | "22003" | "22P02" | "2201B" | "22023" | "22P05"
+                | "22021",
+            ) => ApiError::validation(vec![FieldError::new(
+                "",
+                "a value is out of range or not allowed",
+            )]),
             Some("40001" | "40P01") => ApiError::Conflict(
                 "a concurrent request changed the same data; retry the request".into(),
             ),
