@@ -139,6 +139,7 @@ async fn scenario(catalog_url: String, tenants: Vec<Tenant>) {
     viewer_cannot_write(&api, ta, &owner, &viewer).await;
     isolation(&api, a, b, &owner, &b_owner).await;
     hostile(&api, ta, &owner).await;
+    other_credentials(&api, ta, &b.name, &owner).await;
     delete_collection(&api, ta, &owner).await;
 }
 
@@ -967,6 +968,7 @@ async fn listing(api: &Api, ta: &str, key: &str) {
             )
             .await;
         assert_eq!(page.status, 200, "{}", page.text);
+        assert!(page.next_link().is_none(), "no Link to GET a POST query");
         totals.push(page.json["total"].clone());
         for item in page.json["items"].as_array().expect("items") {
             ids.push(item["id"].as_str().expect("id").to_string());
@@ -1391,6 +1393,125 @@ async fn hostile(api: &Api, ta: &str, key: &str) {
     }
     let untouched = c.get(&format!("{docs}/n01"), key).await;
     assert_eq!(untouched.json["version"], 1);
+}
+
+fn jwt(tenant: &str, role: &str, exp_from_now: i64, secret: &[u8]) -> String {
+    let now = jsonwebtoken::get_current_timestamp() as i64;
+    let claims =
+        json!({"sub": "jwt-user", "tenant": tenant, "role": role, "exp": now + exp_from_now});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .expect("encode")
+}
+
+/// JWTs and a revoked key on the documents routes; HEAD and weak
+/// validators on a document.
+async fn other_credentials(api: &Api, ta: &str, tb: &str, owner: &str) {
+    let c = &api.client;
+    let dune = col(ta, "/books/documents/dune");
+    let editor = jwt(ta, "editor", 600, support::JWT_SECRET);
+    let put = c
+        .json(
+            "PUT",
+            &col(ta, "/books/documents/by-jwt"),
+            &editor,
+            json!({"title": "J"}),
+        )
+        .await;
+    assert_eq!(put.status, 201, "{}", put.text);
+    let viewer = jwt(ta, "viewer", 600, support::JWT_SECRET);
+    let read = c.get(&dune, &viewer).await;
+    assert_eq!(read.status, 200, "{}", read.text);
+    let write = c.json("PATCH", &dune, &viewer, json!({"year": 1})).await;
+    api.problem(&write, 403, "forbidden");
+    let nothing = c.get(&col(ta, "/nothing-here"), owner).await;
+    let reference = without_instance(api.problem(&nothing, 404, "not-found"));
+    for path in [col(tb, "/secret-b"), col(tb, "/secret-b/documents/s1")] {
+        let crossed = c.get(&path, &editor).await;
+        let body = api.problem(&crossed, 404, "not-found");
+        assert_eq!(without_instance(body), reference);
+    }
+    for bad in [
+        jwt(ta, "editor", -600, support::JWT_SECRET),
+        jwt(ta, "editor", 600, b"another-secret-0123456789abcdef-xyz"),
+    ] {
+        let reply = c.get(&dune, &bad).await;
+        api.problem(&reply, 401, "unauthenticated");
+    }
+
+    // A revoked key is refused at once.
+    let made = c
+        .json(
+            "POST",
+            &format!("/v1/tenants/{ta}/keys"),
+            owner,
+            json!({"name": "short-lived", "role": "editor"}),
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.text);
+    let key = made.json["key"].as_str().expect("key").to_string();
+    let id = made.json["id"].as_str().expect("id").to_string();
+    assert_eq!(c.get(&dune, &key).await.status, 200);
+    let revoked = c
+        .send(
+            "DELETE",
+            &format!("/v1/tenants/{ta}/keys/{id}"),
+            Some(owner),
+            Body::None,
+            &[],
+        )
+        .await;
+    assert_eq!(revoked.status, 204, "{}", revoked.text);
+    let reply = c.get(&dune, &key).await;
+    api.problem(&reply, 401, "unauthenticated");
+    let reply = c.json("PUT", &dune, &key, json!({"title": "gone"})).await;
+    api.problem(&reply, 401, "unauthenticated");
+
+    // HEAD: the validators, no body; weak If-None-Match compares weakly.
+    let got = c.get(&dune, owner).await;
+    let etag = got.header("etag").expect("etag").to_string();
+    let head = c.send("HEAD", &dune, Some(owner), Body::None, &[]).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("etag"), Some(etag.as_str()));
+    assert!(head.text.is_empty());
+    let weak = format!("W/{etag}");
+    for method in ["GET", "HEAD"] {
+        let reply = c
+            .send(
+                method,
+                &dune,
+                Some(owner),
+                Body::None,
+                &[("if-none-match", &weak)],
+            )
+            .await;
+        assert_eq!(reply.status, 304, "{method}");
+    }
+    // …but If-Match compares strongly: a weak tag never matches.
+    let reply = c
+        .send(
+            "PATCH",
+            &dune,
+            Some(owner),
+            Body::Json(json!({"year": 1965})),
+            &[("if-match", &weak)],
+        )
+        .await;
+    api.problem(&reply, 412, "precondition-failed");
+    let head = c
+        .send(
+            "HEAD",
+            &col(ta, "/books/documents/none"),
+            Some(owner),
+            Body::None,
+            &[],
+        )
+        .await;
+    assert_eq!(head.status, 404);
+    assert!(head.text.is_empty());
 }
 
 async fn delete_collection(api: &Api, ta: &str, key: &str) {

@@ -193,14 +193,18 @@ async fn query_documents(
     Json(body): Json<list::QueryBody>,
 ) -> Result<Response, crate::http::ApiError> {
     ctx.require(Resource::Documents, Action::Read)?;
-    list::list(
+    let mut response = list::list(
         ctx.pool(),
         &http.cursors,
         &p.collection,
         body.into_request()?,
         &uri,
     )
-    .await
+    .await?;
+    // The next page is another POST with `next_cursor` in the body; a
+    // `Link` (`…/query?cursor=…`) would invite a GET this route refuses.
+    response.headers_mut().remove(header::LINK);
+    Ok(response)
 }
 
 async fn get_document(
