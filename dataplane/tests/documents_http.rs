@@ -104,13 +104,10 @@ fn col(tenant: &str, rest: &str) -> String {
 
 #[tokio::test]
 async fn documents_api_over_http() {
-    with_tenants("documents-http", &["dha", "dhb"], |catalog_url, tenants| {
-        scenario(catalog_url, tenants)
-    })
-    .await;
+    with_tenants("documents-http", &["dha", "dhb"], scenario).await;
 }
 
-async fn scenario(catalog_url: String, tenants: Vec<Tenant>) {
+async fn scenario(catalog_url: String, catalog: strata_db::Catalog, tenants: Vec<Tenant>) {
     let server = Server::start(app_state(&catalog_url), MAX_BODY).await;
     let client = Client::new(&server.base);
     let (a, b) = (&tenants[0], &tenants[1]);
@@ -141,6 +138,39 @@ async fn scenario(catalog_url: String, tenants: Vec<Tenant>) {
     hostile(&api, ta, &owner).await;
     other_credentials(&api, ta, &b.name, &owner).await;
     delete_collection(&api, ta, &owner).await;
+    tenant_states(&api, &catalog, a, &owner).await;
+}
+
+/// The tenant's state gates every route: suspended 403, not ready 503
+/// with Retry-After (seen once the 200 ms catalog cache expires).
+async fn tenant_states(api: &Api, catalog: &strata_db::Catalog, a: &Tenant, key: &str) {
+    use strata_db::TenantState;
+    let c = &api.client;
+    let path = col(&a.name, "/books/documents");
+    for (state, status, code) in [
+        (TenantState::Suspended, 403, "forbidden"),
+        (TenantState::Provisioning, 503, "unavailable"),
+        (TenantState::Failed, 503, "unavailable"),
+    ] {
+        catalog.set_state(a.id, state).await.expect("state");
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        for (method, body) in [
+            ("GET", Body::None),
+            ("POST", Body::Json(json!({"data": {"title": "t"}}))),
+        ] {
+            let reply = c.send(method, &path, Some(key), body, &[]).await;
+            api.problem(&reply, status, code);
+            if status == 503 {
+                assert!(reply.header("retry-after").is_some(), "{state:?}");
+            }
+        }
+    }
+    catalog
+        .set_state(a.id, TenantState::Ready)
+        .await
+        .expect("ready");
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(c.get(&path, key).await.status, 200);
 }
 
 /// 401 without a credential or with a malformed one, on every route.

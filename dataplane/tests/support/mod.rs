@@ -82,11 +82,12 @@ pub async fn provision_tenant(
 }
 
 /// Provisions one tenant per prefix, runs `scenario` with the catalog's
-/// database URL (as the data plane role) and the tenants, then drops the
-/// tenants' storage even when the scenario panicked.
+/// database URL (as the data plane role), the catalog (as the operator,
+/// to change tenant states) and the tenants, then drops the tenants'
+/// storage even when the scenario panicked.
 pub async fn with_tenants<F, Fut>(namespace: &str, prefixes: &[&str], scenario: F)
 where
-    F: FnOnce(String, Vec<Tenant>) -> Fut,
+    F: FnOnce(String, strata_db::Catalog, Vec<Tenant>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let (catalog_db, catalog) = test_catalog().await;
@@ -100,7 +101,7 @@ where
     let ids: Vec<Uuid> = tenants.iter().map(|t| t.id).collect();
     let catalog_url = with_database(&env("STRATA_DATAPLANE_DATABASE_URL"), &catalog_db.name);
     // In a task, so a failed assertion still reaches the cleanup below.
-    let result = tokio::spawn(scenario(catalog_url, tenants)).await;
+    let result = tokio::spawn(scenario(catalog_url, catalog.clone(), tenants)).await;
     for id in ids {
         drop_tenant_storage(id).await;
     }
