@@ -77,6 +77,7 @@ pub fn router(state: AppState, registry: Arc<Registry>, max_body_bytes: usize) -
         )
         .merge(crate::identity::routes())
         .merge(crate::documents::routes())
+        .merge(crate::vectors::routes())
         .with_state(state);
     Router::new()
         .merge(probes)

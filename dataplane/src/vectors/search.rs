@@ -9,8 +9,8 @@ use futures::{StreamExt, TryStreamExt};
 use sqlx::PgPool;
 
 use super::model::{
-    CROSS_OVERSAMPLE, Errors, Hit, MAX_CANDIDATES, MAX_CROSS_COLLECTIONS, SearchParams,
-    SearchRequest, VectorCollection, is_collection_name, validate_search,
+    CROSS_OVERSAMPLE, Errors, Hit, MAX_CANDIDATES, MAX_CROSS_COLLECTIONS, MAX_EF_SEARCH,
+    SearchParams, SearchRequest, VectorCollection, is_collection_name, validate_search,
 };
 use super::store;
 use crate::http::ApiError;
@@ -126,14 +126,26 @@ pub async fn search_many(
     max_scan_tuples: u32,
 ) -> Result<Vec<Hit>, ApiError> {
     let limit = candidates_per_collection(params.k);
-    let per_collection: Vec<Vec<Hit>> =
-        futures::stream::iter(collections.iter().map(|c| async move {
-            let mut hits = store::search(pool, c, params, limit, max_scan_tuples).await?;
+    // Each collection's scan must be able to return all its candidates in
+    // one pass (an HNSW scan yields at most ef_search rows before it
+    // iterates).
+    let params = &SearchParams {
+        ef_search: params.ef_search.max(limit).min(MAX_EF_SEARCH),
+        ..params.clone()
+    };
+    // Owned futures (pool handles and settings cloned): borrowed ones do
+    // not satisfy the `Send` bound axum puts on handler futures.
+    let searches = collections.iter().cloned().map(|c| {
+        let (pool, params) = (pool.clone(), params.clone());
+        async move {
+            let mut hits = store::search(&pool, &c, &params, limit, max_scan_tuples).await?;
             for hit in &mut hits {
                 hit.collection = Some(c.name.clone());
             }
             Ok::<_, ApiError>(hits)
-        }))
+        }
+    });
+    let per_collection: Vec<Vec<Hit>> = futures::stream::iter(searches)
         .buffer_unordered(CROSS_CONCURRENCY)
         .try_collect()
         .await?;

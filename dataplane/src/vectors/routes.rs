@@ -1,0 +1,256 @@
+//! Routes of the vector API and their handlers: authenticate and authorise
+//! through [`TenantContext`], parse, then call the engine ([`super::store`],
+//! [`super::search`]), which is written against a pool.
+//!
+//! | method | path (under `/v1/tenants/{tenant}`) | permission |
+//! | --- | --- | --- |
+//! | PUT, POST | `collections/{c}/vectors` | vectors:write |
+//! | GET, DELETE | `collections/{c}/vectors/{id}` | vectors:read, vectors:delete |
+//! | POST | `collections/{c}/vectors/delete` (by ids or filter) | vectors:delete |
+//! | POST | `collections/{c}/search` | vectors:read |
+//! | POST | `search` (cross-collection) | vectors:read |
+//!
+//! `GET …/vectors/delete` reads the vector whose id is `delete`: the static
+//! segment shadows `{id}` for every method, so it is routed back here.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::Extension;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use super::index::{IndexBuilder, VectorSettings, owner_connector};
+use super::model::{
+    CrossSearchRequest, DeleteRequest, DeleteResponse, Errors, MAX_DELETE_IDS, SearchRequest,
+    SearchResponse, UpsertRequest, UpsertResponse, VectorCollection, check_filter, check_id,
+    validate_upsert,
+};
+use super::{nonfinite, search, store};
+use crate::app::AppState;
+use crate::http::ApiError;
+use crate::http::extract::{Json, Path, accept_json, is_json_content_type, parse_json};
+use crate::tenancy::{Action, Resource, TenantContext};
+
+pub fn routes() -> Router<AppState> {
+    let settings = VectorSettings::from_env().unwrap_or_else(|error| {
+        tracing::error!(error = %error, "vector settings from the environment; using defaults");
+        VectorSettings::default()
+    });
+    routes_with(IndexBuilder::new(settings))
+}
+
+/// The routes with a given builder (tests set the threshold).
+pub fn routes_with(builder: IndexBuilder) -> Router<AppState> {
+    Router::new()
+        .route(
+            "/v1/tenants/{tenant}/collections/{collection}/vectors",
+            post(upsert).put(upsert),
+        )
+        .route(
+            "/v1/tenants/{tenant}/collections/{collection}/vectors/delete",
+            post(delete_many).get(get_named_delete),
+        )
+        .route(
+            "/v1/tenants/{tenant}/collections/{collection}/vectors/{id}",
+            get(get_one).delete(delete_one),
+        )
+        .route(
+            "/v1/tenants/{tenant}/collections/{collection}/search",
+            post(search_collection),
+        )
+        .route("/v1/tenants/{tenant}/search", post(search_across))
+        .route_layer(axum::middleware::from_fn(accept_json))
+        .layer(Extension(builder))
+}
+
+#[derive(Deserialize)]
+struct CollectionPath {
+    #[allow(dead_code)]
+    tenant: String,
+    collection: String,
+}
+
+#[derive(Deserialize)]
+struct VectorPath {
+    #[allow(dead_code)]
+    tenant: String,
+    collection: String,
+    id: String,
+}
+
+/// A JSON body where bare `NaN`/`Infinity` (invalid JSON that common
+/// serialisers emit) become 422s with pointers rather than a 400.
+fn parse_body<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
+    if !is_json_content_type(headers) {
+        return Err(ApiError::UnsupportedMediaType(
+            "send the body as application/json".into(),
+        ));
+    }
+    match parse_json(body) {
+        Ok(value) => Ok(value),
+        Err(error) => match nonfinite::rewrite(body) {
+            Some(rewritten) => parse_json(&rewritten).map_err(|_| error),
+            None => Err(error),
+        },
+    }
+}
+
+async fn collection(ctx: &TenantContext, name: &str) -> Result<VectorCollection, ApiError> {
+    store::find_collection(ctx.pool(), name).await
+}
+
+async fn upsert(
+    ctx: TenantContext,
+    Extension(builder): Extension<IndexBuilder>,
+    Path(p): Path<CollectionPath>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<UpsertResponse>, ApiError> {
+    ctx.require(Resource::Vectors, Action::Write)?;
+    let request: UpsertRequest = parse_body(&headers, &body)?;
+    let collection = collection(&ctx, &p.collection).await?;
+    let items = validate_upsert(request, &collection).map_err(ApiError::validation)?;
+    let done = store::upsert(ctx.pool(), &collection, &items).await?;
+    // The write is committed: a failure to queue the index build is the
+    // operators' concern (logged), not the client's.
+    let connect = owner_connector(ctx.pool().clone(), ctx.tenant().owner_role.clone());
+    if let Err(error) = builder
+        .after_write(ctx.pool(), ctx.tenant_id(), &collection, connect)
+        .await
+    {
+        tracing::warn!(collection = %collection.id, error = %error, "vector index check");
+    }
+    Ok(Json(UpsertResponse {
+        upserted: done.len(),
+        items: done,
+    }))
+}
+
+async fn read(ctx: TenantContext, collection_name: &str, id: &str) -> Result<Response, ApiError> {
+    ctx.require(Resource::Vectors, Action::Read)?;
+    if check_id(id).is_err() {
+        return Err(ApiError::NotFound);
+    }
+    let collection = collection(&ctx, collection_name).await?;
+    Ok(Json(store::get(ctx.pool(), &collection, id).await?).into_response())
+}
+
+async fn get_one(ctx: TenantContext, Path(p): Path<VectorPath>) -> Result<Response, ApiError> {
+    read(ctx, &p.collection, &p.id).await
+}
+
+async fn get_named_delete(
+    ctx: TenantContext,
+    Path(p): Path<CollectionPath>,
+) -> Result<Response, ApiError> {
+    read(ctx, &p.collection, "delete").await
+}
+
+async fn delete_one(ctx: TenantContext, Path(p): Path<VectorPath>) -> Result<Response, ApiError> {
+    ctx.require(Resource::Vectors, Action::Delete)?;
+    if check_id(&p.id).is_err() {
+        return Err(ApiError::NotFound);
+    }
+    let collection = collection(&ctx, &p.collection).await?;
+    match store::delete_ids(ctx.pool(), &collection, std::slice::from_ref(&p.id)).await? {
+        0 => Err(ApiError::NotFound),
+        _ => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+async fn delete_many(
+    ctx: TenantContext,
+    Path(p): Path<CollectionPath>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<DeleteResponse>, ApiError> {
+    ctx.require(Resource::Vectors, Action::Delete)?;
+    let request: DeleteRequest = parse_body(&headers, &body)?;
+    let mut errors = Errors::default();
+    match (&request.ids, &request.filter) {
+        (Some(ids), None) => {
+            if ids.is_empty() || ids.len() > MAX_DELETE_IDS {
+                errors.push("/ids", format!("1 to {MAX_DELETE_IDS} ids"));
+            }
+            for (i, id) in ids.iter().enumerate() {
+                if let Err(message) = check_id(id) {
+                    errors.push(format!("/ids/{i}"), message);
+                }
+            }
+        }
+        (None, Some(filter)) => {
+            // `{}` would match every vector: deleting a whole collection's
+            // vectors is not something to do by accident.
+            if check_filter(filter, "/filter", &mut errors)
+                && filter.as_object().is_some_and(|o| o.is_empty())
+            {
+                errors.push("/filter", "an empty filter would delete every vector");
+            }
+        }
+        _ => errors.push("", "send exactly one of `ids` and `filter`"),
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors.0));
+    }
+    let collection = collection(&ctx, &p.collection).await?;
+    let deleted = match (request.ids, request.filter) {
+        (Some(ids), _) => store::delete_ids(ctx.pool(), &collection, &ids).await?,
+        (_, Some(filter)) => store::delete_matching(ctx.pool(), &collection, &filter).await?,
+        (None, None) => 0,
+    };
+    Ok(Json(DeleteResponse { deleted }))
+}
+
+async fn search_collection(
+    ctx: TenantContext,
+    Extension(builder): Extension<IndexBuilder>,
+    Path(p): Path<CollectionPath>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<SearchResponse>, ApiError> {
+    ctx.require(Resource::Vectors, Action::Read)?;
+    let request: SearchRequest = parse_body(&headers, &body)?;
+    let collection = collection(&ctx, &p.collection).await?;
+    let params = search::single_params(request, &collection)?;
+    let hits = search::search_one(
+        ctx.pool(),
+        &collection,
+        &params,
+        builder.settings().max_scan_tuples,
+    )
+    .await?;
+    Ok(Json(SearchResponse::new(collection.metric, hits)))
+}
+
+async fn search_across(
+    ctx: TenantContext,
+    Extension(builder): Extension<IndexBuilder>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<SearchResponse>, ApiError> {
+    ctx.require(Resource::Vectors, Action::Read)?;
+    let request: CrossSearchRequest = parse_body(&headers, &body)?;
+    let (names, request) = request.into_parts();
+    search::check_collection_names(&names)?;
+    let mut collections = Vec::with_capacity(names.len());
+    for name in &names {
+        collections.push(collection(&ctx, name).await?);
+    }
+    let params = search::cross_params(request, &collections)?;
+    let hits = search::search_many(
+        ctx.pool(),
+        &collections,
+        &params,
+        builder.settings().max_scan_tuples,
+    )
+    .await?;
+    // Non-empty: `check_collection_names` requires at least one.
+    let metric = collections
+        .first()
+        .map(|c| c.metric)
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("no collections")))?;
+    Ok(Json(SearchResponse::new(metric, hits)))
+}
