@@ -12,7 +12,11 @@
 //!
 //! At most [`MAX_OPERATIONS`] operations and [`MAX_BULK_BYTES`] of data
 //! (413 beyond). `create` without an id gets a UUIDv7; `create` of an
-//! existing id is 409; `delete` of a missing id is 404.
+//! existing id is 409; `delete` of a missing id is 404. In a collection
+//! with `require_if_match`, operations carry no validators, so only
+//! `create` (which never overwrites) is allowed: `upsert` and `delete`
+//! are 428, as the same writes without If-Match are on the single
+//! document routes.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -84,6 +88,14 @@ pub async fn run(pool: &PgPool, collection: &str, body: BulkBody) -> Result<Resp
     }
     let mut tx = pool.begin().await?;
     let coll = store::get_collection(&mut *tx, collection).await?;
+    if coll.require_if_match
+        && body
+            .operations
+            .iter()
+            .any(|op| !matches!(op, Operation::Create { .. }))
+    {
+        return Err(ApiError::PreconditionRequired);
+    }
     let compiled = coll
         .json_schema
         .as_ref()
