@@ -716,6 +716,40 @@ async fn strict(api: &Api, ta: &str, key: &str) {
         let reply = c.send(method, &doc, Some(key), body, &[]).await;
         api.problem(&reply, 428, "precondition-required");
     }
+    // Bulk operations carry no validators: only create is allowed here.
+    let bulk = col(ta, "/strict/bulk");
+    for op in [
+        json!({"op": "upsert", "id": "one", "data": {"n": 9}}),
+        json!({"op": "delete", "id": "one"}),
+    ] {
+        let reply = c
+            .json(
+                "POST",
+                &bulk,
+                key,
+                json!({"operations": [{"op": "create", "id": "two", "data": {}}, op]}),
+            )
+            .await;
+        api.problem(&reply, 428, "precondition-required");
+    }
+    let reply = c
+        .json(
+            "POST",
+            &bulk,
+            key,
+            json!({"operations": [{"op": "create", "id": "two", "data": {}}]}),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let reply = c
+        .json(
+            "POST",
+            &bulk,
+            key,
+            json!({"operations": [{"op": "create", "id": "one", "data": {}}]}),
+        )
+        .await;
+    api.problem(&reply, 409, "conflict");
     let patched = c
         .send(
             "PATCH",
@@ -1195,6 +1229,20 @@ async fn protocol(api: &Api, ta: &str, key: &str) {
             &col(ta, "/books/documents/dune"),
             Some(key),
             Body::Raw(Some("text/plain"), b"{}".to_vec()),
+            &[],
+        )
+        .await;
+    api.problem(&reply, 415, "unsupported-media-type");
+    // JSON Patch is not merge patch.
+    let reply = c
+        .send(
+            "PATCH",
+            &col(ta, "/books/documents/dune"),
+            Some(key),
+            Body::Raw(
+                Some("application/json-patch+json"),
+                br#"[{"op": "remove", "path": "/title"}]"#.to_vec(),
+            ),
             &[],
         )
         .await;

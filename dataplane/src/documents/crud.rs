@@ -9,7 +9,8 @@
 //! - `PUT …/documents/{id}` with the data as body: replaces (200) or
 //!   creates (201); `If-None-Match: *` makes it create-only (412 if it
 //!   exists, race-safe through `ON CONFLICT DO NOTHING`).
-//! - `PATCH …/documents/{id}`: merge patch of the data; 404 if absent.
+//! - `PATCH …/documents/{id}`: merge patch of the data; 404 if absent;
+//!   a JSON Patch (`application/json-patch+json`) is 415.
 //! - `DELETE …/documents/{id}`: 204; 404 if absent.
 
 use axum::http::{HeaderMap, Method, StatusCode, header};
@@ -244,6 +245,19 @@ pub async fn patch(
     headers: &HeaderMap,
     patch: Value,
 ) -> Result<Response, ApiError> {
+    // A JSON Patch (RFC 6902) is a list of operations: read as a merge
+    // patch it would replace the document with that list.
+    let essence = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::trim);
+    if essence.is_some_and(|e| e.eq_ignore_ascii_case("application/json-patch+json")) {
+        return Err(ApiError::UnsupportedMediaType(
+            "send a merge patch (RFC 7396) as application/merge-patch+json or application/json"
+                .into(),
+        ));
+    }
     let collection = collection_name(collection)?;
     let id = document_id(id, "#/path/id")?;
     let mut tx = pool.begin().await?;
