@@ -3,6 +3,8 @@
 //! app instances (two `AppState`s, as two replicas) logging in as the data
 //! plane role. Needs `source .stack/env`.
 
+mod support;
+
 use std::time::Duration;
 
 use axum::Router;
@@ -20,62 +22,13 @@ use strata_dataplane::http::problem::ApiError;
 use strata_dataplane::http::request_id;
 use strata_dataplane::tenancy::{Action, Resource, Tenancy, TenancySettings, TenantContext};
 use strata_db::TenantState;
-use strata_operator::host::{LocalHost, TenantHost};
-use strata_operator::provision::{self, Provisioner, TenantInput};
-use strata_tests::operator_support::{
-    default_clusters, drop_tenant_storage, settings, test_catalog,
-};
+use strata_operator::host::LocalHost;
+use strata_tests::operator_support::{drop_tenant_storage, test_catalog};
 use strata_tests::{env, unique, with_database};
+use support::{Tenant, provision_tenant};
 use tower::ServiceExt;
-use uuid::Uuid;
 
 const JWT_SECRET: &[u8] = b"identity-test-secret-0123456789abcdef";
-
-struct Tenant {
-    id: Uuid,
-    name: String,
-    token: String,
-}
-
-async fn provision_tenant(catalog: &strata_db::Catalog, host: &LocalHost, name: &str) -> Tenant {
-    let input = TenantInput {
-        id: Uuid::new_v4(),
-        name: name.into(),
-        namespace: "identity".into(),
-        spec: serde_json::from_value(
-            json!({"displayName": "Identity", "adminEmail": format!("admin@{name}.test")}),
-        )
-        .expect("spec"),
-        rotation: Default::default(),
-    };
-    let cluster = provision::resolve_cluster(&default_clusters(), "default")
-        .await
-        .expect("cluster");
-    let settings = settings(None);
-    Provisioner {
-        settings: &settings,
-        catalog,
-        cluster: &cluster,
-        host,
-    }
-    .provision(&input)
-    .await
-    .expect("provision");
-    catalog
-        .set_state(input.id, TenantState::Ready)
-        .await
-        .expect("ready");
-    let secret = host
-        .read_secret(&provision::invite_secret_name(name))
-        .await
-        .expect("read invite")
-        .expect("invite secret");
-    Tenant {
-        id: input.id,
-        name: name.into(),
-        token: secret.get("token").expect("token").to_string(),
-    }
-}
 
 /// A route only tests mount: what a documents handler would do first.
 async fn probe_write(ctx: TenantContext) -> Result<String, ApiError> {
@@ -217,8 +170,8 @@ async fn tenancy_keys_members_and_invitations() {
     let host = LocalHost {
         dir: std::env::temp_dir().join(unique("strata-identity-")),
     };
-    let a = provision_tenant(&catalog, &host, &unique("ida")).await;
-    let b = provision_tenant(&catalog, &host, &unique("idb")).await;
+    let a = provision_tenant(&catalog, &host, "identity", &unique("ida")).await;
+    let b = provision_tenant(&catalog, &host, "identity", &unique("idb")).await;
     let ids = [a.id, b.id];
     // In a task, so a failed assertion still reaches the cleanup below.
     let result = tokio::spawn(scenario(catalog_db.name.clone(), catalog.clone(), a, b)).await;
