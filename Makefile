@@ -84,3 +84,7 @@ sqlx-check: stack-up ## Fail when .sqlx/ is stale against the migrations and que
 .PHONY: bench
 bench: stack-up build ## Run the benchmarks in bench/ (see bench/README.md)
 	bench/provision.sh
+
+.PHONY: bench-api
+bench-api: stack-up ## REST API vs the same queries sent directly (release builds; bench/README.md)
+	$(CARGO) build --release -p strata-dataplane -p strata-bench && source $(ENV) && $(CARGO) run --release -q -p strata-bench --bin api-bench
