@@ -15,6 +15,8 @@
 //! parameter and the security requirement. That keeps the attributes short
 //! and the shared error behaviour described in one place.
 
+pub mod documents;
+
 use std::collections::BTreeMap;
 
 use axum::http::{HeaderValue, StatusCode, header};
