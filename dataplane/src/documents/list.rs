@@ -13,6 +13,12 @@
 //! expression indexes of indexed fields match (see [`super::indexes`]).
 //! The cursor is bound to a fingerprint of (collection, filter, sort); a
 //! cursor reused with another query is a 400. Totals only with `count`.
+//!
+//! A cursor carries the last row's sort values, unless they are longer
+//! than [`MAX_CURSOR_KEYS_BYTES`] (a sort on a field holding long strings
+//! or objects): then it names the row only, and the next page reads the
+//! row's values back, so cursors and `Link` headers stay short. If that
+//! row was deleted in between, the cursor is a 400 (start again).
 
 use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
@@ -26,7 +32,39 @@ use super::names::collection_name;
 use super::sort::{Keys, Sort};
 use super::store::{self, Document, document_columns};
 use crate::http::pagination::{CursorCodec, Page, PageLimits, Position, QueryFingerprint};
-use crate::http::problem::ApiError;
+use crate::http::problem::{ApiError, kind};
+
+/// Longest sort values (serialised) a cursor carries; see the module docs.
+pub const MAX_CURSOR_KEYS_BYTES: usize = 1024;
+
+/// The cursor's sort values: `None` when they were too long to carry.
+fn carried(keys: &Keys) -> Option<Keys> {
+    let size = serde_json::to_vec(keys)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    (size <= MAX_CURSOR_KEYS_BYTES).then(|| keys.clone())
+}
+
+/// The sort values of the row a by-reference cursor names.
+async fn keys_of(pool: &PgPool, collection: Uuid, sort: &Sort, id: &str) -> Result<Keys, ApiError> {
+    let mut qb = QueryBuilder::<Postgres>::new("SELECT id");
+    sort.push_select(&mut qb);
+    qb.push(" FROM documents WHERE collection_id = ");
+    qb.push_bind(collection);
+    qb.push(" AND id = ");
+    qb.push_bind(id.to_string());
+    let Some(row) = qb.build().persistent(false).fetch_optional(pool).await? else {
+        return Err(ApiError::invalid_parameter(
+            "query",
+            "cursor",
+            "the document this page ended at was deleted since; start again without a cursor",
+        )
+        .with_kind(kind::INVALID_CURSOR));
+    };
+    Ok((0..sort.keys.len())
+        .map(|i| row.try_get::<Option<String>, _>(1 + i))
+        .collect::<Result<_, _>>()?)
+}
 
 /// Page sizes of document lists.
 pub const LIMITS: PageLimits = PageLimits {
@@ -165,8 +203,19 @@ pub async fn list(
         filter: &request.filter,
         sort: &sort,
     });
-    let after: Option<Position<Keys>> =
+    let after: Option<Position<Option<Keys>>> =
         codec.decode_param(request.cursor.as_deref(), &fingerprint)?;
+    let after = match after {
+        Some(Position {
+            keys: Some(keys),
+            id,
+        }) => Some(Position { keys, id }),
+        Some(Position { keys: None, id }) => Some(Position {
+            keys: keys_of(pool, coll.id, &sort, &id).await?,
+            id,
+        }),
+        None => None,
+    };
 
     let mut qb = QueryBuilder::<Postgres>::new(format!("SELECT {}", document_columns()));
     sort.push_select(&mut qb);
@@ -199,7 +248,7 @@ pub async fn list(
         items.push((doc, keys));
     }
     let page = Page::from_rows(items, limit, codec, &fingerprint, |(doc, keys)| Position {
-        keys: keys.clone(),
+        keys: carried(keys),
         id: doc.id.clone(),
     });
     let total = if request.count {
