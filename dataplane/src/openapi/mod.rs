@@ -564,6 +564,11 @@ mod tests {
         "/v1/tenants/{tenant}/collections/{collection}/documents/{id}",
         "/v1/tenants/{tenant}/collections/{collection}/query",
         "/v1/tenants/{tenant}/collections/{collection}/bulk",
+        "/v1/tenants/{tenant}/collections/{collection}/vectors",
+        "/v1/tenants/{tenant}/collections/{collection}/vectors/delete",
+        "/v1/tenants/{tenant}/collections/{collection}/vectors/{id}",
+        "/v1/tenants/{tenant}/collections/{collection}/search",
+        "/v1/tenants/{tenant}/search",
     ];
 
     /// Every route the code mounts under `/v1/` is documented. axum cannot
