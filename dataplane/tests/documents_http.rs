@@ -209,6 +209,32 @@ async fn credentials(api: &Api, ta: &str) {
         )
         .await;
     api.problem(&write, 401, "unauthenticated");
+
+    // The client's request id is the instance when it is sane; otherwise
+    // the server makes one.
+    let mine = c
+        .send(
+            "GET",
+            &col(ta, ""),
+            None,
+            Body::None,
+            &[("x-request-id", "client-req-42")],
+        )
+        .await;
+    let body = api.problem(&mine, 401, "unauthenticated");
+    assert_eq!(body["instance"], "client-req-42");
+    let hostile = "a b <script>";
+    let replaced = c
+        .send(
+            "GET",
+            &col(ta, ""),
+            None,
+            Body::None,
+            &[("x-request-id", hostile)],
+        )
+        .await;
+    let body = api.problem(&replaced, 401, "unauthenticated");
+    assert_ne!(body["instance"], hostile);
 }
 
 async fn collections(api: &Api, ta: &str, key: &str) {
@@ -448,6 +474,8 @@ async fn documents(api: &Api, ta: &str, key: &str) {
     let etag = created.header("etag").expect("etag").to_string();
     let got = c.get(&location, key).await;
     assert_eq!(got.status, 200);
+    assert_eq!(got.header("content-type"), Some("application/json"));
+    assert!(got.header("x-request-id").is_some());
     assert_eq!(got.json["data"], dune);
     assert_eq!(got.json["id"], "dune");
     assert_eq!(got.header("etag"), Some(etag.as_str()));
