@@ -136,6 +136,7 @@ async fn scenario(catalog_url: String, catalog: strata_db::Catalog, tenants: Vec
     viewer_cannot_write(&api, ta, &owner, &viewer).await;
     isolation(&api, a, b, &owner, &b_owner).await;
     hostile(&api, ta, &owner).await;
+    replicas(&api, &catalog_url, ta, &owner).await;
     other_credentials(&api, ta, &b.name, &owner).await;
     delete_collection(&api, ta, &owner).await;
     tenant_states(&api, &catalog, a, &owner).await;
@@ -1559,6 +1560,56 @@ async fn hostile(api: &Api, ta: &str, key: &str) {
     }
     let untouched = c.get(&format!("{docs}/n01"), key).await;
     assert_eq!(untouched.json["version"], 1);
+}
+
+/// A second data plane instance (another replica with the same config)
+/// continues what the first started: cursors, ETags, Location.
+async fn replicas(api: &Api, catalog_url: &str, ta: &str, key: &str) {
+    let second = Server::start(app_state(catalog_url), MAX_BODY).await;
+    let two = Client::new(&second.base);
+    let one = &api.client;
+    let docs = col(ta, "/shelf/documents");
+    let first = one
+        .get(&format!("{docs}?filter[genre]=odd&sort=year&limit=5"), key)
+        .await;
+    let mut ids: Vec<String> = first.json["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["id"].as_str().expect("id").to_string())
+        .collect();
+    let mut next = first.next_link();
+    while let Some(link) = next.take() {
+        let page = two.get(&link, key).await;
+        assert_eq!(page.status, 200, "{}", page.text);
+        for item in page.json["items"].as_array().expect("items") {
+            ids.push(item["id"].as_str().expect("id").to_string());
+        }
+        next = page.next_link();
+    }
+    let want: Vec<String> = (0..25)
+        .filter(|i| i % 2 == 1)
+        .map(|i| format!("n{i:02}"))
+        .collect();
+    assert_eq!(ids, want);
+    let created = one
+        .json("POST", &docs, key, json!({"data": {"title": "R"}}))
+        .await;
+    assert_eq!(created.status, 201);
+    let location = created.header("location").expect("location");
+    let etag = created.header("etag").expect("etag");
+    let got = two.get(location, key).await;
+    assert_eq!(got.header("etag"), Some(etag));
+    let deleted = two
+        .send(
+            "DELETE",
+            location,
+            Some(key),
+            Body::None,
+            &[("if-match", etag)],
+        )
+        .await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text);
 }
 
 fn jwt(tenant: &str, role: &str, exp_from_now: i64, secret: &[u8]) -> String {
