@@ -11,8 +11,9 @@ mod support;
 use serde_json::{Value, json};
 use support::{Body, Client, Reply, Server, Tenant, app_state, with_tenants, without_instance};
 
-/// Bodies larger than this are refused by the server (413).
-const MAX_BODY: usize = 2 << 20;
+/// Bodies larger than this are refused by the server (413): the default
+/// of `--max-body-bytes`.
+const MAX_BODY: usize = 10 << 20;
 
 /// What no response body may contain: SQL, catalog and table names, and
 /// (filled in per test) the other tenant's name, id and database.
@@ -1303,6 +1304,7 @@ async fn protocol(api: &Api, ta: &str, key: &str) {
     let big = json!({"title": "big", "s": "x".repeat(1_100_000)});
     for (method, path, body) in [
         ("PUT", col(ta, "/books/documents/big"), big.clone()),
+        ("PATCH", col(ta, "/books/documents/dune"), big.clone()),
         (
             "POST",
             col(ta, "/books/documents"),
@@ -1312,6 +1314,24 @@ async fn protocol(api: &Api, ta: &str, key: &str) {
         let reply = c.json(method, &path, key, body).await;
         api.problem(&reply, 413, "payload-too-large");
     }
+    // Under the body limit, over the bulk request's own data limit.
+    let chunk = "x".repeat(1_000_000);
+    let operations: Vec<Value> = (0..9)
+        .map(|i| json!({"op": "upsert", "id": format!("big{i}"), "data": {"title": "b", "s": chunk}}))
+        .collect();
+    let reply = c
+        .json(
+            "POST",
+            &col(ta, "/books/bulk"),
+            key,
+            json!({"operations": operations}),
+        )
+        .await;
+    let body = api.problem(&reply, 413, "payload-too-large");
+    assert_eq!(
+        body["detail"],
+        format!("the body exceeds the limit of {} bytes", 8 << 20)
+    );
     let reply = c
         .send(
             "PATCH",
