@@ -1030,14 +1030,16 @@ async fn listing(api: &Api, ta: &str, key: &str) {
     )
     .await;
     assert_eq!(ids, n(&[3, 1]));
-    // Injection in a value is just a value.
-    let (ids, _, _) = follow(
-        api,
-        key,
-        &format!("{docs}?filter[title]=x%27%20OR%201%3D1%20--"),
-    )
-    .await;
-    assert!(ids.is_empty());
+    // Injection in a value is just a value; prefix is not a LIKE pattern.
+    for hostile in [
+        "filter[title]=x%27%20OR%201%3D1%20--",
+        "filter[title][prefix]=%25",
+        "filter[title][prefix]=T_",
+        "filter[title][prefix]=%5C",
+    ] {
+        let (ids, _, _) = follow(api, key, &format!("{docs}?{hostile}")).await;
+        assert!(ids.is_empty(), "{hostile}: {ids:?}");
+    }
     let count = c.get(&format!("{docs}?count=true&limit=1"), key).await;
     assert_eq!(count.json["total"], 25);
     assert_eq!(count.json["items"].as_array().map(Vec::len), Some(1));
