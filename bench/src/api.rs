@@ -115,6 +115,7 @@ struct Ctx {
     queries: Vec<Vec<f32>>,
     /// The search request bodies of `queries`, serialised once.
     query_bodies: Vec<String>,
+    dataplane_pid: u32,
 }
 
 fn doc_id(i: usize) -> String {
@@ -315,6 +316,16 @@ struct Stats {
     count: usize,
     elapsed: Duration,
     micros: Vec<u32>,
+    /// CPU clock ticks spent during the run by the data plane, the
+    /// PostgreSQL backends serving the tenant database, and this process.
+    cpu: Cpu,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Cpu {
+    dataplane: u64,
+    postgres: u64,
+    client: u64,
 }
 
 impl Stats {
@@ -322,6 +333,19 @@ impl Stats {
         self.count += other.count;
         self.elapsed += other.elapsed;
         self.micros.extend(other.micros);
+        self.cpu.dataplane += other.cpu.dataplane;
+        self.cpu.postgres += other.cpu.postgres;
+        self.cpu.client += other.cpu.client;
+    }
+
+    /// CPU milliseconds per request: data plane, PostgreSQL, load generator.
+    fn cpu_ms(&self) -> (f64, f64, f64) {
+        let per = |ticks: u64| ticks as f64 * 1000.0 / CLOCK_TICKS / self.count as f64;
+        (
+            per(self.cpu.dataplane),
+            per(self.cpu.postgres),
+            per(self.cpu.client),
+        )
     }
 
     fn rate(&self) -> f64 {
@@ -339,6 +363,47 @@ impl Stats {
 }
 
 /// `concurrency` workers, each sending requests back to back for `time`.
+/// `USER_HZ`: the unit of `utime`/`stime` in `/proc/<pid>/stat` (100 on
+/// every Linux architecture this runs on).
+const CLOCK_TICKS: f64 = 100.0;
+
+/// utime + stime of a process (all its threads), in clock ticks.
+fn cpu_ticks(pid: &str) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the parenthesised command name (which may hold spaces).
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+/// The ticks of the data plane, of the tenant database's backends (the
+/// stack's PostgreSQL runs on this machine) and of this process.
+async fn cpu_now(ctx: &Ctx) -> anyhow::Result<(Cpu, Vec<i32>)> {
+    let backends: Vec<i32> =
+        sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+            .fetch_all(&ctx.pool)
+            .await?;
+    Ok((
+        Cpu {
+            dataplane: cpu_ticks(&ctx.dataplane_pid.to_string()),
+            postgres: backends.iter().map(|p| cpu_ticks(&p.to_string())).sum(),
+            client: cpu_ticks("self"),
+        },
+        backends,
+    ))
+}
+
 async fn drive(
     ctx: &Arc<Ctx>,
     scenario: Scenario,
@@ -347,6 +412,7 @@ async fn drive(
     time: Duration,
     seed: u64,
 ) -> anyhow::Result<Stats> {
+    let (before, backends) = cpu_now(ctx).await?;
     let started = Instant::now();
     let deadline = started + time;
     let mut workers = Vec::new();
@@ -370,6 +436,17 @@ async fn drive(
         stats.micros.extend(micros);
     }
     stats.elapsed = started.elapsed();
+    // The same backends as before (a backend that started during the run
+    // is missed; the pools are warm, so there are none).
+    stats.cpu = Cpu {
+        dataplane: cpu_ticks(&ctx.dataplane_pid.to_string()).saturating_sub(before.dataplane),
+        postgres: backends
+            .iter()
+            .map(|p| cpu_ticks(&p.to_string()))
+            .sum::<u64>()
+            .saturating_sub(before.postgres),
+        client: cpu_ticks("self").saturating_sub(before.client),
+    };
     Ok(stats)
 }
 
@@ -419,9 +496,16 @@ async fn main() -> anyhow::Result<()> {
         rotation: Default::default(),
     };
     let tenant = input.id;
+    let names = TenantNames::for_tenant(tenant);
+    let host_dir = host.dir.clone();
+    let catalog_name = catalog_db.name.clone();
+    println!(
+        "tenant {TENANT} ({tenant}, database {}), catalog {catalog_name}",
+        names.database.as_str()
+    );
     // Everything after the catalog exists runs in a task, so a failure, a
     // panic or Ctrl-C still reaches the cleanup below.
-    let work = tokio::spawn(async move {
+    let mut work = tokio::spawn(async move {
         let cluster = provision::resolve_cluster(&default_clusters(), "default")
             .await
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
@@ -440,32 +524,48 @@ async fn main() -> anyhow::Result<()> {
             .await?
             .and_then(|s| s.get("token").map(str::to_string))
             .context("invite token")?;
-        let result = run(
+        run(
             &dataplane_bin,
-            &catalog_db.name,
+            &catalog_name,
             tenant,
             &token,
             seconds,
             concurrency,
         )
-        .await;
-        let _ = std::fs::remove_dir_all(&host.dir);
-        drop(catalog_db);
-        result
+        .await
     });
-    let abort = work.abort_handle();
     let result = tokio::select! {
-        r = work => match r {
+        r = &mut work => match r {
             Ok(r) => r,
             Err(e) if e.is_panic() => Err(anyhow::anyhow!("benchmark panicked")),
             Err(e) => Err(e.into()),
         },
         _ = tokio::signal::ctrl_c() => {
-            abort.abort();
+            work.abort();
+            // Dropping the task's future stops the data plane process.
+            let _ = (&mut work).await;
             Err(anyhow::anyhow!("interrupted"))
         }
     };
     drop_tenant_storage(tenant).await;
+    let _ = std::fs::remove_dir_all(&host_dir);
+    let catalog_name = catalog_db.name.clone();
+    drop(catalog_db);
+    // A benchmark leaves nothing behind: check.
+    let admin = PgPool::connect(&env("STRATA_DATABASE_URL")).await?;
+    let left: Vec<String> = sqlx::query_scalar(
+        "SELECT datname::text FROM pg_database WHERE datname = ANY($1) \
+         UNION ALL SELECT rolname::text FROM pg_roles WHERE rolname = ANY($2)",
+    )
+    .bind(vec![names.database.as_str().to_string(), catalog_name])
+    .bind(vec![
+        names.role.as_str().to_string(),
+        names.owner.as_str().to_string(),
+    ])
+    .fetch_all(&admin)
+    .await?;
+    admin.close().await;
+    anyhow::ensure!(left.is_empty(), "left behind: {left:?}");
     result
 }
 
@@ -491,6 +591,7 @@ async fn run(
             .env("STRATA_LOG", "warn"),
     );
     let pid = dataplane.child.id();
+    println!("data plane pid {pid} on 127.0.0.1:{port}");
     let root = format!("http://127.0.0.1:{port}");
     dataplane
         .wait_ready(&format!("{root}/readyz"), Duration::from_secs(60))
@@ -647,12 +748,14 @@ async fn run(
         vectors,
         queries,
         query_bodies,
+        dataplane_pid: pid,
     });
 
     let half = Duration::from_secs(seconds).max(Duration::from_secs(2)) / 2;
     let warm = Duration::from_secs(1);
     let mut rows = Vec::new();
-    let mut breakdown = Vec::new();
+    // (scenario, side, stats) for the CPU table.
+    let mut cpu_rows: Vec<(Scenario, &str, Stats)> = Vec::new();
     let mut seed = 1;
     for scenario in [
         Scenario::Get,
@@ -676,12 +779,29 @@ async fn run(
             api.rate(),
             direct.rate()
         );
+        let direct_rate = direct.rate();
+        let mut extra = Vec::new();
         if matches!(scenario, Scenario::Get | Scenario::Search) {
             let jwt = drive(&ctx, scenario, Side::ApiJwt, concurrency, half, seed).await?;
             let replay = drive(&ctx, scenario, Side::DirectAsApi, concurrency, half, seed).await?;
-            breakdown.push((scenario, direct.rate(), replay, jwt, api.rate()));
+            extra.push(("API, JWT (no key lookup)", jwt));
+            extra.push(("direct, every statement the API runs", replay));
         }
-        rows.push((scenario, api, direct, rss));
+        rows.push((
+            scenario,
+            api.rate(),
+            api.percentile_ms(0.5),
+            api.percentile_ms(0.99),
+            direct_rate,
+            direct.percentile_ms(0.5),
+            direct.percentile_ms(0.99),
+            rss,
+        ));
+        cpu_rows.push((scenario, "API, API key", api));
+        cpu_rows.push((scenario, "direct, the query", direct));
+        for (label, stats) in extra {
+            cpu_rows.push((scenario, label, stats));
+        }
     }
 
     println!(
@@ -691,34 +811,33 @@ async fn run(
         "| scenario | API req/s | API p50 ms | API p99 ms | direct req/s | direct p50 ms | direct p99 ms | API/direct | data plane VmHWM |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for (scenario, mut api, mut direct, rss) in rows {
+    let mut direct_rates = Vec::new();
+    for (scenario, api, a50, a99, direct, d50, d99, rss) in rows {
+        direct_rates.push((scenario, direct));
         println!(
-            "| {} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} MiB |",
+            "| {} | {api:.0} | {a50:.2} | {a99:.2} | {direct:.0} | {d50:.2} | {d99:.2} | {:.2} | {:.1} MiB |",
             scenario.label(),
-            api.rate(),
-            api.percentile_ms(0.5),
-            api.percentile_ms(0.99),
-            direct.rate(),
-            direct.percentile_ms(0.5),
-            direct.percentile_ms(0.99),
-            api.rate() / direct.rate(),
+            api / direct,
             rss as f64 / 1024.0,
         );
     }
     println!(
-        "\nwhere the API's time goes (req/s, and ratio to direct):\n\n\
-         | scenario | direct, the query | direct, the API's statements | API, JWT | API, API key |\n\
-         | --- | ---: | ---: | ---: | ---: |"
+        "\nwhere the time goes: CPU per request (ms), from /proc utime+stime of the data plane, \
+         the tenant database's PostgreSQL backends and the load generator\n\n\
+         | scenario | side | req/s | ratio to direct | data plane | PostgreSQL | load generator |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: |"
     );
-    for (scenario, direct, replay, jwt, api) in breakdown {
+    for (scenario, label, stats) in &cpu_rows {
+        let direct = direct_rates
+            .iter()
+            .find(|(s, _)| s == scenario)
+            .map_or(f64::NAN, |(_, r)| *r);
+        let (dp, pg, client) = stats.cpu_ms();
         println!(
-            "| {} | {direct:.0} | {:.0} ({:.2}) | {:.0} ({:.2}) | {api:.0} ({:.2}) |",
+            "| {} | {label} | {:.0} | {:.2} | {dp:.3} | {pg:.3} | {client:.3} |",
             scenario.label(),
-            replay.rate(),
-            replay.rate() / direct,
-            jwt.rate(),
-            jwt.rate() / direct,
-            api / direct,
+            stats.rate(),
+            stats.rate() / direct,
         );
     }
     println!(
