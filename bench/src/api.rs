@@ -729,6 +729,22 @@ async fn run(
         "loaded {DOCS} documents and {VECTORS} × {DIM} vectors, HNSW built, in {:.1?}",
         started.elapsed()
     );
+    // The plan of the list page (the same for both sides), to read beside
+    // its numbers.
+    let path = vec!["price".to_string()];
+    let plan: Vec<String> =
+        sqlx::query_scalar(&format!("EXPLAIN (ANALYZE, COSTS OFF) {}", list_sql()))
+            .persistent(false)
+            .bind(docs_id)
+            .bind(&path)
+            .bind(&path)
+            .bind(json!({"category": "c3"}))
+            .bind(&path)
+            .bind(&path)
+            .bind(i64::from(PAGE) + 1)
+            .fetch_all(&pool)
+            .await?;
+    println!("plan of the list page query:\n  {}", plan.join("\n  "));
     let queries: Vec<Vec<f32>> = (0..QUERIES)
         .map(|_| clustered(&mut rng, &centres))
         .collect();
