@@ -76,7 +76,8 @@ impl PageLimits {
 #[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
-    /// Page size: 1 to 1000 (default 50). Out of range is a 400, never
+    /// Page size, at least 1; the default (50) and maximum (1000 unless the
+    /// endpoint says less) are the endpoint's. Out of range is a 400, never
     /// silently clamped.
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,

@@ -30,7 +30,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::http::problem::{PROBLEM_JSON, PROBLEM_KINDS, ProblemKind};
 use crate::http::{FieldError, Problem};
-use crate::identity;
+use crate::{identity, vectors};
 
 /// Where the committed copies live, relative to the workspace root.
 pub const OPENAPI_PATH: &str = "docs/openapi.json";
@@ -56,6 +56,12 @@ const API_KEY_SCHEME: &str = "apiKey";
         identity::members::list,
         identity::members::update,
         identity::members::remove,
+        vectors::routes::upsert,
+        vectors::routes::get_one,
+        vectors::routes::delete_one,
+        vectors::routes::delete_many,
+        vectors::routes::search_collection,
+        vectors::routes::search_across,
     ),
     components(schemas(Problem, FieldError)),
     tags(
@@ -63,6 +69,7 @@ const API_KEY_SCHEME: &str = "apiKey";
         (name = "keys", description = "API keys: created by an admin, shown once, revoked at once on every replica."),
         (name = "members", description = "Who belongs to a tenant and with which role."),
         (name = "meta", description = "This description of the API."),
+        (name = "vectors", description = "Vectors of a collection (its dimension and metric), top-k search in one collection and across several."),
     ),
     modifiers(&Finish),
 )]
@@ -184,7 +191,7 @@ impl Modify for Finish {
         for (path, item) in doc.paths.paths.iter_mut() {
             let tenant_route = path.contains("{tenant}");
             for operation in operations(item) {
-                finish_operation(operation, tenant_route);
+                finish_operation(operation, path, tenant_route);
             }
         }
     }
@@ -206,7 +213,7 @@ fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut
     .flatten()
 }
 
-fn finish_operation(operation: &mut Operation, tenant_route: bool) {
+fn finish_operation(operation: &mut Operation, path: &str, tenant_route: bool) {
     // `security(())` in an attribute means "no credential": an empty list
     // overrides the document's default (an empty object would mean
     // "credential optional").
@@ -223,13 +230,18 @@ fn finish_operation(operation: &mut Operation, tenant_route: bool) {
         ]);
     }
 
-    if tenant_route {
-        let parameters = operation.parameters.get_or_insert_with(Vec::new);
-        if !parameters
+    // Path parameters the handler did not describe itself, in path order.
+    let parameters = operation.parameters.get_or_insert_with(Vec::new);
+    let names: Vec<&str> = path
+        .split('/')
+        .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .collect();
+    for (position, name) in names.into_iter().enumerate() {
+        let declared = parameters
             .iter()
-            .any(|p| p.name == "tenant" && p.parameter_in == ParameterIn::Path)
-        {
-            parameters.insert(0, tenant_parameter());
+            .any(|p| p.name == name && p.parameter_in == ParameterIn::Path);
+        if !declared && let Some(parameter) = standard_path_parameter(name, path) {
+            parameters.insert(position.min(parameters.len()), parameter);
         }
     }
 
@@ -273,20 +285,37 @@ fn finish_operation(operation: &mut Operation, tenant_route: bool) {
     }
 }
 
-fn tenant_parameter() -> Parameter {
-    ParameterBuilder::new()
-        .name("tenant")
-        .parameter_in(ParameterIn::Path)
-        .required(Required::True)
-        .description(Some(
+/// The path parameters many routes share, described once.
+fn standard_path_parameter(name: &str, path: &str) -> Option<Parameter> {
+    let (description, max_length) = match name {
+        "tenant" => (
             "The tenant's name (its `Tenant` resource's `metadata.name`). A credential of another tenant gets 404.",
-        ))
-        .schema(Some(
-            utoipa::openapi::ObjectBuilder::new()
-                .schema_type(utoipa::openapi::schema::Type::String)
-                .max_length(Some(63)),
-        ))
-        .build()
+            63,
+        ),
+        "collection" => ("The collection's name: 1 to 128 of `A-Z a-z 0-9 _ -`.", 128),
+        "id" if path.contains("/documents/") => (
+            "The document's id: 1 to 128 of `A-Z a-z 0-9 _ - . :`, starting with a letter, a digit or `_` (server-chosen ids are UUIDv7).",
+            128,
+        ),
+        "id" if path.contains("/vectors/") => (
+            "The vector's id: 1 to 256 bytes without control characters (URL-encoded).",
+            256,
+        ),
+        _ => return None,
+    };
+    Some(
+        ParameterBuilder::new()
+            .name(name)
+            .parameter_in(ParameterIn::Path)
+            .required(Required::True)
+            .description(Some(description))
+            .schema(Some(
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .max_length(Some(max_length)),
+            ))
+            .build(),
+    )
 }
 
 /// An error response: problem+json with the [`Problem`] schema, and the
@@ -564,11 +593,6 @@ mod tests {
         "/v1/tenants/{tenant}/collections/{collection}/documents/{id}",
         "/v1/tenants/{tenant}/collections/{collection}/query",
         "/v1/tenants/{tenant}/collections/{collection}/bulk",
-        "/v1/tenants/{tenant}/collections/{collection}/vectors",
-        "/v1/tenants/{tenant}/collections/{collection}/vectors/delete",
-        "/v1/tenants/{tenant}/collections/{collection}/vectors/{id}",
-        "/v1/tenants/{tenant}/collections/{collection}/search",
-        "/v1/tenants/{tenant}/search",
     ];
 
     /// Every route the code mounts under `/v1/` is documented. axum cannot

@@ -43,7 +43,7 @@ pub const MAX_FIELD_ERRORS: usize = 50;
 pub const MAX_INDEXED_DIMENSION: u32 = 2000;
 
 /// A collection's distance metric, as stored in `collections.vector_metric`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
     Cosine,
@@ -208,21 +208,26 @@ pub fn check_id(id: &str) -> Result<(), &'static str> {
 // ---------------------------------------------------------------- requests
 
 /// `PUT|POST …/collections/{c}/vectors`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpsertRequest {
+    #[schema(min_items = 1, max_items = 1000)]
     pub vectors: Vec<UpsertItem>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpsertItem {
+    /// 1 to 256 bytes, no control characters; an existing id is replaced.
+    #[schema(example = "pg-tips#0")]
     pub id: String,
     /// Kept as JSON values so each bad component is reported with its
     /// pointer (and non-finite placeholders are recognised, see
     /// [`super::nonfinite`]).
+    #[schema(value_type = Vec<f64>, example = json!([0.9, 0.1, 0.0]))]
     pub vector: Vec<Value>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
     #[serde(default)]
     pub document_id: Option<String>,
@@ -238,17 +243,21 @@ pub struct ValidItem {
 }
 
 /// `POST …/collections/{c}/vectors/delete`: exactly one of the two.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteRequest {
     #[serde(default)]
+    #[schema(max_items = 1000)]
     pub ids: Option<Vec<String>>,
+    /// Deletes the vectors whose metadata contains this object
+    /// (`metadata @> filter`); `{}` is refused.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub filter: Option<Value>,
 }
 
 /// What a search may add to each hit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Include {
     Metadata,
@@ -257,31 +266,48 @@ pub enum Include {
 }
 
 /// `POST …/collections/{c}/search`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchRequest {
+    /// The query vector: the collection's dimension, finite components.
+    #[schema(value_type = Vec<f64>, example = json!([1.0, 0.3, 0.0]))]
     pub vector: Vec<Value>,
+    /// How many hits (1 to 1000, default 10).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000, default = 10)]
     pub k: Option<u32>,
+    /// Only vectors whose metadata contains this object (`metadata @> filter`).
     #[serde(default)]
+    #[schema(value_type = Option<Object>, example = json!({"kind": "howto"}))]
     pub filter: Option<Value>,
+    /// HNSW search breadth (1 to 1000; default 40, at least `k`). Higher:
+    /// better recall, slower.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000)]
     pub ef_search: Option<u32>,
+    /// What to add to each hit.
     #[serde(default)]
     pub include: Vec<Include>,
 }
 
 /// `POST /v1/tenants/{t}/search`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CrossSearchRequest {
+    /// 1 to 16 collections of the same dimension and metric.
+    #[schema(min_items = 1, max_items = 16)]
     pub collections: Vec<String>,
+    #[schema(value_type = Vec<f64>)]
     pub vector: Vec<Value>,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000, default = 10)]
     pub k: Option<u32>,
+    /// Only vectors whose metadata contains this object (`metadata @> filter`).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub filter: Option<Value>,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000)]
     pub ef_search: Option<u32>,
     #[serde(default)]
     pub include: Vec<Include>,
@@ -317,19 +343,20 @@ pub struct SearchParams {
 
 // --------------------------------------------------------------- responses
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UpsertResponse {
     pub upserted: usize,
     pub items: Vec<UpsertedItem>,
 }
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct UpsertedItem {
     pub id: String,
     pub version: i64,
 }
 
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, PartialEq, utoipa::ToSchema)]
+#[schema(as = Vector)]
 pub struct StoredVector {
     pub id: String,
     pub vector: Vec<f32>,
@@ -340,12 +367,12 @@ pub struct StoredVector {
     pub updated_at: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeleteResponse {
     pub deleted: u64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Hit {
     /// Set in cross-collection results only.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -356,6 +383,7 @@ pub struct Hit {
     #[serde(skip)]
     pub distance: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub document_id: Option<String>,
@@ -367,12 +395,14 @@ pub struct Hit {
     pub vector: Option<Vec<f32>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SearchResponse {
     pub metric: Metric,
     /// `cosine_similarity`, `l2_distance` or `inner_product`.
+    #[schema(value_type = String, example = "cosine_similarity")]
     pub score: &'static str,
     /// `descending` (higher score is nearer) or `ascending` (l2).
+    #[schema(value_type = String, example = "descending")]
     pub order: &'static str,
     pub items: Vec<Hit>,
 }

@@ -102,6 +102,20 @@ async fn collection(ctx: &TenantContext, name: &str) -> Result<VectorCollection,
     store::find_collection(ctx.pool(), name).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant}/collections/{collection}/vectors",
+    operation_id = "upsertVectors",
+    tag = "vectors",
+    summary = "Upsert vectors",
+    description = "Inserts or replaces a batch (1 to 1000) in one transaction. Each vector has the collection's dimension and finite components (bare `NaN`/`Infinity` included: 422 with the component's pointer, never a 400); cosine collections refuse zero vectors. `PUT` on the same path does the same. Past a size threshold the collection's HNSW index is built in the background.",
+    request_body = UpsertRequest,
+    responses(
+        (status = 200, description = "Each vector's id and new version", body = UpsertResponse),
+        (status = 404, description = "No such collection"),
+        (status = 422, description = "Wrong dimension, non-finite component, bad id or metadata; the collection has no vector configuration"),
+    ),
+)]
 async fn upsert(
     ctx: TenantContext,
     Extension(builder): Extension<IndexBuilder>,
@@ -138,6 +152,18 @@ async fn read(ctx: TenantContext, collection_name: &str, id: &str) -> Result<Res
     Ok(Json(store::get(ctx.pool(), &collection, id).await?).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/collections/{collection}/vectors/{id}",
+    operation_id = "getVector",
+    tag = "vectors",
+    summary = "Get a vector",
+    description = "The vector with its metadata and linked document id. (`GET …/vectors/delete` reads the vector whose id is `delete`.)",
+    responses(
+        (status = 200, description = "The vector", body = super::model::StoredVector),
+        (status = 404, description = "No such collection or vector"),
+    ),
+)]
 async fn get_one(ctx: TenantContext, Path(p): Path<VectorPath>) -> Result<Response, ApiError> {
     read(ctx, &p.collection, &p.id).await
 }
@@ -149,6 +175,17 @@ async fn get_named_delete(
     read(ctx, &p.collection, "delete").await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/tenants/{tenant}/collections/{collection}/vectors/{id}",
+    operation_id = "deleteVector",
+    tag = "vectors",
+    summary = "Delete a vector",
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such collection or vector"),
+    ),
+)]
 async fn delete_one(ctx: TenantContext, Path(p): Path<VectorPath>) -> Result<Response, ApiError> {
     ctx.require(Resource::Vectors, Action::Delete)?;
     if check_id(&p.id).is_err() {
@@ -161,6 +198,20 @@ async fn delete_one(ctx: TenantContext, Path(p): Path<VectorPath>) -> Result<Res
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant}/collections/{collection}/vectors/delete",
+    operation_id = "deleteVectors",
+    tag = "vectors",
+    summary = "Delete vectors by ids or by filter",
+    description = "Exactly one of `ids` (1 to 1000) and `filter` (metadata containment; `{}` is refused).",
+    request_body = DeleteRequest,
+    responses(
+        (status = 200, description = "How many vectors were deleted", body = DeleteResponse),
+        (status = 404, description = "No such collection"),
+        (status = 422, description = "Both or neither of `ids` and `filter`, an empty filter, a bad id"),
+    ),
+)]
 async fn delete_many(
     ctx: TenantContext,
     Path(p): Path<CollectionPath>,
@@ -204,6 +255,20 @@ async fn delete_many(
     Ok(Json(DeleteResponse { deleted }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant}/collections/{collection}/search",
+    operation_id = "searchVectors",
+    tag = "vectors",
+    summary = "Search a collection",
+    description = "Top-k nearest vectors by the collection's metric, optionally filtered by metadata containment. Filtered searches still return k hits when k match. Scores are the metric's natural score: cosine similarity (higher is nearer), Euclidean distance (lower is nearer) or inner product (higher is nearer); `score` and `order` in the response say which.",
+    request_body = SearchRequest,
+    responses(
+        (status = 200, description = "The hits, nearest first", body = SearchResponse),
+        (status = 404, description = "No such collection"),
+        (status = 422, description = "Wrong dimension, non-finite component, `k` or `ef_search` out of range, a filter that is not an object"),
+    ),
+)]
 async fn search_collection(
     ctx: TenantContext,
     Extension(builder): Extension<IndexBuilder>,
@@ -225,6 +290,20 @@ async fn search_collection(
     Ok(Json(SearchResponse::new(collection.metric, hits)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant}/search",
+    operation_id = "searchAcrossCollections",
+    tag = "vectors",
+    summary = "Search several collections",
+    description = "Top-k over up to 16 collections of the same dimension and metric: candidates from each collection (oversampled), then a global merge and exact re-rank. Each hit names its `collection`.",
+    request_body = CrossSearchRequest,
+    responses(
+        (status = 200, description = "The hits, nearest first, each with its collection", body = SearchResponse),
+        (status = 404, description = "One of the collections does not exist"),
+        (status = 422, description = "Mixed dimensions or metrics, no or too many collections, a bad vector"),
+    ),
+)]
 async fn search_across(
     ctx: TenantContext,
     Extension(builder): Extension<IndexBuilder>,
