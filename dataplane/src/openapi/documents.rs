@@ -38,20 +38,10 @@ pub struct VectorConfigView {
     /// 1 to 16000; collections above 2000 are always searched exactly.
     #[schema(minimum = 1, maximum = 16000, example = 3)]
     pub dimension: i32,
-    pub metric: MetricView,
+    /// And so the search score: cosine similarity (higher is nearer),
+    /// Euclidean distance (lower is nearer), inner product (higher is nearer).
+    pub metric: crate::vectors::model::Metric,
     pub hnsw: HnswView,
-}
-
-/// The distance metric, and so the search score: cosine similarity (higher
-/// is nearer), Euclidean distance (lower is nearer), inner product (higher
-/// is nearer).
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-#[schema(as = Metric)]
-pub enum MetricView {
-    Cosine,
-    L2,
-    InnerProduct,
 }
 
 /// HNSW build parameters of the collection's vector index; null: pgvector's
