@@ -33,17 +33,21 @@ use crate::http::problem::{ApiError, FieldError, kind};
 pub const MAX_OPERATIONS: usize = 1000;
 pub const MAX_BULK_BYTES: usize = 8 << 20;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+#[schema(as = BulkOperation)]
 pub enum Operation {
     Create { id: Option<String>, data: Value },
     Upsert { id: String, data: Value },
     Delete { id: String },
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = BulkRequest)]
 pub struct BulkBody {
+    /// 1 to 1000 operations (8 MiB at most), applied in one transaction.
+    #[schema(min_items = 1, max_items = 1000)]
     pub operations: Vec<Operation>,
 }
 

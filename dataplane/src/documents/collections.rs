@@ -25,39 +25,57 @@ pub const LIMITS: PageLimits = PageLimits {
     max: 500,
 };
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = HnswRequest)]
 pub struct Hnsw {
     pub m: Option<i32>,
     pub ef_construction: Option<i32>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = VectorConfigRequest)]
 pub struct VectorConfig {
+    #[schema(minimum = 1, maximum = 16000, example = 3)]
     pub dimension: i32,
+    #[schema(value_type = crate::vectors::model::Metric)]
     pub metric: String,
     pub hnsw: Option<Hnsw>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = CreateCollection)]
 pub struct CreateBody {
+    /// 1 to 128 of `A-Z a-z 0-9 _ -`, unique in the tenant.
+    #[schema(example = "articles")]
     pub name: String,
+    /// A JSON Schema (draft 2020-12, no remote `$ref`) every document must satisfy.
+    #[schema(value_type = Option<Object>)]
     pub schema: Option<Value>,
+    /// Set once: vectors of this collection have this dimension and metric.
     pub vector: Option<VectorConfig>,
+    /// Up to 16 fields to index for filters and sorts.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<crate::openapi::documents::IndexedFieldView>>)]
     pub indexed_fields: Option<Value>,
+    /// Writes to documents must send `If-Match` (428 otherwise).
     #[serde(default)]
     pub require_if_match: bool,
 }
 
 /// `PATCH collections/{name}`: fields absent stay; `schema: null` removes.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = UpdateCollection)]
 pub struct UpdateBody {
+    /// A new JSON Schema (existing documents are not re-checked); `null` removes it.
     #[serde(default, deserialize_with = "some")]
+    #[schema(value_type = Option<Object>)]
     pub schema: Option<Option<Value>>,
+    /// The new list of indexed fields (indexes are built and dropped to match).
+    #[schema(value_type = Option<Vec<crate::openapi::documents::IndexedFieldView>>)]
     pub indexed_fields: Option<Value>,
     pub require_if_match: Option<bool>,
 }

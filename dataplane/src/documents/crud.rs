@@ -127,8 +127,14 @@ fn check(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
+#[schema(as = CreateDocument)]
 pub struct CreateBody {
+    /// Your id (1 to 128 of `A-Z a-z 0-9 _ - . :`); absent: the server picks a UUIDv7.
+    #[schema(example = "pg-tips")]
     pub id: Option<String>,
+    /// The document (at most 1 MiB, 64 levels deep).
+    #[schema(value_type = Object, example = json!({"title": "Postgres tips", "year": 2024}))]
     pub data: Value,
 }
 

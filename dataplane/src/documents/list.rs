@@ -83,14 +83,23 @@ pub struct ListRequest {
 }
 
 /// The body of `POST …/query`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = DocumentQuery)]
 pub struct QueryBody {
+    /// The filter language: a node is an object whose keys are `and`/`or` (a list of nodes), `not` (a node) or a field path (`a.b.0`); a path maps to a value (equality) or to an object of operators `eq ne gt gte lt lte in nin exists prefix contains` (ANDed). Limits: depth 8, 64 conditions, values of 4096 bytes, lists of 256.
+    #[schema(value_type = Option<Object>, example = json!({"and": [{"year": {"gte": 2020}}, {"tags": {"contains": "db"}}]}))]
     pub filter: Option<Value>,
+    /// Up to 4 field paths, `-` for descending; the id breaks ties.
     #[serde(default)]
+    #[schema(max_items = 4, example = json!(["-year"]))]
     pub sort: Vec<String>,
+    /// Page size, 1 to 1000 (default 50).
+    #[schema(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    /// `next_cursor` of the previous page of the same query.
     pub cursor: Option<String>,
+    /// Add `total`, the number of matching documents (costs a count).
     #[serde(default)]
     pub count: bool,
 }

@@ -91,6 +91,20 @@ struct DocumentPath {
     id: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant}/collections",
+    operation_id = "createCollection",
+    tag = "collections",
+    summary = "Create a collection",
+    description = "Optionally with a JSON Schema for its documents, a vector configuration and indexed fields (their expression indexes are built before the answer).",
+    request_body = collections::CreateBody,
+    responses(
+        (status = 201, description = "The collection; `Location` is its URL", body = crate::openapi::documents::CollectionView, headers(("ETag" = String), ("Location" = String))),
+        (status = 409, description = "A collection of that name exists"),
+        (status = 422, description = "Bad name, schema, vector configuration or indexed fields"),
+    ),
+)]
 async fn create_collection(
     ctx: TenantContext,
     Json(body): Json<collections::CreateBody>,
@@ -108,6 +122,18 @@ async fn create_collection(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/collections",
+    operation_id = "listCollections",
+    tag = "collections",
+    summary = "List collections",
+    description = "By name; pages of at most 500.",
+    params(PageParams),
+    responses(
+        (status = 200, description = "A page of collections; `Link: rel=next` when there is more", body = crate::http::pagination::Page<crate::openapi::documents::CollectionView>),
+    ),
+)]
 async fn list_collections(
     ctx: TenantContext,
     State(http): State<HttpContext>,
@@ -119,6 +145,18 @@ async fn list_collections(
     Ok(page.into_response_for(&uri))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/collections/{collection}",
+    operation_id = "getCollection",
+    tag = "collections",
+    summary = "Get a collection",
+    params(("If-None-Match" = Option<String>, Header, description = "Answer 304 if the current `ETag` is one of these")),
+    responses(
+        (status = 200, description = "The collection", body = crate::openapi::documents::CollectionView, headers(("ETag" = String, description = "The version (strong)"))),
+        (status = 304, description = "Not modified (`If-None-Match`)"),
+    ),
+)]
 async fn get_collection(
     ctx: TenantContext,
     Path(p): Path<CollectionPath>,
@@ -129,6 +167,21 @@ async fn get_collection(
     collections::get(ctx.pool(), &p.collection, &method, &headers).await
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/tenants/{tenant}/collections/{collection}",
+    operation_id = "updateCollection",
+    tag = "collections",
+    summary = "Update a collection",
+    description = "Its schema, indexed fields or `require_if_match`; absent fields stay. The vector configuration is fixed.",
+    params(("If-Match" = Option<String>, Header, description = "Update only if the collection's current `ETag` is one of these (412 otherwise)")),
+    request_body = collections::UpdateBody,
+    responses(
+        (status = 200, description = "The collection after the change", body = crate::openapi::documents::CollectionView, headers(("ETag" = String, description = "The version (strong)"))),
+        (status = 412, description = "`If-Match` does not match"),
+        (status = 422, description = "Bad schema or indexed fields"),
+    ),
+)]
 async fn update_collection(
     ctx: TenantContext,
     Path(p): Path<CollectionPath>,
@@ -145,6 +198,19 @@ async fn update_collection(
     Ok(collections::collection_response(StatusCode::OK, &updated))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/tenants/{tenant}/collections/{collection}",
+    operation_id = "deleteCollection",
+    tag = "collections",
+    summary = "Delete a collection",
+    description = "Its documents, vectors and indexes go with it.",
+    params(("If-Match" = Option<String>, Header, description = "Delete only if the collection's current `ETag` is one of these (412 otherwise)")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 412, description = "`If-Match` does not match"),
+    ),
+)]
 async fn delete_collection(
     ctx: TenantContext,
     Path(p): Path<CollectionPath>,
@@ -157,6 +223,23 @@ async fn delete_collection(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant}/collections/{collection}/documents",
+    operation_id = "createDocument",
+    tag = "documents",
+    summary = "Create a document",
+    description = "With your id or a server-chosen one. Checked against the collection's JSON Schema (every error listed with its pointer).",
+    params(("If-None-Match" = Option<String>, Header, description = "`*`: create only (the default for POST)")),
+    request_body = crud::CreateBody,
+    responses(
+        (status = 201, description = "The document; `Location` is its URL", body = super::store::Document, headers(("ETag" = String), ("Location" = String))),
+        (status = 404, description = "No such collection"),
+        (status = 409, description = "A document with this id exists"),
+        (status = 413, description = "The document exceeds 1 MiB, or the body the limit"),
+        (status = 422, description = "The document breaks the collection's schema, or is not an object"),
+    ),
+)]
 async fn create_document(
     ctx: TenantContext,
     Path(p): Path<CollectionPath>,
@@ -174,6 +257,25 @@ async fn create_document(
     Ok(located(response, location))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/collections/{collection}/documents",
+    operation_id = "listDocuments",
+    tag = "documents",
+    summary = "List documents",
+    description = "Filtered with query parameters (`filter[year][gte]=2020`, `filter[status]=active` for equality; a value is read as JSON when it parses, `in`/`nin` take a JSON list; all ANDed), sorted, keyset-paginated. `POST …/query` takes the full filter language. Unknown parameters are a 400.",
+    params(
+        ("filter" = Option<Object>, Query, style = DeepObject, explode, description = "`filter[<path>]=<value>` (equality) or `filter[<path>][<op>]=<value>`, op one of `eq ne gt gte lt lte in nin exists prefix contains`"),
+        ("sort" = Option<String>, Query, description = "Up to 4 comma-separated field paths, `-` for descending (`-year,title`); the id breaks ties"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 50)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page; valid only with the same filter and sort"),
+        ("count" = Option<bool>, Query, description = "`true`: add `total`"),
+    ),
+    responses(
+        (status = 200, description = "A page of documents; `Link: rel=next` when there is more", body = crate::http::pagination::Page<super::store::Document>),
+        (status = 400, description = "A malformed filter, sort or parameter, or a cursor of another query"),
+    ),
+)]
 async fn list_documents(
     ctx: TenantContext,
     State(http): State<HttpContext>,
@@ -185,6 +287,19 @@ async fn list_documents(
     list::list(ctx.pool(), &http.cursors, &p.collection, request, &uri).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant}/collections/{collection}/query",
+    operation_id = "queryDocuments",
+    tag = "documents",
+    summary = "Query documents",
+    description = "The full filter language in a JSON body. The next page is the same request with `cursor` set to `next_cursor`.",
+    request_body = list::QueryBody,
+    responses(
+        (status = 200, description = "A page of documents", body = crate::http::pagination::Page<super::store::Document>),
+        (status = 400, description = "A malformed filter or sort (too deep, unknown operator, bad path), or a cursor of another query"),
+    ),
+)]
 async fn query_documents(
     ctx: TenantContext,
     State(http): State<HttpContext>,
@@ -207,6 +322,18 @@ async fn query_documents(
     Ok(response)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/collections/{collection}/documents/{id}",
+    operation_id = "getDocument",
+    tag = "documents",
+    summary = "Get a document",
+    params(("If-None-Match" = Option<String>, Header, description = "Answer 304 if the current `ETag` is one of these")),
+    responses(
+        (status = 200, description = "The document", body = super::store::Document, headers(("ETag" = String, description = "The version (strong)"))),
+        (status = 304, description = "Not modified (`If-None-Match`)"),
+    ),
+)]
 async fn get_document(
     ctx: TenantContext,
     Path(p): Path<DocumentPath>,
@@ -217,6 +344,23 @@ async fn get_document(
     crud::get(ctx.pool(), &p.collection, &p.id, &method, &headers).await
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/tenants/{tenant}/collections/{collection}/documents/{id}",
+    operation_id = "replaceDocument",
+    tag = "documents",
+    summary = "Replace (or create) a document",
+    description = "The body is the document's new data. Creates it when absent, unless `If-Match` is sent; `If-None-Match: *` creates only.",
+    params(("If-Match" = Option<String>, Header, description = "Write only if the current `ETag` is one of these (412 otherwise); required when the collection says `require_if_match` (428)"), ("If-None-Match" = Option<String>, Header, description = "`*`: create only (412 if it exists)")),
+    request_body(content = Object, description = "The document's data", content_type = "application/json"),
+    responses(
+        (status = 200, description = "Replaced", body = super::store::Document, headers(("ETag" = String, description = "The version (strong)"))),
+        (status = 201, description = "Created", body = super::store::Document, headers(("ETag" = String), ("Location" = String))),
+        (status = 412, description = "A precondition does not hold"),
+        (status = 428, description = "The collection requires `If-Match`"),
+        (status = 422, description = "The document breaks the collection's schema"),
+    ),
+)]
 async fn replace_document(
     ctx: TenantContext,
     Path(p): Path<DocumentPath>,
@@ -229,6 +373,22 @@ async fn replace_document(
     Ok(located(response, location))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/tenants/{tenant}/collections/{collection}/documents/{id}",
+    operation_id = "patchDocument",
+    tag = "documents",
+    summary = "Merge-patch a document",
+    description = "RFC 7396 JSON merge patch (`null` removes a member). `application/json-patch+json` is a 415.",
+    params(("If-Match" = Option<String>, Header, description = "Write only if the current `ETag` is one of these (412 otherwise); required when the collection says `require_if_match` (428)")),
+    request_body(content = Object, description = "A JSON merge patch", content_type = "application/merge-patch+json"),
+    responses(
+        (status = 200, description = "The patched document", body = super::store::Document, headers(("ETag" = String, description = "The version (strong)"))),
+        (status = 412, description = "`If-Match` does not match"),
+        (status = 428, description = "The collection requires `If-Match`"),
+        (status = 422, description = "The result breaks the collection's schema"),
+    ),
+)]
 async fn patch_document(
     ctx: TenantContext,
     Path(p): Path<DocumentPath>,
@@ -239,6 +399,19 @@ async fn patch_document(
     crud::patch(ctx.pool(), &p.collection, &p.id, &headers, patch).await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/tenants/{tenant}/collections/{collection}/documents/{id}",
+    operation_id = "deleteDocument",
+    tag = "documents",
+    summary = "Delete a document",
+    params(("If-Match" = Option<String>, Header, description = "Write only if the current `ETag` is one of these (412 otherwise); required when the collection says `require_if_match` (428)")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 412, description = "`If-Match` does not match"),
+        (status = 428, description = "The collection requires `If-Match`"),
+    ),
+)]
 async fn delete_document(
     ctx: TenantContext,
     Path(p): Path<DocumentPath>,
@@ -248,6 +421,22 @@ async fn delete_document(
     crud::delete(ctx.pool(), &p.collection, &p.id, &headers).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant}/collections/{collection}/bulk",
+    operation_id = "bulkDocuments",
+    tag = "documents",
+    summary = "Create, upsert and delete documents in one transaction",
+    description = "All or nothing: the first failing operation's problem is the answer, its pointers under `/operations/<i>`. Deletes need the delete right too. In a `require_if_match` collection upserts and deletes are 428 (they carry no version).",
+    request_body = bulk::BulkBody,
+    responses(
+        (status = 200, description = "One result per operation, in order", body = crate::openapi::documents::BulkResultsView),
+        (status = 409, description = "A create's id exists"),
+        (status = 413, description = "More than 1000 operations or 8 MiB"),
+        (status = 422, description = "An operation's document is invalid"),
+        (status = 428, description = "Upserts or deletes in a `require_if_match` collection"),
+    ),
+)]
 async fn bulk_documents(
     ctx: TenantContext,
     Path(p): Path<CollectionPath>,

@@ -223,10 +223,13 @@ pub async fn list_collections<'e>(
         .await?)
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Document {
+    #[schema(example = "pg-tips")]
     pub id: String,
+    #[schema(value_type = Object)]
     pub data: Value,
+    /// Increases with every write; the `ETag` is derived from it.
     pub version: i64,
     #[serde(skip)]
     pub created_us: i64,
