@@ -12,7 +12,10 @@
 //!
 //! The assets are requested with `?v=<content hash>`, so they can be cached
 //! for a year as immutable and a new binary's assets are still fetched.
-//! Checked in headless Chromium with no network: `docs/img/docs-page.png`.
+//! Checked in headless Chromium with no network (`hack/docs-screenshot.sh`,
+//! which wrote `docs/img/docs-page.png`). The only thing the page then
+//! tries to load from elsewhere is the logo of Redoc's "API docs by
+//! Redocly" footer (a CDN image), which the CSP blocks before any request.
 
 use std::sync::LazyLock;
 
