@@ -47,6 +47,8 @@ const API_KEY_SCHEME: &str = "apiKey";
         description = "Set by `Finish` from the code's constants.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
+    // Relative: the document describes whichever data plane serves it.
+    servers((url = "/", description = "The data plane serving this document")),
     paths(
         openapi_json,
         identity::invitations::accept,
