@@ -24,9 +24,11 @@ pub const MAX_K: u32 = 1000;
 pub const DEFAULT_K: u32 = 10;
 /// `ef_search` bounds (pgvector accepts 1..=1000).
 pub const MAX_EF_SEARCH: u32 = 1000;
-/// pgvector's default `ef_search`; raised to `k` when `k` is larger, since
-/// an HNSW scan returns at most `ef_search` rows per pass.
-pub const DEFAULT_EF_SEARCH: u32 = 40;
+/// Default `ef_search` (pgvector's own is 40): on 100,000 clustered
+/// vectors of 128 dimensions recall@10 was 0.956 at 40 and 0.975 at 64
+/// (`bench/`), for little more time. Raised to `k` when `k` is larger,
+/// since an HNSW scan returns at most `ef_search` rows per pass.
+pub const DEFAULT_EF_SEARCH: u32 = 64;
 /// Most collections in one cross-collection search (each is a query of its
 /// own, run concurrently).
 pub const MAX_CROSS_COLLECTIONS: usize = 16;
@@ -280,7 +282,7 @@ pub struct SearchRequest {
     #[serde(default)]
     #[schema(value_type = Option<Object>, example = json!({"kind": "howto"}))]
     pub filter: Option<Value>,
-    /// HNSW search breadth (1 to 1000; default 40, at least `k`). Higher:
+    /// HNSW search breadth (1 to 1000; default 64, at least `k`). Higher:
     /// better recall, slower.
     #[serde(default)]
     #[schema(minimum = 1, maximum = 1000)]
