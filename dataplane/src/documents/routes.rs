@@ -220,6 +220,9 @@ async fn delete_collection(
     let deleted = collections::delete(ctx.pool(), &p.collection, &headers).await?;
     let mut owner = ctx.owner_ddl().await?;
     indexes::drop_all(&mut owner, deleted.id).await?;
+    // Its vectors went with the row; the HNSW index (partial, on
+    // `embeddings`) would otherwise stay behind, empty, in every plan.
+    crate::vectors::index::drop_index(&mut owner, deleted.id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
