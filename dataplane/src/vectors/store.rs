@@ -2,9 +2,12 @@
 //! SQL is server-derived and typed: the collection's UUID (see
 //! [`VectorCollection::id_literal`] for why it is inlined in searches), its
 //! dimension (an integer) and the metric's operator (from an enum).
+//!
+//! Every write appends its `outbox` rows in the same transaction (see
+//! [`outbox`]), as document writes do.
 
 use serde_json::Value;
-use sqlx::{PgExecutor, PgPool, Row};
+use sqlx::{Acquire, PgConnection, PgExecutor, PgPool, Postgres, Row};
 use uuid::Uuid;
 
 use super::model::{
@@ -95,7 +98,7 @@ fn collection_from_row(row: &sqlx::postgres::PgRow) -> Result<Option<VectorColle
 /// atomic). The vectors travel as one flat `real[]` (binary, no text
 /// formatting of floats) and each row takes its slice.
 pub async fn upsert<'e>(
-    db: impl PgExecutor<'e>,
+    db: impl Acquire<'e, Database = Postgres>,
     collection: &VectorCollection,
     items: &[ValidItem],
 ) -> Result<Vec<UpsertedItem>, ApiError> {
@@ -120,22 +123,29 @@ pub async fn upsert<'e>(
              document_id = EXCLUDED.document_id, version = embeddings.version + 1, updated_at = now() \
          RETURNING id, version"
     );
+    let mut tx = db.begin().await?;
     let rows = sqlx::query(&sql)
         .bind(collection.id)
         .bind(&ids)
         .bind(&metadata)
         .bind(&documents)
         .bind(&flat)
-        .fetch_all(db)
+        .fetch_all(&mut *tx)
         .await?;
-    rows.iter()
+    let done = rows
+        .iter()
         .map(|row| {
             Ok(UpsertedItem {
                 id: row.try_get("id")?,
                 version: row.try_get("version")?,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let (ids, versions): (Vec<&str>, Vec<i64>) =
+        done.iter().map(|i| (i.id.as_str(), i.version)).unzip();
+    outbox(&mut tx, "vector.upserted", collection, &ids, &versions).await?;
+    tx.commit().await?;
+    Ok(done)
 }
 
 pub async fn get<'e>(
@@ -164,30 +174,80 @@ pub async fn get<'e>(
     })
 }
 
+/// The outbox rows of a vector write, in its transaction: topic
+/// `vector.upserted` / `vector.deleted`, aggregate id `<collection id>/<vector
+/// id>` (as documents do), payload the version only.
+async fn outbox(
+    conn: &mut PgConnection,
+    topic: &str,
+    collection: &VectorCollection,
+    ids: &[&str],
+    versions: &[i64],
+) -> Result<(), ApiError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO outbox (topic, aggregate_id, payload) \
+         SELECT $1, $2 || '/' || w.id, jsonb_build_object('version', w.version) \
+         FROM unnest($3::text[], $4::bigint[]) AS w(id, version)",
+    )
+    .bind(topic)
+    .bind(collection.id.to_string())
+    .bind(ids)
+    .bind(versions)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// What a delete selects: ids, or a metadata filter.
+enum Selection<'a> {
+    Ids(&'a [String]),
+    Matching(&'a Value),
+}
+
+/// Deletes the selected rows with their outbox rows; how many.
+async fn delete_where<'e>(
+    db: impl Acquire<'e, Database = Postgres>,
+    collection: &VectorCollection,
+    selection: Selection<'_>,
+) -> Result<u64, ApiError> {
+    let mut tx = db.begin().await?;
+    let condition = match selection {
+        Selection::Ids(_) => "id = ANY($2)",
+        Selection::Matching(_) => "metadata @> $2",
+    };
+    let sql = format!(
+        "DELETE FROM embeddings WHERE collection_id = $1 AND {condition} RETURNING id, version"
+    );
+    let query = sqlx::query_as::<_, (String, i64)>(&sql).bind(collection.id);
+    let query = match selection {
+        Selection::Ids(ids) => query.bind(ids),
+        Selection::Matching(filter) => query.bind(filter),
+    };
+    let rows = query.fetch_all(&mut *tx).await?;
+    let (ids, versions): (Vec<&str>, Vec<i64>) =
+        rows.iter().map(|(id, v)| (id.as_str(), *v)).unzip();
+    outbox(&mut tx, "vector.deleted", collection, &ids, &versions).await?;
+    tx.commit().await?;
+    Ok(rows.len() as u64)
+}
+
 pub async fn delete_ids<'e>(
-    db: impl PgExecutor<'e>,
+    db: impl Acquire<'e, Database = Postgres>,
     collection: &VectorCollection,
     ids: &[String],
 ) -> Result<u64, ApiError> {
-    let done = sqlx::query("DELETE FROM embeddings WHERE collection_id = $1 AND id = ANY($2)")
-        .bind(collection.id)
-        .bind(ids)
-        .execute(db)
-        .await?;
-    Ok(done.rows_affected())
+    delete_where(db, collection, Selection::Ids(ids)).await
 }
 
 pub async fn delete_matching<'e>(
-    db: impl PgExecutor<'e>,
+    db: impl Acquire<'e, Database = Postgres>,
     collection: &VectorCollection,
     filter: &Value,
 ) -> Result<u64, ApiError> {
-    let done = sqlx::query("DELETE FROM embeddings WHERE collection_id = $1 AND metadata @> $2")
-        .bind(collection.id)
-        .bind(filter)
-        .execute(db)
-        .await?;
-    Ok(done.rows_affected())
+    delete_where(db, collection, Selection::Matching(filter)).await
 }
 
 /// The search statement for one collection. Binds: `$1` the query vector
