@@ -16,6 +16,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::http::extract::accept_json;
 use crate::http::{ApiError, HttpContext, finish_problems, request_id};
 
 /// Longest a request may take before it is answered with 408.
@@ -90,11 +91,15 @@ pub fn router(state: AppState, registry: Arc<Registry>, max_body_bytes: usize) -
 }
 
 /// The API routes (`/v1/…`) with what every API route shares: problem+json
-/// on every error path (unknown paths included), the body limit and the
-/// request timeout. The probes stay outside: their plain-text answers are
-/// what orchestrators and scrapers expect.
+/// on every error path (unknown paths included), 406 unless the request
+/// accepts JSON, the body limit and the request timeout. The probes stay
+/// outside: their plain-text answers are what orchestrators and scrapers
+/// expect.
 pub fn api_router(routes: Router, max_body_bytes: usize) -> Router {
     routes
+        // JSON only: a request that accepts none is 406 before any work
+        // (matched routes only; unknown paths stay 404).
+        .route_layer(middleware::from_fn(accept_json))
         .fallback(|| async { ApiError::NotFound })
         // Extractors that buffer (JSON) have axum's own 2 MB default; make
         // the configured limit the one in force for them too.

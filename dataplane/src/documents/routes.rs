@@ -22,7 +22,7 @@ use serde_json::Value;
 use super::{bulk, collections, crud, indexes, list};
 use crate::app::AppState;
 use crate::http::HttpContext;
-use crate::http::extract::{Json, Path, Query, accept_json};
+use crate::http::extract::{Json, Path, Query};
 use crate::http::pagination::PageParams;
 use crate::tenancy::{Action, Resource, TenantContext};
 
@@ -57,8 +57,7 @@ pub fn routes() -> Router<AppState> {
             "/v1/tenants/{tenant}/collections/{collection}/bulk",
             post(bulk_documents),
         )
-        // JSON is the only representation: 406 for an Accept without it.
-        .route_layer(axum::middleware::from_fn(accept_json))
+    // JSON is the only representation: 406 for an Accept without it.
 }
 
 /// `Location` of what a 201 created (RFC 9110 §10.2.2), as an absolute

@@ -31,7 +31,7 @@ use super::model::{
 use super::{nonfinite, search, store};
 use crate::app::AppState;
 use crate::http::ApiError;
-use crate::http::extract::{Json, Path, accept_json, is_json_content_type, parse_json};
+use crate::http::extract::{Json, Path, is_json_content_type, parse_json};
 use crate::tenancy::{Action, Resource, TenantContext};
 
 pub fn routes() -> Router<AppState> {
@@ -62,7 +62,6 @@ pub fn routes_with(builder: IndexBuilder) -> Router<AppState> {
             post(search_collection),
         )
         .route("/v1/tenants/{tenant}/search", post(search_across))
-        .route_layer(axum::middleware::from_fn(accept_json))
         .layer(Extension(builder))
 }
 
