@@ -1,10 +1,11 @@
 //! Strata's data plane: stateless axum pods that serve tenants' REST clients.
 //! It reads the platform catalog (never the Kubernetes API).
 //!
-//! Today it serves the probes and metrics and answers every other path with a
-//! problem+json 404; the database and storage APIs are mounted in [`app`] and
-//! built on the shared machinery in [`http`] (errors, request ids, auth,
-//! tenancy, preconditions, pagination, idempotency).
+//! The APIs ([`identity`], [`documents`], [`vectors`]) are mounted in [`app`]
+//! and built on the shared machinery in [`http`] (errors, request ids, auth,
+//! tenancy, preconditions, pagination, idempotency). [`openapi`] describes
+//! them (`/v1/openapi.json`, from the handlers' attributes) and [`docs`]
+//! serves the reference page (`/docs`) with no internet needed.
 
 pub mod app;
 pub mod config;
