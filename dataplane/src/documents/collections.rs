@@ -2,6 +2,14 @@
 //! collections/{name}`. ETag per collection version; `If-Match` on PATCH
 //! and DELETE. Indexed fields get their expression indexes after the row
 //! is committed, built `CONCURRENTLY` as the owner ([`super::indexes`]).
+//!
+//! A collection's vector configuration (dimension, metric, HNSW
+//! parameters) is fixed when it is created: its vectors, its HNSW index
+//! (built on `vector(<dimension>)` with the metric's operator class) and
+//! writes in flight were all checked against it. A `PATCH` that names
+//! `vector` is 422 with the pointer `/vector`, whether or not the
+//! collection holds vectors yet (a check that races concurrent upserts
+//! would let a vector of the old dimension in); make a new collection.
 
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -66,10 +74,16 @@ pub struct CreateBody {
 }
 
 /// `PATCH collections/{name}`: fields absent stay; `schema: null` removes.
+/// The vector configuration cannot change (`vector` is 422).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(as = UpdateCollection)]
 pub struct UpdateBody {
+    // Read only to be refused with a pointer and a reason (not an
+    // "unknown field"); not part of the schema.
+    #[serde(default)]
+    #[schema(ignore)]
+    pub vector: Option<Value>,
     /// A new JSON Schema (existing documents are not re-checked); `null` removes it.
     #[serde(default, deserialize_with = "some")]
     #[schema(value_type = Option<Object>)]
@@ -193,6 +207,13 @@ pub async fn update(
         Requirement::Optional
     };
     preconditions::check(&Method::PATCH, headers, Some((&tag, None)), requirement)?;
+    if body.vector.is_some() {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "/vector",
+            "the vector configuration (dimension, metric, hnsw) is set when the collection \
+             is created and cannot change; create a new collection",
+        )]));
+    }
     let schema = match &body.schema {
         Some(Some(s)) => {
             schema::compile(s, "/schema")?;
