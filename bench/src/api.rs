@@ -23,8 +23,8 @@
 //! lookup) and, directly, the statements the API runs for the request (key
 //! lookup, collection, query).
 //!
-//! `api-bench [SECONDS] [CONCURRENCY]` (defaults 10 and 16; SECONDS per
-//! side and scenario), with the stack's env sourced, after
+//! `api-bench [SECONDS] [CONCURRENCY] [SCENARIOS]` (defaults 10, 16 and
+//! `get,list,search,insert`; SECONDS per side and scenario), with the stack's env sourced, after
 //! `cargo build --release -p strata-dataplane -p strata-bench`.
 //! Everything it creates (catalog, tenant database and roles, files) is
 //! removed at the end, also when it fails or is interrupted.
@@ -78,6 +78,15 @@ enum Scenario {
 }
 
 impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Get => "get",
+            Self::List => "list",
+            Self::Insert => "insert",
+            Self::Search => "search",
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Self::Get => "document GET by id",
@@ -473,6 +482,19 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let seconds: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(10);
     let concurrency: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(16);
+    // Optional: only these scenarios (comma-separated: get,list,search,insert),
+    // e.g. to profile one with `perf record -p <data plane pid>`.
+    let only: Option<Vec<String>> = args
+        .next()
+        .map(|a| a.split(',').map(str::to_string).collect());
+    if let Some(only) = &only {
+        for name in only {
+            anyhow::ensure!(
+                ["get", "list", "search", "insert"].contains(&name.as_str()),
+                "unknown scenario {name:?}: get, list, search or insert"
+            );
+        }
+    }
     let target: std::path::PathBuf =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo_root().join("target"), Into::into);
     let dataplane_bin = target.join("release/strata-dataplane");
@@ -531,6 +553,7 @@ async fn main() -> anyhow::Result<()> {
             &token,
             seconds,
             concurrency,
+            only.as_deref(),
         )
         .await
     });
@@ -576,6 +599,7 @@ async fn run(
     invite_token: &str,
     seconds: u64,
     concurrency: usize,
+    only: Option<&[String]>,
 ) -> anyhow::Result<()> {
     let pool_size = u32::try_from(concurrency)?;
     let port = free_port();
@@ -779,6 +803,9 @@ async fn run(
         Scenario::Search,
         Scenario::Insert,
     ] {
+        if only.is_some_and(|o| !o.iter().any(|n| n == scenario.name())) {
+            continue;
+        }
         // Warm both sides (connections, caches, plans), then alternate.
         drive(&ctx, scenario, Side::Api, concurrency, warm, 0).await?;
         drive(&ctx, scenario, Side::Direct, concurrency, warm, 0).await?;
