@@ -107,6 +107,10 @@ enum Side {
     Direct,
     /// Directly, every statement the API runs for the request.
     DirectAsApi,
+    /// The query alone, on a pool that does not ping a connection before
+    /// handing it out (sqlx's `test_before_acquire`, on by default and in
+    /// the data plane's pools: one more round trip per acquire).
+    DirectNoPing,
 }
 
 /// What the workers share.
@@ -118,6 +122,7 @@ struct Ctx {
     key_id: String,
     jwt_auth: String,
     pool: PgPool,
+    pool_no_ping: PgPool,
     docs: Uuid,
     writes: Uuid,
     vectors: VectorCollection,
@@ -195,9 +200,14 @@ async fn once(ctx: &Ctx, scenario: Scenario, side: Side, rng: &mut StdRng) -> an
         _ => &ctx.key_auth,
     };
     let api = matches!(side, Side::Api | Side::ApiJwt);
+    let pool = if side == Side::DirectNoPing {
+        &ctx.pool_no_ping
+    } else {
+        &ctx.pool
+    };
     if side == Side::DirectAsApi {
         // What `TenantContext` reads per request (roles are cached).
-        keys::lookup(&ctx.pool, TENANT, &ctx.key_id)
+        keys::lookup(pool, TENANT, &ctx.key_id)
             .await
             .map_err(api_err)?
             .context("key")?;
@@ -215,11 +225,9 @@ async fn once(ctx: &Ctx, scenario: Scenario, side: Side, rng: &mut StdRng) -> an
                 expect_ok(r, 200).await
             } else {
                 if side == Side::DirectAsApi {
-                    docs::get_collection(&ctx.pool, "docs")
-                        .await
-                        .map_err(api_err)?;
+                    docs::get_collection(pool, "docs").await.map_err(api_err)?;
                 }
-                docs::find_document(&ctx.pool, ctx.docs, &id, false)
+                docs::find_document(pool, ctx.docs, &id, false)
                     .await
                     .map_err(api_err)?
                     .context("document missing")?;
@@ -241,9 +249,7 @@ async fn once(ctx: &Ctx, scenario: Scenario, side: Side, rng: &mut StdRng) -> an
                 expect_ok(r, 200).await
             } else {
                 if side == Side::DirectAsApi {
-                    docs::get_collection(&ctx.pool, "docs")
-                        .await
-                        .map_err(api_err)?;
+                    docs::get_collection(pool, "docs").await.map_err(api_err)?;
                 }
                 let path = vec!["price".to_string()];
                 let rows = sqlx::query(&list_sql())
@@ -255,7 +261,7 @@ async fn once(ctx: &Ctx, scenario: Scenario, side: Side, rng: &mut StdRng) -> an
                     .bind(&path)
                     .bind(&path)
                     .bind(i64::from(PAGE) + 1)
-                    .fetch_all(&ctx.pool)
+                    .fetch_all(pool)
                     .await?;
                 anyhow::ensure!(rows.len() > PAGE as usize, "short page");
                 Ok(())
@@ -278,7 +284,7 @@ async fn once(ctx: &Ctx, scenario: Scenario, side: Side, rng: &mut StdRng) -> an
                     .bind(ctx.writes)
                     .bind(&id)
                     .bind(&data)
-                    .fetch_optional(&ctx.pool)
+                    .fetch_optional(pool)
                     .await?;
                 row.context("not inserted")?;
                 Ok(())
@@ -298,14 +304,14 @@ async fn once(ctx: &Ctx, scenario: Scenario, side: Side, rng: &mut StdRng) -> an
                 expect_ok(r, 200).await
             } else {
                 let collection = if side == Side::DirectAsApi {
-                    vstore::find_collection(&ctx.pool, "vectors")
+                    vstore::find_collection(pool, "vectors")
                         .await
                         .map_err(api_err)?
                 } else {
                     ctx.vectors.clone()
                 };
                 let hits = vstore::search(
-                    &ctx.pool,
+                    pool,
                     &collection,
                     &search_params(&ctx.queries[q]),
                     K,
@@ -683,14 +689,19 @@ async fn run(
         names.database.as_str(),
     )
     .parse()?;
+    let options = options.options([
+        ("statement_timeout", "15000"),
+        ("search_path", "public,pg_temp"),
+    ]);
     let pool = PgPoolOptions::new()
         .max_connections(pool_size)
-        .connect_with(options.options([
-            ("statement_timeout", "15000"),
-            ("search_path", "public,pg_temp"),
-        ]))
+        .connect_with(options.clone())
         .await
         .context("data plane role on the tenant database")?;
+    let pool_no_ping = PgPoolOptions::new()
+        .max_connections(pool_size)
+        .test_before_acquire(false)
+        .connect_lazy_with(options);
 
     // Data: loaded directly (bulk), the same rows for both sides.
     let started = Instant::now();
@@ -783,6 +794,7 @@ async fn run(
         key_id,
         jwt_auth,
         pool,
+        pool_no_ping,
         docs: docs_id,
         writes: writes_id,
         vectors,
@@ -829,6 +841,10 @@ async fn run(
             let replay = drive(&ctx, scenario, Side::DirectAsApi, concurrency, half, seed).await?;
             extra.push(("API, JWT (no key lookup)", jwt));
             extra.push(("direct, every statement the API runs", replay));
+            drive(&ctx, scenario, Side::DirectNoPing, concurrency, warm, 0).await?;
+            let no_ping =
+                drive(&ctx, scenario, Side::DirectNoPing, concurrency, half, seed).await?;
+            extra.push(("direct, the query, no ping on acquire", no_ping));
         }
         rows.push((
             scenario,
@@ -888,6 +904,7 @@ async fn run(
         peak_rss_kib(pid).unwrap_or(0) as f64 / 1024.0
     );
     ctx.pool.close().await;
+    ctx.pool_no_ping.close().await;
     drop(dataplane);
     Ok(())
 }
