@@ -180,6 +180,11 @@ impl TenantPools {
             // Connections are reused across requests; a bounded lifetime
             // picks up role and server changes.
             .max_lifetime(Some(Duration::from_secs(30 * 60)))
+            // No ping before every acquire: it doubled the round trips of a
+            // request (bench/README.md, api-bench). A connection the server
+            // dropped fails its one query (503, retryable) and is discarded;
+            // idle ones are closed after `connection_idle` anyway.
+            .test_before_acquire(false)
             .connect_lazy_with(options)
     }
 }
