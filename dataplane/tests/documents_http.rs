@@ -9,95 +9,14 @@
 mod support;
 
 use serde_json::{Value, json};
-use support::{Body, Client, Reply, Server, Tenant, app_state, with_tenants, without_instance};
+use support::{Body, Checked, Client, Server, Tenant, app_state, with_tenants, without_instance};
 
 /// Bodies larger than this are refused by the server (413): the default
 /// of `--max-body-bytes`.
 const MAX_BODY: usize = 10 << 20;
 
-/// What no response body may contain: SQL, catalog and table names, and
-/// (filled in per test) the other tenant's name, id and database.
-const LEAKS: &[&str] = &[
-    "SELECT",
-    "INSERT",
-    "UPDATE ",
-    "DELETE FROM",
-    "relation",
-    "constraint",
-    "violates",
-    "duplicate key",
-    "syntax error at",
-    "pg_",
-    "sqlx",
-    "outbox",
-    "api_keys",
-    "collection_id",
-    "strata_dataplane",
-    "catalog.",
-];
-
-struct Api {
-    client: Client,
-    leaks: Vec<String>,
-}
-
-impl Api {
-    /// Asserts `reply` is the problem `code` with `status`, well formed,
-    /// and leak-free; returns its body.
-    fn problem(&self, reply: &Reply, status: u16, code: &str) -> Value {
-        assert_eq!(reply.status, status, "{code}: {}", reply.text);
-        assert_eq!(
-            reply.header("content-type"),
-            Some("application/problem+json"),
-            "{}",
-            reply.text
-        );
-        let body = &reply.json;
-        assert_eq!(
-            body["type"],
-            format!("https://strata.dev/problems/{code}"),
-            "{body}"
-        );
-        assert!(
-            body["title"].as_str().is_some_and(|t| !t.is_empty()),
-            "{body}"
-        );
-        assert_eq!(body["status"], status, "{body}");
-        assert_eq!(body["code"], code, "{body}");
-        let id = reply.header("x-request-id").expect("x-request-id");
-        assert!(!id.is_empty());
-        assert_eq!(body["instance"], id, "instance is the request id");
-        self.no_leak(reply);
-        body.clone()
-    }
-
-    fn no_leak(&self, reply: &Reply) {
-        for word in LEAKS
-            .iter()
-            .map(|w| w.to_string())
-            .chain(self.leaks.iter().cloned())
-        {
-            assert!(
-                !reply.text.contains(&word),
-                "{word:?} leaked in {}",
-                reply.text
-            );
-        }
-    }
-
-    /// The pointers of a problem's `errors`.
-    fn pointers(body: &Value) -> Vec<String> {
-        body["errors"]
-            .as_array()
-            .map(|errors| {
-                errors
-                    .iter()
-                    .filter_map(|e| e["pointer"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
+/// Words no body of this API may contain, besides the shared ones.
+const EXTRA_LEAKS: &[&str] = &["api_keys"];
 
 fn col(tenant: &str, rest: &str) -> String {
     format!("/v1/tenants/{tenant}/collections{rest}")
@@ -112,16 +31,7 @@ async fn scenario(catalog_url: String, catalog: strata_db::Catalog, tenants: Vec
     let server = Server::start(app_state(&catalog_url), MAX_BODY).await;
     let client = Client::new(&server.base);
     let (a, b) = (&tenants[0], &tenants[1]);
-    let b_names = strata_operator::placement::TenantNames::for_tenant(b.id);
-    let api = Api {
-        client: client.clone(),
-        leaks: vec![
-            b.name.clone(),
-            b.id.to_string(),
-            b_names.database.as_str().to_string(),
-            b_names.owner.as_str().to_string(),
-        ],
-    };
+    let api = Checked::new(client.clone(), b, EXTRA_LEAKS);
     let owner = client.accept_invitation(a).await;
     let b_owner = client.accept_invitation(b).await;
     let viewer = client.new_key(&a.name, &owner, "viewer").await;
@@ -145,7 +55,7 @@ async fn scenario(catalog_url: String, catalog: strata_db::Catalog, tenants: Vec
 
 /// The tenant's state gates every route: suspended 403, not ready 503
 /// with Retry-After (seen once the 200 ms catalog cache expires).
-async fn tenant_states(api: &Api, catalog: &strata_db::Catalog, a: &Tenant, key: &str) {
+async fn tenant_states(api: &Checked, catalog: &strata_db::Catalog, a: &Tenant, key: &str) {
     use strata_db::TenantState;
     let c = &api.client;
     let path = col(&a.name, "/books/documents");
@@ -176,7 +86,7 @@ async fn tenant_states(api: &Api, catalog: &strata_db::Catalog, a: &Tenant, key:
 }
 
 /// 401 without a credential or with a malformed one, on every route.
-async fn credentials(api: &Api, ta: &str) {
+async fn credentials(api: &Checked, ta: &str) {
     let c = &api.client;
     for path in [
         col(ta, ""),
@@ -239,7 +149,7 @@ async fn credentials(api: &Api, ta: &str) {
     assert_ne!(body["instance"], hostile);
 }
 
-async fn collections(api: &Api, ta: &str, key: &str) {
+async fn collections(api: &Checked, ta: &str, key: &str) {
     let c = &api.client;
     let books = json!({
         "name": "books",
@@ -279,7 +189,7 @@ async fn collections(api: &Api, ta: &str, key: &str) {
         .json("POST", &col(ta, ""), key, json!({"name": "no spaces!"}))
         .await;
     let body = api.problem(&bad_name, 422, "validation-failed");
-    assert_eq!(Api::pointers(&body), ["/name"]);
+    assert_eq!(Checked::pointers(&body), ["/name"]);
     let bad_vector = c
         .json(
             "POST",
@@ -290,7 +200,7 @@ async fn collections(api: &Api, ta: &str, key: &str) {
         .await;
     let body = api.problem(&bad_vector, 422, "validation-failed");
     assert_eq!(
-        Api::pointers(&body),
+        Checked::pointers(&body),
         ["/vector/dimension", "/vector/metric", "/vector/hnsw/m"]
     );
     let bad_schema = c
@@ -303,7 +213,7 @@ async fn collections(api: &Api, ta: &str, key: &str) {
         .await;
     let body = api.problem(&bad_schema, 422, "validation-failed");
     assert!(
-        Api::pointers(&body)
+        Checked::pointers(&body)
             .iter()
             .all(|p| p.starts_with("/schema")),
         "{body}"
@@ -317,14 +227,14 @@ async fn collections(api: &Api, ta: &str, key: &str) {
         )
         .await;
     let body = api.problem(&bad_fields, 422, "validation-failed");
-    assert_eq!(Api::pointers(&body), ["/indexed_fields/0/path"]);
+    assert_eq!(Checked::pointers(&body), ["/indexed_fields/0/path"]);
     let unknown_field = c
         .json("POST", &col(ta, ""), key, json!({"name": "u", "nmae": 1}))
         .await;
     api.problem(&unknown_field, 422, "validation-failed");
     let wrong_type = c.json("POST", &col(ta, ""), key, json!({"name": 5})).await;
     let body = api.problem(&wrong_type, 422, "validation-failed");
-    assert_eq!(Api::pointers(&body), ["/name"]);
+    assert_eq!(Checked::pointers(&body), ["/name"]);
     let malformed = c
         .send(
             "POST",
@@ -410,7 +320,7 @@ async fn collections(api: &Api, ta: &str, key: &str) {
         )
         .await;
     let body = api.problem(&bad_update, 422, "validation-failed");
-    assert_eq!(Api::pointers(&body), ["/indexed_fields"]);
+    assert_eq!(Checked::pointers(&body), ["/indexed_fields"]);
     for (method, body) in [
         ("GET", Body::None),
         ("PATCH", Body::Json(json!({}))),
@@ -463,7 +373,7 @@ async fn collections(api: &Api, ta: &str, key: &str) {
     }
 }
 
-async fn documents(api: &Api, ta: &str, key: &str) {
+async fn documents(api: &Checked, ta: &str, key: &str) {
     let c = &api.client;
     let docs = col(ta, "/books/documents");
     let dune = json!({"title": "Dune", "year": 1965});
@@ -528,12 +438,12 @@ async fn documents(api: &Api, ta: &str, key: &str) {
         )
         .await;
     let body = api.problem(&invalid, 422, "validation-failed");
-    let pointers = Api::pointers(&body);
+    let pointers = Checked::pointers(&body);
     assert!(pointers.contains(&"/data/year".to_string()), "{body}");
     assert!(pointers.contains(&"/data".to_string()), "{body}");
     let not_object = c.json("POST", &docs, key, json!({"data": [1]})).await;
     let body = api.problem(&not_object, 422, "validation-failed");
-    assert_eq!(Api::pointers(&body), ["/data"]);
+    assert_eq!(Checked::pointers(&body), ["/data"]);
     let bad_id = c
         .json(
             "POST",
@@ -543,7 +453,7 @@ async fn documents(api: &Api, ta: &str, key: &str) {
         )
         .await;
     let body = api.problem(&bad_id, 400, "invalid-parameter");
-    assert_eq!(Api::pointers(&body), ["/id"]);
+    assert_eq!(Checked::pointers(&body), ["/id"]);
     let missing_data = c.json("POST", &docs, key, json!({"id": "m"})).await;
     api.problem(&missing_data, 422, "validation-failed");
 
@@ -599,7 +509,7 @@ async fn documents(api: &Api, ta: &str, key: &str) {
     let v3 = put.header("etag").expect("etag").to_string();
     let invalid = c.json("PUT", &emma, key, json!({"year": 1})).await;
     let body = api.problem(&invalid, 422, "validation-failed");
-    assert!(!Api::pointers(&body).is_empty(), "{body}");
+    assert!(!Checked::pointers(&body).is_empty(), "{body}");
     let bad_header = c
         .send(
             "PUT",
@@ -661,7 +571,7 @@ async fn documents(api: &Api, ta: &str, key: &str) {
     api.problem(&stale, 412, "precondition-failed");
     let breaks_schema = c.json("PATCH", &emma, key, json!({"title": null})).await;
     let body = api.problem(&breaks_schema, 422, "validation-failed");
-    assert!(!Api::pointers(&body).is_empty(), "{body}");
+    assert!(!Checked::pointers(&body).is_empty(), "{body}");
     let ghost = c
         .json("PATCH", &format!("{docs}/ghost"), key, json!({"a": 1}))
         .await;
@@ -710,7 +620,7 @@ async fn documents(api: &Api, ta: &str, key: &str) {
 }
 
 /// A collection with `require_if_match`: writes without a validator 428.
-async fn strict(api: &Api, ta: &str, key: &str) {
+async fn strict(api: &Checked, ta: &str, key: &str) {
     let c = &api.client;
     let created = c
         .json(
@@ -824,7 +734,7 @@ async fn strict(api: &Api, ta: &str, key: &str) {
     api.problem(&gone, 404, "not-found");
 }
 
-async fn bulk(api: &Api, ta: &str, key: &str) {
+async fn bulk(api: &Checked, ta: &str, key: &str) {
     let c = &api.client;
     let bulk = col(ta, "/books/bulk");
     let ok = c
@@ -884,7 +794,7 @@ async fn bulk(api: &Api, ta: &str, key: &str) {
         )
         .await;
     let body = api.problem(&invalid, 422, "validation-failed");
-    assert_eq!(Api::pointers(&body), ["/operations/1/data/year"]);
+    assert_eq!(Checked::pointers(&body), ["/operations/1/data/year"]);
     let missing = c
         .json(
             "POST",
@@ -903,7 +813,7 @@ async fn bulk(api: &Api, ta: &str, key: &str) {
         )
         .await;
     let body = api.problem(&bad_id, 400, "invalid-parameter");
-    assert_eq!(Api::pointers(&body), ["/operations/0/id"]);
+    assert_eq!(Checked::pointers(&body), ["/operations/0/id"]);
     for bad in [
         json!({"operations": []}),
         json!({"operations": [{"op": "explode", "id": "x"}]}),
@@ -920,7 +830,7 @@ async fn bulk(api: &Api, ta: &str, key: &str) {
         .json("POST", &bulk, key, json!({"operations": too_many}))
         .await;
     let body = api.problem(&reply, 422, "validation-failed");
-    assert_eq!(Api::pointers(&body), ["/operations"]);
+    assert_eq!(Checked::pointers(&body), ["/operations"]);
     let nope = c
         .json(
             "POST",
@@ -934,7 +844,7 @@ async fn bulk(api: &Api, ta: &str, key: &str) {
 
 /// Follows `Link: rel="next"` from `first` to the end; the ids in order,
 /// the pages, and the `total` of the first page.
-async fn follow(api: &Api, key: &str, first: &str) -> (Vec<String>, usize, Value) {
+async fn follow(api: &Checked, key: &str, first: &str) -> (Vec<String>, usize, Value) {
     let mut ids = Vec::new();
     let mut pages = 0;
     let mut total = Value::Null;
@@ -956,7 +866,7 @@ async fn follow(api: &Api, key: &str, first: &str) -> (Vec<String>, usize, Value
     (ids, pages, total)
 }
 
-async fn listing(api: &Api, ta: &str, key: &str) {
+async fn listing(api: &Checked, ta: &str, key: &str) {
     let c = &api.client;
     let created = c
         .json(
@@ -1228,7 +1138,7 @@ async fn listing(api: &Api, ta: &str, key: &str) {
 }
 
 /// 405 with `Allow`, 406, 413, 415: what the framework answers, as problems.
-async fn protocol(api: &Api, ta: &str, key: &str) {
+async fn protocol(api: &Checked, ta: &str, key: &str) {
     let c = &api.client;
     for (method, path, allowed) in [
         ("DELETE", col(ta, ""), vec!["GET", "POST"]),
@@ -1370,7 +1280,7 @@ async fn protocol(api: &Api, ta: &str, key: &str) {
     api.problem(&reply, 415, "unsupported-media-type");
 }
 
-async fn viewer_cannot_write(api: &Api, ta: &str, owner: &str, viewer: &str) {
+async fn viewer_cannot_write(api: &Checked, ta: &str, owner: &str, viewer: &str) {
     let c = &api.client;
     let read = c.get(&col(ta, "/books/documents/dune"), viewer).await;
     assert_eq!(read.status, 200, "{}", read.text);
@@ -1423,7 +1333,7 @@ async fn viewer_cannot_write(api: &Api, ta: &str, owner: &str, viewer: &str) {
 }
 
 /// Tenant A's key on tenant B's ids: 404, the same body as nothing at all.
-async fn isolation(api: &Api, a: &Tenant, b: &Tenant, a_key: &str, b_key: &str) {
+async fn isolation(api: &Checked, a: &Tenant, b: &Tenant, a_key: &str, b_key: &str) {
     let c = &api.client;
     let (ta, tb) = (a.name.as_str(), b.name.as_str());
     let made = c
@@ -1505,7 +1415,7 @@ async fn isolation(api: &Api, a: &Tenant, b: &Tenant, a_key: &str, b_key: &str) 
 
 /// Input PostgreSQL itself refuses (U+0000 in text or jsonb) is the
 /// client's error, named by pointer, never a 500.
-async fn hostile(api: &Api, ta: &str, key: &str) {
+async fn hostile(api: &Checked, ta: &str, key: &str) {
     let c = &api.client;
     let docs = col(ta, "/shelf/documents");
     let raw = |s: &str| Body::Raw(Some("application/json"), s.as_bytes().to_vec());
@@ -1549,7 +1459,11 @@ async fn hostile(api: &Api, ta: &str, key: &str) {
     ] {
         let reply = c.send(method, &path, Some(key), raw(body), &[]).await;
         let problem = api.problem(&reply, 422, "validation-failed");
-        assert_eq!(Api::pointers(&problem), [pointer], "{method} {path} {body}");
+        assert_eq!(
+            Checked::pointers(&problem),
+            [pointer],
+            "{method} {path} {body}"
+        );
     }
     for body in [
         r#"{"filter": {"title": "\u0000"}}"#,
@@ -1586,7 +1500,7 @@ async fn hostile(api: &Api, ta: &str, key: &str) {
 
 /// A second data plane instance (another replica with the same config)
 /// continues what the first started: cursors, ETags, Location.
-async fn replicas(api: &Api, catalog_url: &str, ta: &str, key: &str) {
+async fn replicas(api: &Checked, catalog_url: &str, ta: &str, key: &str) {
     let second = Server::start(app_state(catalog_url), MAX_BODY).await;
     let two = Client::new(&second.base);
     let one = &api.client;
@@ -1648,7 +1562,7 @@ fn jwt(tenant: &str, role: &str, exp_from_now: i64, secret: &[u8]) -> String {
 
 /// JWTs and a revoked key on the documents routes; HEAD and weak
 /// validators on a document.
-async fn other_credentials(api: &Api, ta: &str, tb: &str, owner: &str) {
+async fn other_credentials(api: &Checked, ta: &str, tb: &str, owner: &str) {
     let c = &api.client;
     let dune = col(ta, "/books/documents/dune");
     let editor = jwt(ta, "editor", 600, support::JWT_SECRET);
@@ -1753,7 +1667,7 @@ async fn other_credentials(api: &Api, ta: &str, tb: &str, owner: &str) {
     assert!(head.text.is_empty());
 }
 
-async fn delete_collection(api: &Api, ta: &str, key: &str) {
+async fn delete_collection(api: &Checked, ta: &str, key: &str) {
     let c = &api.client;
     let deleted = c
         .send("DELETE", &col(ta, "/books"), Some(key), Body::None, &[])

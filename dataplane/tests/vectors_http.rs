@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::postgres::PgPoolOptions;
-use support::{Body, Client, Reply, Server, Tenant, app_state, with_tenants, without_instance};
+use support::{Body, Checked, Client, Server, Tenant, app_state, with_tenants, without_instance};
 
 /// The server's body limit (`--max-body-bytes`), small so a 413 is cheap.
 const MAX_BODY: usize = 1 << 20;
@@ -23,106 +23,8 @@ const MAX_BODY: usize = 1 << 20;
 /// server's default (10,000 three-dimensional vectors are ten requests).
 const INDEX_THRESHOLD: usize = strata_dataplane::vectors::index::DEFAULT_INDEX_THRESHOLD as usize;
 
-/// What no response body may contain: SQL and internal names; the other
-/// tenant's name, id, database and role are added per run.
-const LEAKS: &[&str] = &[
-    "SELECT",
-    "INSERT",
-    "UPDATE ",
-    "DELETE FROM",
-    "relation",
-    "constraint",
-    "violates",
-    "duplicate key",
-    "syntax error at",
-    "pg_",
-    "sqlx",
-    "outbox",
-    "embeddings",
-    "hnsw.",
-    "collection_id",
-    "strata_dataplane",
-    "catalog.",
-];
-
-struct Api {
-    client: Client,
-    leaks: Vec<String>,
-}
-
-impl Api {
-    /// Asserts `reply` is the problem `code` with `status`, well formed,
-    /// and leak-free; returns its body.
-    fn problem(&self, reply: &Reply, status: u16, code: &str) -> Value {
-        assert_eq!(reply.status, status, "{code}: {}", reply.text);
-        assert_eq!(
-            reply.header("content-type"),
-            Some("application/problem+json"),
-            "{}",
-            reply.text
-        );
-        let body = &reply.json;
-        assert_eq!(
-            body["type"],
-            format!("https://strata.dev/problems/{code}"),
-            "{body}"
-        );
-        assert!(
-            body["title"].as_str().is_some_and(|t| !t.is_empty()),
-            "{body}"
-        );
-        assert_eq!(body["status"], status, "{body}");
-        assert_eq!(body["code"], code, "{body}");
-        let id = reply.header("x-request-id").expect("x-request-id");
-        assert!(!id.is_empty());
-        assert_eq!(body["instance"], id, "instance is the request id");
-        self.no_leak(reply);
-        body.clone()
-    }
-
-    /// A 200 (or `status`) JSON answer, leak-free.
-    fn ok(&self, reply: &Reply, status: u16) -> Value {
-        assert_eq!(reply.status, status, "{}", reply.text);
-        if status != 204 {
-            assert_eq!(
-                reply.header("content-type"),
-                Some("application/json"),
-                "{}",
-                reply.text
-            );
-        }
-        assert!(reply.header("x-request-id").is_some());
-        self.no_leak(reply);
-        reply.json.clone()
-    }
-
-    fn no_leak(&self, reply: &Reply) {
-        for word in LEAKS
-            .iter()
-            .map(|w| w.to_string())
-            .chain(self.leaks.iter().cloned())
-        {
-            assert!(
-                !reply.text.contains(&word),
-                "{word:?} leaked in {}",
-                reply.text
-            );
-        }
-    }
-
-    /// The pointers of a problem's `errors`.
-    fn pointers(body: &Value) -> Vec<String> {
-        body["errors"]
-            .as_array()
-            .map(|errors| {
-                errors
-                    .iter()
-                    .filter_map(|e| e["pointer"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
+/// Words no body of this API may contain, besides the shared ones.
+const EXTRA_LEAKS: &[&str] = &["embeddings", "hnsw."];
 
 fn col(tenant: &str, rest: &str) -> String {
     format!("/v1/tenants/{tenant}/collections{rest}")
@@ -164,16 +66,7 @@ async fn scenario(catalog_url: String, _catalog: strata_db::Catalog, tenants: Ve
     let server = Server::start(app_state(&catalog_url), MAX_BODY).await;
     let client = Client::new(&server.base);
     let (a, b) = (&tenants[0], &tenants[1]);
-    let b_names = strata_operator::placement::TenantNames::for_tenant(b.id);
-    let api = Api {
-        client: client.clone(),
-        leaks: vec![
-            b.name.clone(),
-            b.id.to_string(),
-            b_names.database.as_str().to_string(),
-            b_names.owner.as_str().to_string(),
-        ],
-    };
+    let api = Checked::new(client.clone(), b, EXTRA_LEAKS);
     let owner = client.accept_invitation(a).await;
     let b_owner = client.accept_invitation(b).await;
     let viewer = client.new_key(&a.name, &owner, "viewer").await;
@@ -194,7 +87,7 @@ async fn scenario(catalog_url: String, _catalog: strata_db::Catalog, tenants: Ve
 
 /// Collections (cosine 3-d twice, l2 3-d, cosine 4-d, one without vector
 /// configuration) and a document to link.
-async fn setup(api: &Api, ta: &str, key: &str) {
+async fn setup(api: &Checked, ta: &str, key: &str) {
     let c = &api.client;
     for body in [
         json!({"name": "notes", "vector": {"dimension": 3, "metric": "cosine"}}),
@@ -218,7 +111,7 @@ async fn setup(api: &Api, ta: &str, key: &str) {
 }
 
 /// 401 without a credential or with a malformed one, on every route.
-async fn credentials(api: &Api, ta: &str) {
+async fn credentials(api: &Checked, ta: &str) {
     let c = &api.client;
     let search = json!({"vector": [1, 0, 0]});
     for (method, path, body) in [
@@ -259,7 +152,7 @@ async fn credentials(api: &Api, ta: &str) {
 }
 
 /// Upsert (POST and PUT), get, delete one, delete by ids and by filter.
-async fn crud(api: &Api, ta: &str, key: &str) {
+async fn crud(api: &Checked, ta: &str, key: &str) {
     let c = &api.client;
     let vectors = col(ta, "/notes/vectors");
     let reply = c
@@ -414,7 +307,7 @@ async fn crud(api: &Api, ta: &str, key: &str) {
 }
 
 /// Top-k with the metric's score, filter, `ef_search`, includes.
-async fn search(api: &Api, ta: &str, key: &str) {
+async fn search(api: &Checked, ta: &str, key: &str) {
     let c = &api.client;
     let path = col(ta, "/notes/search");
     // Left: a [1,0,0] (doc1, howto), c [0.9,0.1,0] (howto).
@@ -527,7 +420,7 @@ async fn search(api: &Api, ta: &str, key: &str) {
 }
 
 /// Cross-collection search: each hit names its collection, merged by score.
-async fn cross(api: &Api, ta: &str, key: &str) {
+async fn cross(api: &Checked, ta: &str, key: &str) {
     let c = &api.client;
     let reply = c
         .json(
@@ -600,7 +493,7 @@ async fn cross(api: &Api, ta: &str, key: &str) {
 /// 422 with pointers (NaN/Infinity, wrong length, zero cosine vector,
 /// ranges, mixed configurations, the fixed vector configuration), 400 for
 /// syntax and names, 409 for a collection without vector configuration.
-async fn validation(api: &Api, ta: &str, key: &str) {
+async fn validation(api: &Checked, ta: &str, key: &str) {
     let c = &api.client;
     let vectors = col(ta, "/notes/vectors");
     let raw = |method: &'static str, path: String, text: &'static str| async move {
@@ -622,7 +515,7 @@ async fn validation(api: &Api, ta: &str, key: &str) {
     .await;
     let body = api.problem(&reply, 422, "validation-failed");
     assert_eq!(
-        Api::pointers(&body),
+        Checked::pointers(&body),
         [
             "/vectors/1/vector/1",
             "/vectors/1/vector/2",
@@ -650,7 +543,7 @@ async fn validation(api: &Api, ta: &str, key: &str) {
         )
         .await;
     let body = api.problem(&reply, 422, "validation-failed");
-    let pointers = Api::pointers(&body);
+    let pointers = Checked::pointers(&body);
     for pointer in [
         "/vectors/0/vector/0",
         "/vectors/1/vector/0",
@@ -663,7 +556,7 @@ async fn validation(api: &Api, ta: &str, key: &str) {
     }
     let reply = c.json("POST", &vectors, key, json!({"vectors": []})).await;
     let body = api.problem(&reply, 422, "validation-failed");
-    assert_eq!(Api::pointers(&body), ["/vectors"], "{body}");
+    assert_eq!(Checked::pointers(&body), ["/vectors"], "{body}");
     let reply = c
         .json(
             "POST",
@@ -679,7 +572,7 @@ async fn validation(api: &Api, ta: &str, key: &str) {
     let search = col(ta, "/notes/search");
     let reply = raw("POST", search.clone(), r#"{"vector": [NaN, 0, 1]}"#).await;
     let body = api.problem(&reply, 422, "validation-failed");
-    assert_eq!(Api::pointers(&body), ["/vector/0"], "{body}");
+    assert_eq!(Checked::pointers(&body), ["/vector/0"], "{body}");
     let reply = c
         .json(
             "POST",
@@ -689,7 +582,7 @@ async fn validation(api: &Api, ta: &str, key: &str) {
         )
         .await;
     let body = api.problem(&reply, 422, "validation-failed");
-    let pointers = Api::pointers(&body);
+    let pointers = Checked::pointers(&body);
     for pointer in ["/vector", "/k", "/ef_search", "/filter"] {
         assert!(pointers.iter().any(|p| p == pointer), "{pointer}: {body}");
     }
@@ -720,7 +613,7 @@ async fn validation(api: &Api, ta: &str, key: &str) {
         let reply = c.json("POST", &delete, key, body.clone()).await;
         let problem = api.problem(&reply, 422, "validation-failed");
         assert!(
-            Api::pointers(&problem).iter().any(|p| p == pointer),
+            Checked::pointers(&problem).iter().any(|p| p == pointer),
             "{body}: {problem}"
         );
     }
@@ -744,7 +637,7 @@ async fn validation(api: &Api, ta: &str, key: &str) {
             .await;
         let problem = api.problem(&reply, 422, "validation-failed");
         assert!(
-            Api::pointers(&problem).iter().any(|p| p == pointer),
+            Checked::pointers(&problem).iter().any(|p| p == pointer),
             "{names}: {problem}"
         );
     }
@@ -765,7 +658,7 @@ async fn validation(api: &Api, ta: &str, key: &str) {
     )
     .await;
     let body = api.problem(&reply, 422, "validation-failed");
-    assert_eq!(Api::pointers(&body), ["/vector/1"], "{body}");
+    assert_eq!(Checked::pointers(&body), ["/vector/1"], "{body}");
 
     // A collection's vector configuration is fixed: 422 at /vector, for a
     // collection with vectors and one without alike.
@@ -779,7 +672,7 @@ async fn validation(api: &Api, ta: &str, key: &str) {
             )
             .await;
         let body = api.problem(&reply, 422, "validation-failed");
-        assert_eq!(Api::pointers(&body), ["/vector"], "{body}");
+        assert_eq!(Checked::pointers(&body), ["/vector"], "{body}");
         let got = c.get(&col(ta, &format!("/{name}")), key).await;
         assert_eq!(api.ok(&got, 200)["version"], 1, "{name} unchanged");
     }
@@ -846,7 +739,7 @@ async fn validation(api: &Api, ta: &str, key: &str) {
         )
         .await;
     let body = api.problem(&reply, 422, "validation-failed");
-    assert_eq!(Api::pointers(&body), ["/collections/1"], "{body}");
+    assert_eq!(Checked::pointers(&body), ["/collections/1"], "{body}");
 
     // 409: a collection without vector configuration.
     for (path, body) in [
@@ -868,7 +761,7 @@ async fn validation(api: &Api, ta: &str, key: &str) {
 }
 
 /// 405 with `Allow`, 406, 413, 415, and unknown routes: as problems.
-async fn protocol(api: &Api, ta: &str, key: &str) {
+async fn protocol(api: &Checked, ta: &str, key: &str) {
     let c = &api.client;
     for (method, path, allowed) in [
         ("GET", col(ta, "/notes/vectors"), vec!["POST", "PUT"]),
@@ -1006,7 +899,7 @@ async fn protocol(api: &Api, ta: &str, key: &str) {
         .await;
     let body = api.problem(&reply, 422, "validation-failed");
     assert!(
-        Api::pointers(&body).contains(&"/vectors".to_string()),
+        Checked::pointers(&body).contains(&"/vectors".to_string()),
         "{body}"
     );
 
@@ -1035,7 +928,7 @@ async fn protocol(api: &Api, ta: &str, key: &str) {
 }
 
 /// A viewer reads and searches; every write is 403 and changes nothing.
-async fn viewer_cannot_write(api: &Api, ta: &str, owner: &str, viewer: &str) {
+async fn viewer_cannot_write(api: &Checked, ta: &str, owner: &str, viewer: &str) {
     let c = &api.client;
     let before = c.get(&col(ta, "/notes/vectors/a"), viewer).await;
     let before = api.ok(&before, 200);
@@ -1103,7 +996,7 @@ async fn viewer_cannot_write(api: &Api, ta: &str, owner: &str, viewer: &str) {
 /// Tenant A's key on tenant B's collections and vector ids: 404 with the
 /// same body as a collection or vector that exists nowhere; B's data is
 /// untouched and never appears.
-async fn isolation(api: &Api, ta: &str, tb: &str, a_key: &str, b_key: &str) {
+async fn isolation(api: &Checked, ta: &str, tb: &str, a_key: &str, b_key: &str) {
     let c = &api.client;
     let made = c
         .json(
@@ -1213,7 +1106,7 @@ async fn isolation(api: &Api, ta: &str, tb: &str, a_key: &str, b_key: &str) {
 
 /// Vector writes leave outbox rows in their transaction: topic, aggregate
 /// `<collection id>/<vector id>`, payload the version only.
-async fn outbox(api: &Api, a: &Tenant, key: &str) {
+async fn outbox(api: &Checked, a: &Tenant, key: &str) {
     let c = &api.client;
     let ta = a.name.as_str();
     let got = c.get(&col(ta, "/other"), key).await;
@@ -1313,7 +1206,7 @@ async fn outbox(api: &Api, a: &Tenant, key: &str) {
 
 /// Past the threshold a collection gets its HNSW index (in the
 /// background); deleting the collection drops it.
-async fn index_dropped_with_collection(api: &Api, a: &Tenant, key: &str) {
+async fn index_dropped_with_collection(api: &Checked, a: &Tenant, key: &str) {
     let c = &api.client;
     let ta = a.name.as_str();
     let made = c

@@ -316,3 +316,119 @@ pub fn without_instance(mut body: Value) -> Value {
     }
     body
 }
+
+/// What no response body may contain: SQL and internal names. Tests add
+/// their own words and the other tenant's identity ([`Checked::new`]).
+pub const INTERNAL_WORDS: &[&str] = &[
+    "SELECT",
+    "INSERT",
+    "UPDATE ",
+    "DELETE FROM",
+    "relation",
+    "constraint",
+    "violates",
+    "duplicate key",
+    "syntax error at",
+    "pg_",
+    "sqlx",
+    "outbox",
+    "collection_id",
+    "strata_dataplane",
+    "catalog.",
+];
+
+/// A client whose answers are checked: problems well formed (type, title,
+/// status, code, `instance` = `X-Request-Id`), successes JSON, and no body
+/// leaking internal words or the other tenant.
+pub struct Checked {
+    pub client: Client,
+    leaks: Vec<String>,
+}
+
+impl Checked {
+    /// `other` is the tenant whose name, id, database and owner role must
+    /// never appear; `extra` are more words this test forbids.
+    pub fn new(client: Client, other: &Tenant, extra: &[&str]) -> Self {
+        let names = strata_operator::placement::TenantNames::for_tenant(other.id);
+        let leaks = INTERNAL_WORDS
+            .iter()
+            .chain(extra)
+            .map(|w| w.to_string())
+            .chain([
+                other.name.clone(),
+                other.id.to_string(),
+                names.database.as_str().to_string(),
+                names.owner.as_str().to_string(),
+            ])
+            .collect();
+        Self { client, leaks }
+    }
+
+    /// Asserts `reply` is the problem `code` with `status`, well formed,
+    /// and leak-free; returns its body.
+    pub fn problem(&self, reply: &Reply, status: u16, code: &str) -> Value {
+        assert_eq!(reply.status, status, "{code}: {}", reply.text);
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/problem+json"),
+            "{}",
+            reply.text
+        );
+        let body = &reply.json;
+        assert_eq!(
+            body["type"],
+            format!("https://strata.dev/problems/{code}"),
+            "{body}"
+        );
+        assert!(
+            body["title"].as_str().is_some_and(|t| !t.is_empty()),
+            "{body}"
+        );
+        assert_eq!(body["status"], status, "{body}");
+        assert_eq!(body["code"], code, "{body}");
+        let id = reply.header("x-request-id").expect("x-request-id");
+        assert!(!id.is_empty());
+        assert_eq!(body["instance"], id, "instance is the request id");
+        self.no_leak(reply);
+        body.clone()
+    }
+
+    /// A JSON answer with `status` (no body for 204), leak-free.
+    pub fn ok(&self, reply: &Reply, status: u16) -> Value {
+        assert_eq!(reply.status, status, "{}", reply.text);
+        if status != 204 {
+            assert_eq!(
+                reply.header("content-type"),
+                Some("application/json"),
+                "{}",
+                reply.text
+            );
+        }
+        assert!(reply.header("x-request-id").is_some());
+        self.no_leak(reply);
+        reply.json.clone()
+    }
+
+    pub fn no_leak(&self, reply: &Reply) {
+        for word in &self.leaks {
+            assert!(
+                !reply.text.contains(word.as_str()),
+                "{word:?} leaked in {}",
+                reply.text
+            );
+        }
+    }
+
+    /// The pointers of a problem's `errors`.
+    pub fn pointers(body: &Value) -> Vec<String> {
+        body["errors"]
+            .as_array()
+            .map(|errors| {
+                errors
+                    .iter()
+                    .filter_map(|e| e["pointer"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
