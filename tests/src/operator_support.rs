@@ -40,6 +40,27 @@ pub fn clusters_at(url: &str) -> Clusters {
     )
 }
 
+/// Provisions `t` on the stack's default cluster with the operator's own
+/// provisioner, Secrets as files under `host` (as `strata-operator apply`
+/// does): the way tests that need a real tenant database get one.
+pub async fn provision_local(
+    catalog: &Catalog,
+    host: &strata_operator::host::LocalHost,
+    t: &strata_operator::provision::TenantInput,
+) -> Result<strata_operator::provision::Provisioned, strata_operator::provision::Failure> {
+    let settings = settings(None);
+    let cluster =
+        strata_operator::provision::resolve_cluster(&default_clusters(), "default").await?;
+    strata_operator::provision::Provisioner {
+        settings: &settings,
+        catalog,
+        cluster: &cluster,
+        host,
+    }
+    .provision(t)
+    .await
+}
+
 /// A fresh platform catalog, opened the way the operator opens it.
 pub async fn test_catalog() -> (TestDb, Catalog) {
     let db = TestDb::new().await;

@@ -16,10 +16,10 @@ use strata_operator::cluster::SessionLimits;
 use strata_operator::controller;
 use strata_operator::host::{LocalHost, TenantHost};
 use strata_operator::placement::TenantNames;
-use strata_operator::provision::{self, Provisioned, Provisioner, TenantInput};
+use strata_operator::provision::{self, Provisioned, TenantInput};
 use strata_tests::operator_support::{
     HarnessOptions, OperatorHarness, default_clusters, drop_tenant_storage, has_condition,
-    settings, test_catalog, test_context, wait_deleted, wait_for_status,
+    provision_local, test_catalog, test_context, wait_deleted, wait_for_status,
 };
 use strata_tests::{TestNamespace, admin_client, env, unique, with_database};
 use uuid::Uuid;
@@ -46,16 +46,7 @@ async fn provision(
     host: &LocalHost,
     t: &TenantInput,
 ) -> Result<Provisioned, provision::Failure> {
-    let settings = settings(None);
-    let cluster = provision::resolve_cluster(&default_clusters(), "default").await?;
-    Provisioner {
-        settings: &settings,
-        catalog,
-        cluster: &cluster,
-        host,
-    }
-    .provision(t)
-    .await
+    provision_local(catalog, host, t).await
 }
 
 fn local_host() -> LocalHost {

@@ -15,10 +15,8 @@ use strata_dataplane::documents::{collections, store};
 use strata_dataplane::http::pagination::CursorCodec;
 use strata_operator::host::LocalHost;
 use strata_operator::placement::TenantNames;
-use strata_operator::provision::{self, Provisioner, TenantInput};
-use strata_tests::operator_support::{
-    default_clusters, drop_tenant_storage, settings, test_catalog,
-};
+use strata_operator::provision::TenantInput;
+use strata_tests::operator_support::{drop_tenant_storage, provision_local, test_catalog};
 use strata_tests::{TestDb, cleanup_blocking, env, unique, with_database};
 use uuid::Uuid;
 
@@ -52,19 +50,9 @@ impl Tenant {
             .expect("spec"),
             rotation: Default::default(),
         };
-        let settings = settings(None);
-        let cluster = provision::resolve_cluster(&default_clusters(), "default")
+        provision_local(&catalog, &host, &input)
             .await
-            .expect("cluster");
-        Provisioner {
-            settings: &settings,
-            catalog: &catalog,
-            cluster: &cluster,
-            host: &host,
-        }
-        .provision(&input)
-        .await
-        .expect("provision");
+            .expect("provision");
         let names = TenantNames::for_tenant(input.id);
         let pool = PgPoolOptions::new()
             .max_connections(8)

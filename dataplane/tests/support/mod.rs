@@ -20,10 +20,8 @@ use strata_dataplane::http::pagination::CursorCodec;
 use strata_dataplane::tenancy::{Tenancy, TenancySettings};
 use strata_db::TenantState;
 use strata_operator::host::{LocalHost, TenantHost};
-use strata_operator::provision::{self, Provisioner, TenantInput};
-use strata_tests::operator_support::{
-    default_clusters, drop_tenant_storage, settings, test_catalog,
-};
+use strata_operator::provision::{self, TenantInput};
+use strata_tests::operator_support::{drop_tenant_storage, provision_local, test_catalog};
 use strata_tests::{env, unique, with_database};
 use uuid::Uuid;
 
@@ -52,19 +50,9 @@ pub async fn provision_tenant(
         .expect("spec"),
         rotation: Default::default(),
     };
-    let cluster = provision::resolve_cluster(&default_clusters(), "default")
+    provision_local(catalog, host, &input)
         .await
-        .expect("cluster");
-    let settings = settings(None);
-    Provisioner {
-        settings: &settings,
-        catalog,
-        cluster: &cluster,
-        host,
-    }
-    .provision(&input)
-    .await
-    .expect("provision");
+        .expect("provision");
     catalog
         .set_state(input.id, TenantState::Ready)
         .await
