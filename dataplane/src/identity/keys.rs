@@ -29,7 +29,7 @@ use crate::http::auth::{
     CredentialId, KEY_ID_LEN, Principal, StoredApiKey, generate_api_key, is_role_name,
 };
 use crate::http::extract::{Json, Path, Query};
-use crate::http::pagination::{Page, PageLimits, PageParams, Position, QueryFingerprint};
+use crate::http::pagination::{Page, PageParams};
 use crate::http::problem::{ApiError, FieldError};
 use crate::tenancy::context::load_permissions;
 use crate::tenancy::{Action, Resource, TenantContext};
@@ -380,24 +380,14 @@ pub async fn list(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     ctx.require(Resource::Keys, Action::Read)?;
-    let limit = PageLimits::DEFAULT.resolve(page.limit)?;
-    let fingerprint = QueryFingerprint::of(&json!({"list": "keys", "tenant": ctx.tenant_id()}));
-    let after: Option<Position<()>> = http
-        .cursors
-        .decode_param(page.cursor.as_deref(), &fingerprint)?;
-    let rows: Vec<KeyView> = sqlx::query_as(&format!(
+    let select = format!(
         "SELECT {} FROM api_keys WHERE ($1::text IS NULL OR id > $1) ORDER BY id LIMIT $2",
         key_columns()
-    ))
-    .bind(after.map(|p| p.id))
-    .bind(i64::from(limit) + 1)
-    .fetch_all(ctx.pool())
-    .await?;
-    let page = Page::from_rows(rows, limit, &http.cursors, &fingerprint, |row| Position {
-        keys: (),
-        id: row.id.clone(),
-    });
-    Ok(page.into_response_for(&uri))
+    );
+    super::list_page(&ctx, &http, page, &uri, "keys", &select, |row: &KeyView| {
+        row.id.clone()
+    })
+    .await
 }
 
 fn is_key_id(id: &str) -> bool {

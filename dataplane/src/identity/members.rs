@@ -25,7 +25,7 @@ use super::keys::{actor, audit, check_grantable};
 use super::ts;
 use crate::http::HttpContext;
 use crate::http::extract::{Json, Path, Query};
-use crate::http::pagination::{Page, PageLimits, PageParams, Position, QueryFingerprint};
+use crate::http::pagination::{Page, PageParams};
 use crate::http::problem::ApiError;
 use crate::tenancy::context::load_permissions;
 use crate::tenancy::{Action, Resource, TenantContext};
@@ -78,24 +78,20 @@ pub async fn list(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     ctx.require(Resource::Members, Action::Read)?;
-    let limit = PageLimits::DEFAULT.resolve(page.limit)?;
-    let fingerprint = QueryFingerprint::of(&json!({"list": "members", "tenant": ctx.tenant_id()}));
-    let after: Option<Position<()>> = http
-        .cursors
-        .decode_param(page.cursor.as_deref(), &fingerprint)?;
-    let rows: Vec<MemberView> = sqlx::query_as(&format!(
+    let select = format!(
         "SELECT {} FROM members WHERE ($1::text IS NULL OR subject > $1) ORDER BY subject LIMIT $2",
         member_columns()
-    ))
-    .bind(after.map(|p| p.id))
-    .bind(i64::from(limit) + 1)
-    .fetch_all(ctx.pool())
-    .await?;
-    let page = Page::from_rows(rows, limit, &http.cursors, &fingerprint, |row| Position {
-        keys: (),
-        id: row.subject.clone(),
-    });
-    Ok(page.into_response_for(&uri))
+    );
+    super::list_page(
+        &ctx,
+        &http,
+        page,
+        &uri,
+        "members",
+        &select,
+        |row: &MemberView| row.subject.clone(),
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
