@@ -59,7 +59,8 @@ pub async fn open(admin_url: &str, database: &str) -> anyhow::Result<Catalog> {
 }
 
 /// The data plane resolves tenants from `catalog.tenants` and
-/// `catalog.clusters` with its own role: read access to those tables only
+/// `catalog.clusters` (and bucket rules from `catalog.buckets`) with its own
+/// role: read access to those tables only
 /// (never to `catalog.owner_credentials`).
 /// Skipped while the role does not exist yet; the next start grants it.
 async fn grant_dataplane_read(pool: &PgPool, db: &Ident) -> anyhow::Result<()> {
@@ -77,7 +78,7 @@ async fn grant_dataplane_read(pool: &PgPool, db: &Ident) -> anyhow::Result<()> {
     for statement in [
         format!("GRANT CONNECT ON DATABASE {} TO {role}", db.quoted()),
         format!("GRANT USAGE ON SCHEMA catalog TO {role}"),
-        format!("GRANT SELECT ON catalog.tenants, catalog.clusters TO {role}"),
+        format!("GRANT SELECT ON catalog.tenants, catalog.clusters, catalog.buckets TO {role}"),
     ] {
         sqlx::query(&statement).execute(pool).await?;
     }

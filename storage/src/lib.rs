@@ -1,0 +1,180 @@
+//! Where object bytes live. The data plane and the operator reach the byte
+//! store only through [`Backend`]; object metadata, usage and events live in
+//! the tenant database (see `dataplane::storage`).
+//!
+//! Locations ([`BlobKey`]) are derived from ids — tenant UID, bucket UID, a
+//! fresh version id — never from names a user chose, so a hostile object key
+//! cannot address anything in the backend, and a blob is written once and
+//! never overwritten (an overwrite of an object is a new blob plus a metadata
+//! flip, which is what makes it atomic).
+
+use std::fmt;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures::Stream;
+
+/// A body flowing to or from the backend, chunk by chunk: bodies are never
+/// held whole in memory.
+pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// A blob's location inside the backend: `/`-separated segments of ids.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlobKey(String);
+
+impl BlobKey {
+    /// A key from already-safe segments (ids, fixed words). Panics in debug
+    /// builds on a segment that is empty or holds `/`, `.` or `..`.
+    pub fn from_segments<'a>(segments: impl IntoIterator<Item = &'a str>) -> Self {
+        let segments: Vec<&str> = segments.into_iter().collect();
+        debug_assert!(segments.iter().all(|s| {
+            !s.is_empty() && *s != "." && *s != ".." && !s.contains('/') && !s.contains('\\')
+        }));
+        Self(segments.join("/"))
+    }
+
+    /// A key read back from the backend or the database (already validated
+    /// when it was made).
+    pub fn from_stored(key: impl Into<String>) -> Self {
+        Self(key.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for BlobKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Bytes `start..end` (end exclusive) of a blob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+/// One blob as listed by [`Backend::list`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobInfo {
+    pub key: BlobKey,
+    pub size: u64,
+    /// When it was last written (seconds since the Unix epoch), so a sweeper
+    /// can leave blobs younger than an upload's lifetime alone.
+    pub modified_unix: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("blob not found")]
+    NotFound,
+    /// The body stream itself failed (client went away, a limit tripped in a
+    /// stream adapter): not the backend's fault, and nothing is left behind.
+    #[error("body stream failed: {0}")]
+    Body(std::io::Error),
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A byte store. Implementations: [`fs::FsBackend`] (the embedded default)
+/// and [`s3::S3Backend`].
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Streams `body` to `key` and returns the number of bytes stored. The
+    /// blob becomes visible only complete (never a prefix of it); when the
+    /// body or the backend fails, nothing remains at `key`. `size_hint` is
+    /// the exact length when the client sent `Content-Length`.
+    async fn put(
+        &self,
+        key: &BlobKey,
+        body: ByteStream,
+        size_hint: Option<u64>,
+    ) -> Result<u64, BackendError>;
+
+    /// Streams a blob, or the given range of it (already checked against the
+    /// blob's size by the caller).
+    async fn get(
+        &self,
+        key: &BlobKey,
+        range: Option<ByteRange>,
+    ) -> Result<ByteStream, BackendError>;
+
+    /// Copies a blob inside the backend without the bytes passing through us.
+    async fn copy(&self, from: &BlobKey, to: &BlobKey) -> Result<(), BackendError>;
+
+    /// Removes a blob; a missing blob is not an error (idempotent).
+    async fn delete(&self, key: &BlobKey) -> Result<(), BackendError>;
+
+    /// Blobs under `prefix`, in key order, after `after`, at most `limit`.
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&BlobKey>,
+        limit: usize,
+    ) -> Result<Vec<BlobInfo>, BackendError>;
+
+    /// Readiness: the store answers and the configured location exists.
+    async fn check(&self) -> Result<(), BackendError>;
+
+    /// Where blobs go, for status and logs (`file:///…` or `s3://bucket/…`;
+    /// never credentials).
+    fn describe(&self) -> String;
+}
+
+/// Which backend, from flags or the environment; shared by the operator and
+/// the data plane so both address the same bytes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StorageArgs {
+    /// `fs` (a local directory, the embedded default) or `s3`.
+    #[arg(
+        long = "storage-backend",
+        env = "STRATA_STORAGE_BACKEND",
+        default_value = "fs"
+    )]
+    pub backend: BackendKind,
+    /// Root directory of the `fs` backend.
+    #[arg(
+        long = "storage-root",
+        env = "STRATA_STORAGE_ROOT",
+        default_value = "./.stack/objects"
+    )]
+    pub root: std::path::PathBuf,
+    /// S3 endpoint (path-style addressing is always used).
+    #[arg(long = "s3-endpoint", env = "STRATA_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    #[arg(
+        long = "s3-region",
+        env = "STRATA_S3_REGION",
+        default_value = "us-east-1"
+    )]
+    pub s3_region: String,
+    /// The one backend bucket every Strata bucket lives in, under its own
+    /// prefix (`t/<tenant uid>/b/<bucket uid>/`).
+    #[arg(
+        long = "s3-bucket",
+        env = "STRATA_S3_BUCKET",
+        default_value = "strata-data"
+    )]
+    pub s3_bucket: String,
+    #[arg(
+        long = "s3-access-key-id",
+        env = "STRATA_S3_ACCESS_KEY_ID",
+        hide_env_values = true
+    )]
+    pub s3_access_key_id: Option<String>,
+    #[arg(
+        long = "s3-secret-access-key",
+        env = "STRATA_S3_SECRET_ACCESS_KEY",
+        hide_env_values = true
+    )]
+    pub s3_secret_access_key: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Fs,
+    S3,
+}
