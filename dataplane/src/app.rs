@@ -16,6 +16,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::gateway::{Gateway, rate_limits};
 use crate::http::extract::accept_json;
 use crate::http::{ApiError, HttpContext, finish_problems, request_id};
 
@@ -79,12 +80,12 @@ pub fn router(state: AppState, registry: Arc<Registry>, max_body_bytes: usize) -
         .merge(crate::identity::routes())
         .merge(crate::documents::routes())
         .merge(crate::vectors::routes())
-        .with_state(state);
+        .with_state(state.clone());
     Router::new()
         .merge(probes)
         // HTML and scripts for browsers, outside the API's problem+json layer.
         .merge(crate::docs::routes())
-        .merge(api_router(api, max_body_bytes))
+        .merge(api_router(api, max_body_bytes, state.http.gateway.clone()))
         .layer(TraceLayer::new_for_http().make_span_with(request_id::make_span::<Body>))
         // Outermost, so the trace span and every response carry the id.
         .layer(middleware::from_fn(request_id::request_id))
@@ -95,7 +96,7 @@ pub fn router(state: AppState, registry: Arc<Registry>, max_body_bytes: usize) -
 /// accepts JSON, the body limit and the request timeout. The probes stay
 /// outside: their plain-text answers are what orchestrators and scrapers
 /// expect.
-pub fn api_router(routes: Router, max_body_bytes: usize) -> Router {
+pub fn api_router(routes: Router, max_body_bytes: usize, gateway: Gateway) -> Router {
     routes
         // JSON only: a request that accepts none is 406 before any work
         // (matched routes only; unknown paths stay 404).
@@ -109,6 +110,8 @@ pub fn api_router(routes: Router, max_body_bytes: usize) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
+        // Inside finish_problems, so a 429 gets its request id too.
+        .layer(middleware::from_fn_with_state(gateway, rate_limits))
         .layer(middleware::from_fn(finish_problems))
 }
 
@@ -131,6 +134,7 @@ mod tests {
         let http = HttpContext {
             auth: crate::http::auth::Authenticator::new(None, None),
             cursors: crate::http::pagination::CursorCodec::new(vec![0; 32], vec![]).expect("key"),
+            gateway: Gateway::unlimited(),
         };
         let tenancy = crate::tenancy::Tenancy::new(
             catalog.clone(),
@@ -198,7 +202,8 @@ mod tests {
             "/v1/echo",
             post(|Json(value): Json<serde_json::Value>| async move { Json(value) }),
         );
-        let app = api_router(routes, 16).layer(middleware::from_fn(request_id::request_id));
+        let app = api_router(routes, 16, Gateway::unlimited())
+            .layer(middleware::from_fn(request_id::request_id));
         let response = app
             .clone()
             .oneshot(
@@ -237,7 +242,7 @@ mod tests {
                 Json(value.as_str().map(str::len))
             }),
         );
-        let app = api_router(routes, 3 << 20);
+        let app = api_router(routes, 3 << 20, Gateway::unlimited());
         let body = serde_json::to_vec(&"x".repeat(5 << 19)).expect("json");
         let response = app
             .oneshot(

@@ -12,6 +12,7 @@ use strata_servicekit::LogArgs;
 
 use sqlx::postgres::PgConnectOptions;
 
+use crate::gateway::{Gateway, RateLimitSettings, RateLimiter, TrustedProxies};
 use crate::http::auth::{JwksSource, JwtSettings};
 use crate::http::pagination::{CursorCodec, MIN_KEY_LEN};
 use crate::tenancy::TenancySettings;
@@ -44,6 +45,48 @@ pub struct Config {
     pub auth: AuthArgs,
     #[command(flatten)]
     pub tenancy: TenancyArgs,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+/// Request rate limits (GCRA; in Redis when --redis-url is set, so they hold
+/// across replicas) and the proxies whose `X-Forwarded-For` is believed.
+#[derive(Args, Debug, Clone)]
+pub struct GatewayArgs {
+    /// Requests per second per tenant, for Tenants without
+    /// `spec.quotas.requestsPerSecond` (0: no limit).
+    #[arg(long, env = "STRATA_RATE_LIMIT_TENANT_RPS", default_value_t = 1000)]
+    pub rate_limit_tenant_rps: u32,
+    /// Requests per second per credential (API key, or JWT subject; 0: no limit).
+    #[arg(long, env = "STRATA_RATE_LIMIT_CREDENTIAL_RPS", default_value_t = 200)]
+    pub rate_limit_credential_rps: u32,
+    /// Requests per second per client IP without a credential (0: no limit).
+    #[arg(long, env = "STRATA_RATE_LIMIT_ANONYMOUS_RPS", default_value_t = 20)]
+    pub rate_limit_anonymous_rps: u32,
+    /// Milliseconds to wait for Redis before limiting locally.
+    #[arg(long, env = "STRATA_RATE_LIMIT_REDIS_TIMEOUT_MS", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(1..=5_000))]
+    pub rate_limit_redis_timeout_ms: u64,
+    /// Reverse proxies (CIDR, comma-separated) whose `X-Forwarded-For` is
+    /// read for the client address; unset: the TCP peer is the client.
+    #[arg(long, env = "STRATA_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl GatewayArgs {
+    pub fn gateway(&self, redis: Option<redis::aio::ConnectionManager>) -> Gateway {
+        let settings = RateLimitSettings {
+            tenant_rps: self.rate_limit_tenant_rps,
+            credential_rps: self.rate_limit_credential_rps,
+            anonymous_rps: self.rate_limit_anonymous_rps,
+            redis_timeout: Duration::from_millis(self.rate_limit_redis_timeout_ms),
+            ..RateLimitSettings::default()
+        };
+        Gateway {
+            limiter: RateLimiter::new(settings, redis),
+            proxies: TrustedProxies::new(self.trusted_proxies.clone()),
+        }
+    }
 }
 
 /// How the data plane reaches tenant databases (see `tenancy::pools`).

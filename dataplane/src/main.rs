@@ -57,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
         // looks them up there, so this authenticator verifies JWTs only.
         auth: Authenticator::new(jwt, None),
         cursors: config.auth.cursor_codec()?,
+        gateway: config.gateway.gateway(redis.clone()),
     };
     let tenancy = Tenancy::new(
         catalog.clone(),
@@ -79,6 +80,9 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %config.listen, "serving");
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    // The peer address is the client's for rate limits (or a trusted
+    // proxy's, see gateway::client_ip).
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;
         let _ = tx.send(());

@@ -77,6 +77,7 @@ fn app(catalog_url: &str) -> (Router, Tenancy) {
         http: HttpContext {
             auth: Authenticator::new(Some(jwt), None),
             cursors: CursorCodec::new(vec![9; 32], vec![]).expect("cursor key"),
+            gateway: strata_dataplane::gateway::Gateway::unlimited(),
         },
         tenancy: tenancy.clone(),
     };
@@ -85,8 +86,12 @@ fn app(catalog_url: &str) -> (Router, Tenancy) {
         .route("/v1/tenants/{tenant}/probe-write", get(probe_write))
         .route("/v1/tenants/{tenant}/probe-owner", get(probe_owner))
         .with_state(state);
-    let router =
-        api_router(routes, 1 << 20).layer(axum::middleware::from_fn(request_id::request_id));
+    let router = api_router(
+        routes,
+        1 << 20,
+        strata_dataplane::gateway::Gateway::unlimited(),
+    )
+    .layer(axum::middleware::from_fn(request_id::request_id));
     (router, tenancy)
 }
 

@@ -28,6 +28,8 @@ pub use request_id::RequestId;
 pub struct HttpContext {
     pub auth: auth::Authenticator,
     pub cursors: pagination::CursorCodec,
+    /// Rate limits (see [`crate::gateway`]).
+    pub gateway: crate::gateway::Gateway,
 }
 
 /// Middleware for the API routes (inside [`request_id::request_id`]):

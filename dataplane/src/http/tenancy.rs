@@ -127,6 +127,7 @@ mod tests {
                 Some(Arc::new(Keys(vec![(key.key_id.clone(), stored)]))),
             ),
             cursors: CursorCodec::new(vec![0; 32], vec![]).expect("key"),
+            gateway: crate::gateway::Gateway::unlimited(),
         };
         let app = Router::new()
             .route(

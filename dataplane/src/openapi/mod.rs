@@ -555,6 +555,7 @@ mod tests {
                 auth: crate::http::auth::Authenticator::new(None, None),
                 cursors: crate::http::pagination::CursorCodec::new(vec![0; 32], vec![])
                     .expect("key"),
+                gateway: crate::gateway::Gateway::unlimited(),
             },
             tenancy: crate::tenancy::Tenancy::new(
                 catalog,

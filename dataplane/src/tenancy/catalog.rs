@@ -29,6 +29,9 @@ pub struct TenantInfo {
     /// cluster (the tenant cannot be served then: 503).
     pub host: Option<String>,
     pub port: Option<u16>,
+    /// `spec.quotas.requestsPerSecond` of the Tenant: its request rate limit
+    /// (`None`: the platform default).
+    pub requests_per_second: Option<u32>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -41,6 +44,7 @@ struct CatalogRow {
     owner_role: String,
     host: Option<String>,
     port: Option<i32>,
+    requests_per_second: Option<i64>,
 }
 
 type Entry = (Instant, Option<Arc<TenantInfo>>);
@@ -109,7 +113,10 @@ impl TenantResolver {
     async fn load(&self, name: &str) -> Result<Option<Arc<TenantInfo>>, ApiError> {
         let row: Option<CatalogRow> = sqlx::query_as(
             r#"SELECT t.id, t.name, t.state, t.cluster, t.database_name, t.owner_role,
-                      c.host, c.port
+                      c.host, c.port,
+                      CASE WHEN jsonb_typeof(t.quotas -> 'requestsPerSecond') = 'number'
+                           THEN (t.quotas ->> 'requestsPerSecond')::numeric::bigint
+                      END AS requests_per_second
                  FROM catalog.tenants t
                  LEFT JOIN catalog.clusters c ON c.name = t.cluster
                 WHERE t.name = $1 AND t.state NOT IN ('detached', 'deleting')"#,
@@ -127,6 +134,7 @@ impl TenantResolver {
             owner_role,
             host,
             port,
+            requests_per_second,
         }) = row
         else {
             return Ok(None);
@@ -145,6 +153,7 @@ impl TenantResolver {
             owner_role,
             host,
             port: port.and_then(|p| u16::try_from(p).ok()),
+            requests_per_second: requests_per_second.and_then(|r| u32::try_from(r).ok()),
         })))
     }
 }

@@ -230,6 +230,21 @@ where
         let tenancy = Tenancy::from_ref(state);
         let ctx = authenticate(&parts.headers, &path_tenant, &http, &tenancy).await?;
         tracing::Span::current().record("tenant", ctx.tenant.name.as_str());
+        // Counted once the tenant and the credential are known; the
+        // gateway layer writes the headers on the response (429 or not).
+        let decision = http
+            .gateway
+            .limiter
+            .check_principal(
+                ctx.tenant.id,
+                ctx.tenant.requests_per_second,
+                &ctx.principal,
+            )
+            .await;
+        if let Some(slot) = parts.extensions.get::<crate::gateway::DecisionSlot>() {
+            slot.set(decision.clone());
+        }
+        decision.into_result()?;
         parts.extensions.insert(ctx.clone());
         Ok(ctx)
     }

@@ -176,6 +176,7 @@ mod tests {
             owner_role: "o".into(),
             host: None,
             port: None,
+            requests_per_second: None,
         };
         assert!(state_gate(&tenant(TenantState::Ready)).is_ok());
         let status = |state| {

@@ -213,6 +213,7 @@ mod tests {
             owner_role: format!("owner{n}"),
             host: Some("127.0.0.1".into()),
             port: Some(1),
+            requests_per_second: None,
         }
     }
 

@@ -129,6 +129,9 @@ pub fn app_state(catalog_url: &str) -> AppState {
         http: HttpContext {
             auth: Authenticator::new(Some(jwt), None),
             cursors: CursorCodec::new(vec![9; 32], vec![]).expect("cursor key"),
+            // Tests of other behaviour send bursts; tests/gateway.rs
+            // sets its own limits.
+            gateway: strata_dataplane::gateway::Gateway::unlimited(),
         },
         tenancy,
     }
@@ -149,6 +152,7 @@ impl Server {
             .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let task = tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
             axum::serve(listener, app).await.expect("serve");
         });
         Self { base, task }
