@@ -18,6 +18,7 @@ use crate::condition::{Condition, conditions_schema};
     namespaced,
     status = "BucketStatus",
     printcolumn = r#"{"name":"Tenant","type":"string","jsonPath":".spec.tenantRef"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Bytes","type":"integer","jsonPath":".status.usage.bytes"}"#,
     printcolumn = r#"{"name":"Quota","type":"integer","jsonPath":".spec.quota.bytes"}"#,
     printcolumn = r#"{"name":"Objects","type":"integer","jsonPath":".status.usage.objects","priority":1}"#,
@@ -101,9 +102,14 @@ pub struct BucketStatus {
     #[serde(default)]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
-    /// Name of the bucket in the S3 backend.
+    /// Where the bucket's bytes live: the backend's location and the
+    /// bucket's prefix in it (`s3://<backend bucket>/t/<tenant uid>/b/<bucket uid>`
+    /// or `file:///<root>/t/<tenant uid>/b/<bucket uid>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend_bucket: Option<String>,
+    /// The bucket's identity in the catalog (the Bucket's UID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<BucketUsage>,
 }

@@ -324,3 +324,288 @@ impl Catalog {
         }))
     }
 }
+
+/// Where a bucket's blobs live in the backend: `t/<tenant uid>/b/<bucket uid>`.
+/// Derived from ids only, so no name a user chose can address another
+/// tenant's or bucket's bytes.
+pub fn backend_prefix(tenant: Uuid, bucket: Uuid) -> String {
+    format!("t/{}/b/{}", tenant.hyphenated(), bucket.hyphenated())
+}
+
+/// A bucket's catalog entry: its rules, as the data plane reads them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BucketRecord {
+    /// The Bucket resource's UID.
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    /// `spec.name`: the name clients use.
+    pub name: String,
+    pub namespace: String,
+    pub public: bool,
+    pub quota_bytes: Option<i64>,
+    pub quota_objects: Option<i64>,
+    pub max_object_size: Option<i64>,
+    pub allowed_content_types: Vec<String>,
+    /// The CRD's lifecycle rules, as JSON (camelCase).
+    pub lifecycle: serde_json::Value,
+    pub compression: bool,
+    pub image_transforms: bool,
+    pub antivirus_scan: bool,
+    /// `metadata.generation` the rules came from.
+    pub generation: i64,
+}
+
+impl BucketRecord {
+    pub fn backend_prefix(&self) -> String {
+        backend_prefix(self.tenant_id, self.id)
+    }
+}
+
+/// `catalog.buckets.state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BucketState {
+    /// Serves reads and writes.
+    Ready,
+    /// Being emptied by the operator: the data plane refuses writes.
+    Deleting,
+}
+
+impl BucketState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Deleting => "deleting",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ready" => Some(Self::Ready),
+            "deleting" => Some(Self::Deleting),
+            _ => None,
+        }
+    }
+}
+
+/// What [`Catalog::claim_bucket`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BucketClaim {
+    /// The entry is this bucket's (new or refreshed).
+    Claimed,
+    /// Another bucket of the same tenant holds the name; nothing was written.
+    NameTaken { holder: Uuid },
+}
+
+/// A tenant's catalog entry as a Bucket needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantBrief {
+    pub cluster: String,
+    pub database_name: String,
+    pub owner_role: String,
+    pub state: String,
+    pub deletion_policy: String,
+}
+
+impl Catalog {
+    /// Records (or refreshes) a bucket's rules; idempotent. Never takes a
+    /// name from another bucket of the same tenant (the unique index decides
+    /// who was first), and never revives an entry being deleted.
+    pub async fn claim_bucket(&self, b: &BucketRecord) -> Result<BucketClaim, sqlx::Error> {
+        let result = sqlx::query(
+            r#"INSERT INTO catalog.buckets
+                   (id, tenant_id, name, namespace, backend_prefix, public, quota_bytes,
+                    quota_objects, max_object_size, allowed_content_types, lifecycle,
+                    compression, image_transforms, antivirus_scan, state, generation)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 'ready', $15)
+               ON CONFLICT (id) DO UPDATE
+                   SET public = EXCLUDED.public,
+                       quota_bytes = EXCLUDED.quota_bytes,
+                       quota_objects = EXCLUDED.quota_objects,
+                       max_object_size = EXCLUDED.max_object_size,
+                       allowed_content_types = EXCLUDED.allowed_content_types,
+                       lifecycle = EXCLUDED.lifecycle,
+                       compression = EXCLUDED.compression,
+                       image_transforms = EXCLUDED.image_transforms,
+                       antivirus_scan = EXCLUDED.antivirus_scan,
+                       generation = EXCLUDED.generation,
+                       updated_at = now()
+                   -- A periodic refresh with nothing new writes nothing.
+                   WHERE (catalog.buckets.public, catalog.buckets.quota_bytes,
+                          catalog.buckets.quota_objects, catalog.buckets.max_object_size,
+                          catalog.buckets.allowed_content_types, catalog.buckets.lifecycle,
+                          catalog.buckets.compression, catalog.buckets.image_transforms,
+                          catalog.buckets.antivirus_scan, catalog.buckets.generation)
+                         IS DISTINCT FROM
+                         (EXCLUDED.public, EXCLUDED.quota_bytes, EXCLUDED.quota_objects,
+                          EXCLUDED.max_object_size, EXCLUDED.allowed_content_types,
+                          EXCLUDED.lifecycle, EXCLUDED.compression, EXCLUDED.image_transforms,
+                          EXCLUDED.antivirus_scan, EXCLUDED.generation)"#,
+        )
+        .bind(b.id)
+        .bind(b.tenant_id)
+        .bind(&b.name)
+        .bind(&b.namespace)
+        .bind(b.backend_prefix())
+        .bind(b.public)
+        .bind(b.quota_bytes)
+        .bind(b.quota_objects)
+        .bind(b.max_object_size)
+        .bind(&b.allowed_content_types)
+        .bind(&b.lifecycle)
+        .bind(b.compression)
+        .bind(b.image_transforms)
+        .bind(b.antivirus_scan)
+        .bind(b.generation)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(BucketClaim::Claimed),
+            Err(sqlx::Error::Database(e)) if e.constraint() == Some("buckets_tenant_name") => {
+                let holder: Option<Uuid> = sqlx::query_scalar(
+                    "SELECT id FROM catalog.buckets WHERE tenant_id = $1 AND name = $2",
+                )
+                .bind(b.tenant_id)
+                .bind(&b.name)
+                .fetch_optional(&self.pool)
+                .await?;
+                match holder {
+                    Some(holder) => Ok(BucketClaim::NameTaken { holder }),
+                    // The holder went away between the two statements: the
+                    // next reconcile claims the name.
+                    None => Err(sqlx::Error::Protocol(format!(
+                        "bucket name {:?} was released concurrently; retry",
+                        b.name
+                    ))),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The state of a bucket's entry, if it has one.
+    pub async fn bucket_state(&self, id: Uuid) -> Result<Option<BucketState>, sqlx::Error> {
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM catalog.buckets WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(state.as_deref().and_then(BucketState::parse))
+    }
+
+    /// Sets a bucket's state; `false` when it has no entry.
+    pub async fn set_bucket_state(
+        &self,
+        id: Uuid,
+        state: BucketState,
+    ) -> Result<bool, sqlx::Error> {
+        let done =
+            sqlx::query("UPDATE catalog.buckets SET state = $2, updated_at = now() WHERE id = $1")
+                .bind(id)
+                .bind(state.as_str())
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Removes a bucket's entry; idempotent.
+    pub async fn delete_bucket(&self, id: Uuid) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM catalog.buckets WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A bucket's entry.
+    pub async fn bucket(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<(BucketRecord, BucketState)>, sqlx::Error> {
+        let row: Option<BucketRow> = sqlx::query_as(
+            r#"SELECT id, tenant_id, name, namespace, public, quota_bytes, quota_objects,
+                      max_object_size, allowed_content_types, lifecycle, compression,
+                      image_transforms, antivirus_scan, generation, state
+               FROM catalog.buckets WHERE id = $1"#,
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| {
+            let state = BucketState::parse(&r.state).unwrap_or(BucketState::Deleting);
+            (
+                BucketRecord {
+                    id: r.id,
+                    tenant_id: r.tenant_id,
+                    name: r.name,
+                    namespace: r.namespace,
+                    public: r.public,
+                    quota_bytes: r.quota_bytes,
+                    quota_objects: r.quota_objects,
+                    max_object_size: r.max_object_size,
+                    allowed_content_types: r.allowed_content_types,
+                    lifecycle: r.lifecycle,
+                    compression: r.compression,
+                    image_transforms: r.image_transforms,
+                    antivirus_scan: r.antivirus_scan,
+                    generation: r.generation,
+                },
+                state,
+            )
+        }))
+    }
+
+    /// The ids of a tenant's bucket entries.
+    pub async fn bucket_ids_of(&self, tenant: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {
+        sqlx::query_scalar("SELECT id FROM catalog.buckets WHERE tenant_id = $1 ORDER BY id")
+            .bind(tenant)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    /// What a bucket needs to know of its tenant's entry.
+    pub async fn tenant_brief(&self, id: Uuid) -> Result<Option<TenantBrief>, sqlx::Error> {
+        let row: Option<(String, String, String, String, String)> = sqlx::query_as(
+            "SELECT cluster, database_name, owner_role, state, deletion_policy
+             FROM catalog.tenants WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(
+            |(cluster, database_name, owner_role, state, deletion_policy)| TenantBrief {
+                cluster,
+                database_name,
+                owner_role,
+                state,
+                deletion_policy,
+            },
+        ))
+    }
+
+    /// The stored password of a tenant's owner role, without creating one.
+    pub async fn stored_owner_password(&self, id: Uuid) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT password FROM catalog.owner_credentials WHERE tenant_id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct BucketRow {
+    id: Uuid,
+    tenant_id: Uuid,
+    name: String,
+    namespace: String,
+    public: bool,
+    quota_bytes: Option<i64>,
+    quota_objects: Option<i64>,
+    max_object_size: Option<i64>,
+    allowed_content_types: Vec<String>,
+    lifecycle: serde_json::Value,
+    compression: bool,
+    image_transforms: bool,
+    antivirus_scan: bool,
+    generation: i64,
+    state: String,
+}

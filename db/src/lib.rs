@@ -6,5 +6,8 @@ pub mod catalog;
 pub mod ident;
 pub mod migrations;
 
-pub use catalog::{Catalog, CatalogError, TenantEntry, TenantRecord, TenantState};
+pub use catalog::{
+    BucketClaim, BucketRecord, BucketState, Catalog, CatalogError, TenantBrief, TenantEntry,
+    TenantRecord, TenantState, backend_prefix,
+};
 pub use ident::Ident;
