@@ -8,11 +8,20 @@
 //! never overwritten (an overwrite of an object is a new blob plus a metadata
 //! flip, which is what makes it atomic).
 
+pub mod antivirus;
+pub mod fs;
+pub mod s3;
+
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
+
+pub use fs::FsBackend;
+pub use s3::S3Backend;
 
 /// A body flowing to or from the backend, chunk by chunk: bodies are never
 /// held whole in memory.
@@ -24,25 +33,63 @@ pub struct BlobKey(String);
 
 impl BlobKey {
     /// A key from already-safe segments (ids, fixed words). Panics in debug
-    /// builds on a segment that is empty or holds `/`, `.` or `..`.
+    /// builds on a key [`BlobKey::validate`] refuses (a segment that is
+    /// empty, starts with `.` or holds `/` or `\\`); in release builds the
+    /// backends refuse it on use.
     pub fn from_segments<'a>(segments: impl IntoIterator<Item = &'a str>) -> Self {
         let segments: Vec<&str> = segments.into_iter().collect();
-        debug_assert!(segments.iter().all(|s| {
-            !s.is_empty() && *s != "." && *s != ".." && !s.contains('/') && !s.contains('\\')
-        }));
-        Self(segments.join("/"))
+        debug_assert!(segments.iter().all(|s| !s.contains('/')));
+        let key = Self(segments.join("/"));
+        debug_assert!(key.validate().is_ok(), "unsafe blob key {key:?}");
+        key
     }
 
-    /// A key read back from the backend or the database (already validated
-    /// when it was made).
+    /// A key read back from the backend or the database (made by
+    /// [`BlobKey::from_segments`]; backends still validate it on use).
     pub fn from_stored(key: impl Into<String>) -> Self {
         Self(key.into())
+    }
+
+    /// A key from untrusted text (a stored row, a listing, a test), checked
+    /// like every backend checks a key before using it.
+    pub fn parse(key: impl Into<String>) -> Result<Self, BackendError> {
+        let key = Self(key.into());
+        key.validate()?;
+        Ok(key)
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The rules every backend enforces on every key, so that no key can
+    /// leave the filesystem backend's root and both backends accept exactly
+    /// the same keys: 1 to [`MAX_KEY_LEN`] bytes of `/`-separated segments,
+    /// none empty (no leading, trailing or double `/`), none starting with
+    /// `.` (which also rules out `.` and `..`; dot names are the fs
+    /// backend's own), and no backslash, NUL or other control character.
+    pub fn validate(&self) -> Result<(), BackendError> {
+        let invalid = |why: &str| Err(BackendError::InvalidKey(format!("{why}: {:?}", self.0)));
+        if self.0.is_empty() || self.0.len() > MAX_KEY_LEN {
+            return invalid("key length out of range");
+        }
+        for segment in self.0.split('/') {
+            if segment.is_empty() {
+                return invalid("empty segment");
+            }
+            if segment.starts_with('.') {
+                return invalid("segment starts with '.'");
+            }
+            if segment.chars().any(|c| c == '\\' || c.is_control()) {
+                return invalid("backslash or control character");
+            }
+        }
+        Ok(())
+    }
 }
+
+/// The longest key a backend accepts, in bytes (S3's own limit).
+pub const MAX_KEY_LEN: usize = 1024;
 
 impl fmt::Display for BlobKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -55,6 +102,17 @@ impl fmt::Display for BlobKey {
 pub struct ByteRange {
     pub start: u64,
     pub end: u64,
+}
+
+impl ByteRange {
+    /// The range's length; 0 when `end <= start`.
+    pub fn len(&self) -> u64 {
+        self.end.saturating_sub(self.start)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// One blob as listed by [`Backend::list`].
@@ -77,6 +135,18 @@ pub enum BackendError {
     Body(std::io::Error),
     #[error("backend unavailable: {0}")]
     Unavailable(String),
+    /// The range does not lie within the blob (callers check ranges against
+    /// the size they stored, so this means the bytes and the metadata
+    /// disagree).
+    #[error("range not satisfiable: {0}")]
+    InvalidRange(String),
+    /// The key breaks [`BlobKey::validate`]'s rules: a bug in the caller
+    /// (keys are made from ids), never retried.
+    #[error("invalid blob key: {0}")]
+    InvalidKey(String),
+    /// The backend cannot be set up from the given [`StorageArgs`].
+    #[error("storage configuration: {0}")]
+    Config(String),
 }
 
 /// A byte store. Implementations: [`fs::FsBackend`] (the embedded default)
@@ -122,6 +192,31 @@ pub trait Backend: Send + Sync + 'static {
     /// Where blobs go, for status and logs (`file:///…` or `s3://bucket/…`;
     /// never credentials).
     fn describe(&self) -> String;
+
+    /// Removes what interrupted puts left behind outside any key — the fs
+    /// backend's temp files (last written more than `older_than` ago), S3's
+    /// incomplete multipart uploads (started more than `older_than` ago);
+    /// returns how many. A put that
+    /// fails or is dropped cleans up after itself, so this only matters after
+    /// a crash (SIGKILL, power loss). `older_than` must exceed the longest
+    /// upload, or a live upload is cut short.
+    async fn sweep_partial(&self, older_than: Duration) -> Result<u64, BackendError> {
+        let _ = older_than;
+        Ok(0)
+    }
+}
+
+/// The backend `args` select, checked once ([`Backend::check`]) so that a
+/// misconfiguration fails at startup: the fs root is created if missing, the
+/// S3 data bucket too (when the key may create buckets).
+pub async fn connect(args: &StorageArgs) -> Result<Arc<dyn Backend>, BackendError> {
+    let backend: Arc<dyn Backend> = match args.backend {
+        BackendKind::Fs => Arc::new(FsBackend::open(&args.root).await?),
+        BackendKind::S3 => Arc::new(S3Backend::connect(args).await?),
+    };
+    backend.check().await?;
+    tracing::info!(backend = %backend.describe(), "storage backend ready");
+    Ok(backend)
 }
 
 /// Which backend, from flags or the environment; shared by the operator and

@@ -1,0 +1,787 @@
+//! The S3 backend (aws-sdk-s3): every blob in one backend bucket, keyed by
+//! its [`BlobKey`].
+//!
+//! Set up for S3-compatible servers (Garage, MinIO, Ceph) as much as for AWS:
+//! path-style addressing, an explicit region, static credentials, and request
+//! checksums / response validation only where the operation requires them
+//! (the SDK's default since 2025 adds CRC trailers some servers refuse).
+//!
+//! Puts stream with bounded memory: a body of at most one part is buffered
+//! and sent with PutObject (exact length, retryable); a longer one goes up as
+//! a multipart upload, one part buffered while the previous one is sent, and
+//! is aborted on any failure, so an interrupted put leaves nothing behind.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
+use aws_sdk_s3::types::{
+    BucketLocationConstraint, CompletedMultipartUpload, CompletedPart, CreateBucketConfiguration,
+};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use tokio_util::io::ReaderStream;
+
+use crate::fs::check_length;
+use crate::{Backend, BackendError, BlobInfo, BlobKey, ByteRange, ByteStream, StorageArgs};
+
+/// Part size of multipart uploads, and the largest body sent with a single
+/// PutObject. One part is buffered while the previous one is in flight, so a
+/// put holds about two parts in memory, whatever the blob's size.
+pub const PART_SIZE: usize = 8 * 1024 * 1024;
+/// S3's limits on multipart uploads.
+const MAX_PARTS: u64 = 10_000;
+const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+/// The largest object CopyObject copies in one request (S3's limit); larger
+/// ones are copied part by part with UploadPartCopy.
+const MAX_SINGLE_COPY: u64 = 5 * 1024 * 1024 * 1024;
+/// Read size for gets (the body is re-chunked from the HTTP response).
+const READ_CHUNK: usize = 256 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct S3Backend {
+    client: Client,
+    bucket: String,
+    /// For `describe`, without any user info.
+    endpoint: Option<String>,
+    max_single_copy: u64,
+}
+
+impl S3Backend {
+    /// A client for `args` (endpoint, region, static credentials), with the
+    /// data bucket created if it does not exist yet.
+    pub async fn connect(args: &StorageArgs) -> Result<Self, BackendError> {
+        let (Some(key_id), Some(secret)) = (&args.s3_access_key_id, &args.s3_secret_access_key)
+        else {
+            return Err(BackendError::Config(
+                "the s3 backend needs --s3-access-key-id and --s3-secret-access-key \
+                 (STRATA_S3_ACCESS_KEY_ID, STRATA_S3_SECRET_ACCESS_KEY)"
+                    .into(),
+            ));
+        };
+        if args.s3_bucket.is_empty() {
+            return Err(BackendError::Config("--s3-bucket is empty".into()));
+        }
+        let credentials = Credentials::new(key_id, secret, None, None, "strata-storage-args");
+        let mut config = aws_sdk_s3::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(args.s3_region.clone()))
+            .credentials_provider(credentials)
+            // Bucket names in the host need DNS for every bucket; S3-compatible
+            // servers are usually reached by one address.
+            .force_path_style(true)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            // A dead endpoint must fail a request (and a readiness check)
+            // quickly; reads of large bodies are guarded by the SDK's stalled
+            // stream protection instead of a total timeout.
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .read_timeout(Duration::from_secs(60))
+                    .build(),
+            );
+        if let Some(endpoint) = &args.s3_endpoint {
+            config = config.endpoint_url(endpoint);
+        }
+        let backend = Self {
+            client: Client::from_conf(config.build()),
+            bucket: args.s3_bucket.clone(),
+            endpoint: args.s3_endpoint.as_deref().map(without_userinfo),
+            max_single_copy: MAX_SINGLE_COPY,
+        };
+        backend.ensure_bucket(&args.s3_region).await?;
+        Ok(backend)
+    }
+
+    /// Copies of objects larger than `bytes` use multipart UploadPartCopy in
+    /// parts of `bytes` (at least 5 MiB). Default 5 GiB, S3's CopyObject
+    /// limit; lowered by tests to exercise the multipart path.
+    pub fn with_max_single_copy(mut self, bytes: u64) -> Self {
+        self.max_single_copy = bytes.max(MIN_PART_SIZE);
+        self
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    async fn ensure_bucket(&self, region: &str) -> Result<(), BackendError> {
+        match self.client.head_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => return Ok(()),
+            Err(e) if status(&e) == Some(404) => {}
+            Err(e) => return Err(sdk_error("HeadBucket", &self.bucket, e)),
+        }
+        let mut create = self.client.create_bucket().bucket(&self.bucket);
+        // us-east-1 is the one region that refuses a location constraint.
+        if region != "us-east-1" {
+            create = create.create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::from(region))
+                    .build(),
+            );
+        }
+        match create.send().await {
+            Ok(_) => {
+                tracing::info!(bucket = %self.bucket, "created the storage bucket");
+                Ok(())
+            }
+            // Created meanwhile by another replica.
+            Err(e) if e.code() == Some("BucketAlreadyOwnedByYou") => Ok(()),
+            Err(e) => Err(sdk_error("CreateBucket", &self.bucket, e)),
+        }
+    }
+
+    async fn put_single(&self, key: &BlobKey, body: Bytes) -> Result<(), BackendError> {
+        let len = body.len();
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key.as_str())
+            .content_length(i64::try_from(len).unwrap_or(i64::MAX))
+            .body(SdkByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| sdk_error("PutObject", key.as_str(), e))?;
+        Ok(())
+    }
+
+    /// Multipart put of `buffered` (more than one part already) and the rest
+    /// of `body`. On any error the upload is aborted before returning; if
+    /// this future is dropped instead, [`AbortOnDrop`] aborts it.
+    async fn put_multipart(
+        &self,
+        key: &BlobKey,
+        buffered: BytesMut,
+        body: ByteStream,
+        size_hint: Option<u64>,
+        part_size: usize,
+    ) -> Result<u64, BackendError> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key.as_str())
+            .send()
+            .await
+            .map_err(|e| sdk_error("CreateMultipartUpload", key.as_str(), e))?;
+        let upload_id = created
+            .upload_id()
+            .ok_or_else(|| BackendError::Unavailable("CreateMultipartUpload: no upload id".into()))?
+            .to_owned();
+        let mut guard = AbortOnDrop {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key: key.as_str().to_owned(),
+            upload_id: Some(upload_id.clone()),
+        };
+        let result = async {
+            let (parts, total) = self
+                .upload_parts(key, &upload_id, buffered, body, part_size)
+                .await?;
+            check_length(size_hint, total)?;
+            self.client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key.as_str())
+                .upload_id(&upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| sdk_error("CompleteMultipartUpload", key.as_str(), e))?;
+            Ok(total)
+        }
+        .await;
+        match result {
+            Ok(total) => {
+                guard.upload_id = None;
+                Ok(total)
+            }
+            Err(e) => {
+                // Abort now, not in the background: when put returns, nothing
+                // of the upload may remain.
+                guard.abort_now().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends parts; while one is in flight the next one is read from the
+    /// body, so memory stays at about two parts. Returns the completed parts
+    /// and the total length.
+    async fn upload_parts(
+        &self,
+        key: &BlobKey,
+        upload_id: &str,
+        mut buf: BytesMut,
+        mut body: ByteStream,
+        part_size: usize,
+    ) -> Result<(Vec<CompletedPart>, u64), BackendError> {
+        let mut total = buf.len() as u64;
+        let mut ended = false;
+        let mut parts = Vec::new();
+        let mut number: i32 = 0;
+        loop {
+            let chunk = if buf.len() >= part_size {
+                buf.split_to(part_size).freeze()
+            } else {
+                buf.split().freeze()
+            };
+            number += 1;
+            if u64::try_from(number).unwrap_or(u64::MAX) > MAX_PARTS {
+                return Err(BackendError::Body(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "body over {} bytes: more than {MAX_PARTS} parts",
+                        MAX_PARTS * part_size as u64
+                    ),
+                )));
+            }
+            let upload = self.upload_part(key, upload_id, number, chunk);
+            let fill = async {
+                if !ended {
+                    let (added, end) = fill(&mut body, &mut buf, part_size).await?;
+                    total += added;
+                    ended = end;
+                }
+                Ok(())
+            };
+            // try_join: the first error (body or S3) wins and drops the other.
+            let (part, ()) = futures::future::try_join(upload, fill).await?;
+            parts.push(part);
+            if ended && buf.is_empty() {
+                return Ok((parts, total));
+            }
+        }
+    }
+
+    async fn upload_part(
+        &self,
+        key: &BlobKey,
+        upload_id: &str,
+        number: i32,
+        chunk: Bytes,
+    ) -> Result<CompletedPart, BackendError> {
+        let len = chunk.len();
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key.as_str())
+            .upload_id(upload_id)
+            .part_number(number)
+            .content_length(i64::try_from(len).unwrap_or(i64::MAX))
+            .body(SdkByteStream::from(chunk))
+            .send()
+            .await
+            .map_err(|e| sdk_error("UploadPart", key.as_str(), e))?;
+        Ok(CompletedPart::builder()
+            .part_number(number)
+            .set_e_tag(out.e_tag().map(str::to_owned))
+            .build())
+    }
+
+    async fn head_size(&self, key: &BlobKey) -> Result<u64, BackendError> {
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key.as_str())
+            .send()
+            .await
+            .map_err(|e| sdk_error("HeadObject", key.as_str(), e))?;
+        Ok(head
+            .content_length()
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0))
+    }
+
+    /// UploadPartCopy in parts of `max_single_copy`, for sources CopyObject
+    /// refuses (over 5 GiB); aborted on failure like a put.
+    async fn copy_multipart(
+        &self,
+        source: &str,
+        to: &BlobKey,
+        size: u64,
+    ) -> Result<(), BackendError> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(to.as_str())
+            .send()
+            .await
+            .map_err(|e| sdk_error("CreateMultipartUpload", to.as_str(), e))?;
+        let upload_id = created
+            .upload_id()
+            .ok_or_else(|| BackendError::Unavailable("CreateMultipartUpload: no upload id".into()))?
+            .to_owned();
+        let mut guard = AbortOnDrop {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key: to.as_str().to_owned(),
+            upload_id: Some(upload_id.clone()),
+        };
+        let part_size = self.max_single_copy;
+        let result = async {
+            let mut parts = Vec::new();
+            let mut start = 0u64;
+            let mut number = 0i32;
+            while start < size {
+                let end = (start + part_size).min(size);
+                number += 1;
+                let out = self
+                    .client
+                    .upload_part_copy()
+                    .bucket(&self.bucket)
+                    .key(to.as_str())
+                    .upload_id(&upload_id)
+                    .part_number(number)
+                    .copy_source(source)
+                    .copy_source_range(format!("bytes={}-{}", start, end - 1))
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("UploadPartCopy", to.as_str(), e))?;
+                parts.push(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(
+                            out.copy_part_result()
+                                .and_then(|r| r.e_tag())
+                                .map(str::to_owned),
+                        )
+                        .build(),
+                );
+                start = end;
+            }
+            self.client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(to.as_str())
+                .upload_id(&upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| sdk_error("CompleteMultipartUpload", to.as_str(), e))?;
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                guard.upload_id = None;
+                Ok(())
+            }
+            Err(e) => {
+                guard.abort_now().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for S3Backend {
+    async fn put(
+        &self,
+        key: &BlobKey,
+        mut body: ByteStream,
+        size_hint: Option<u64>,
+    ) -> Result<u64, BackendError> {
+        key.validate()?;
+        let part_size = part_size_for(size_hint);
+        // Buffer up to one part (plus one byte): a body that ends by then is
+        // one PutObject with its exact length.
+        let mut buf = BytesMut::new();
+        let (_, ended) = fill(&mut body, &mut buf, PART_SIZE.max(part_size) + 1).await?;
+        if ended && buf.len() <= PART_SIZE {
+            let total = buf.len() as u64;
+            check_length(size_hint, total)?;
+            self.put_single(key, buf.freeze()).await?;
+            return Ok(total);
+        }
+        self.put_multipart(key, buf, body, size_hint, part_size)
+            .await
+    }
+
+    async fn get(
+        &self,
+        key: &BlobKey,
+        range: Option<ByteRange>,
+    ) -> Result<ByteStream, BackendError> {
+        key.validate()?;
+        let mut request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key.as_str());
+        if let Some(range) = range {
+            if range.start > range.end {
+                return Err(BackendError::InvalidRange(format!(
+                    "bytes {}..{}",
+                    range.start, range.end
+                )));
+            }
+            if range.is_empty() {
+                // HTTP cannot ask for zero bytes; the blob must still exist
+                // and be long enough, as on the filesystem.
+                let size = self.head_size(key).await?;
+                if range.end > size {
+                    return Err(BackendError::InvalidRange(format!(
+                        "bytes {}..{} of a blob of {size} bytes",
+                        range.start, range.end
+                    )));
+                }
+                return Ok(Box::pin(futures::stream::empty()));
+            }
+            request = request.range(format!("bytes={}-{}", range.start, range.end - 1));
+        }
+        let out = request
+            .send()
+            .await
+            .map_err(|e| sdk_error("GetObject", key.as_str(), e))?;
+        if let Some(range) = range {
+            // S3 serves a range that runs past the end as far as it goes; the
+            // caller asked for exact bytes, as the filesystem backend gives.
+            let got = out.content_length().and_then(|n| u64::try_from(n).ok());
+            if got != Some(range.len()) {
+                return Err(BackendError::InvalidRange(format!(
+                    "bytes {}..{}: the blob is shorter",
+                    range.start, range.end
+                )));
+            }
+        }
+        Ok(Box::pin(ReaderStream::with_capacity(
+            out.body.into_async_read(),
+            READ_CHUNK,
+        )))
+    }
+
+    async fn copy(&self, from: &BlobKey, to: &BlobKey) -> Result<(), BackendError> {
+        from.validate()?;
+        to.validate()?;
+        let source = format!("{}/{}", self.bucket, encode_key(from.as_str()));
+        let size = self.head_size(from).await?;
+        if size > self.max_single_copy {
+            return self.copy_multipart(&source, to, size).await;
+        }
+        self.client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(to.as_str())
+            .copy_source(source)
+            .send()
+            .await
+            .map_err(|e| sdk_error("CopyObject", from.as_str(), e))?;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &BlobKey) -> Result<(), BackendError> {
+        key.validate()?;
+        // S3 answers 204 for a missing key as well.
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key.as_str())
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match sdk_error("DeleteObject", key.as_str(), e) {
+                BackendError::NotFound => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&BlobKey>,
+        limit: usize,
+    ) -> Result<Vec<BlobInfo>, BackendError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        while out.len() < limit {
+            let want = i32::try_from((limit - out.len()).min(1000)).unwrap_or(1000);
+            let mut request = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .max_keys(want);
+            request = match (&token, after) {
+                (Some(token), _) => request.continuation_token(token),
+                (None, Some(after)) => request.start_after(after.as_str()),
+                (None, None) => request,
+            };
+            let page = request
+                .send()
+                .await
+                .map_err(|e| sdk_error("ListObjectsV2", prefix, e))?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                let Ok(key) = BlobKey::parse(key) else {
+                    // Not a key of ours (made by hand): skipped, as the
+                    // filesystem backend skips names it does not own.
+                    continue;
+                };
+                if out.len() >= limit {
+                    break;
+                }
+                out.push(BlobInfo {
+                    key,
+                    size: object
+                        .size()
+                        .and_then(|n| u64::try_from(n).ok())
+                        .unwrap_or(0),
+                    modified_unix: object.last_modified().map_or(0, |t| t.secs()),
+                });
+            }
+            match page.next_continuation_token() {
+                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_owned()),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn check(&self) -> Result<(), BackendError> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|e| match sdk_error("HeadBucket", &self.bucket, e) {
+                BackendError::NotFound => {
+                    BackendError::Unavailable(format!("bucket {} does not exist", self.bucket))
+                }
+                other => other,
+            })?;
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        match &self.endpoint {
+            Some(endpoint) => format!("s3://{}/ at {endpoint}", self.bucket),
+            None => format!("s3://{}/", self.bucket),
+        }
+    }
+
+    async fn sweep_partial(&self, older_than: Duration) -> Result<u64, BackendError> {
+        let cutoff = SystemTime::now()
+            .checked_sub(older_than)
+            .unwrap_or(UNIX_EPOCH)
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let mut aborted = 0;
+        let mut markers: Option<(String, String)> = None;
+        loop {
+            let mut request = self.client.list_multipart_uploads().bucket(&self.bucket);
+            if let Some((key, id)) = &markers {
+                request = request.key_marker(key).upload_id_marker(id);
+            }
+            let page = request
+                .send()
+                .await
+                .map_err(|e| sdk_error("ListMultipartUploads", &self.bucket, e))?;
+            for upload in page.uploads() {
+                let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else {
+                    continue;
+                };
+                if upload.initiated().is_some_and(|t| t.secs() < cutoff) {
+                    match self
+                        .client
+                        .abort_multipart_upload()
+                        .bucket(&self.bucket)
+                        .key(key)
+                        .upload_id(id)
+                        .send()
+                        .await
+                    {
+                        Ok(_) => aborted += 1,
+                        Err(e) => match sdk_error("AbortMultipartUpload", key, e) {
+                            // Completed or aborted meanwhile.
+                            BackendError::NotFound => {}
+                            other => return Err(other),
+                        },
+                    }
+                }
+            }
+            match (page.next_key_marker(), page.next_upload_id_marker()) {
+                (Some(key), Some(id)) if page.is_truncated() == Some(true) => {
+                    markers = Some((key.to_owned(), id.to_owned()));
+                }
+                _ => break,
+            }
+        }
+        Ok(aborted)
+    }
+}
+
+/// Aborts a multipart upload that did not complete: awaited on errors
+/// ([`AbortOnDrop::abort_now`]), spawned when the put's future is dropped
+/// (the client went away mid-upload).
+struct AbortOnDrop {
+    client: Client,
+    bucket: String,
+    key: String,
+    upload_id: Option<String>,
+}
+
+impl AbortOnDrop {
+    async fn abort_now(&mut self) {
+        if let Some(id) = self.upload_id.take() {
+            abort(&self.client, &self.bucket, &self.key, &id).await;
+        }
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        let Some(id) = self.upload_id.take() else {
+            return;
+        };
+        // Without a runtime (shutdown) the sweeper removes it later.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (client, bucket, key) =
+                (self.client.clone(), self.bucket.clone(), self.key.clone());
+            runtime.spawn(async move { abort(&client, &bucket, &key, &id).await });
+        }
+    }
+}
+
+async fn abort(client: &Client, bucket: &str, key: &str, upload_id: &str) {
+    if let Err(e) = client
+        .abort_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .send()
+        .await
+    {
+        // Left for `sweep_partial`; nothing of it is visible meanwhile.
+        tracing::warn!(key, error = %DisplayErrorContext(&e), "aborting a multipart upload failed");
+    }
+}
+
+/// Reads from `body` into `buf` until it holds at least `target` bytes or the
+/// body ends; returns the bytes added and whether the body ended.
+async fn fill(
+    body: &mut ByteStream,
+    buf: &mut BytesMut,
+    target: usize,
+) -> Result<(u64, bool), BackendError> {
+    let mut added = 0u64;
+    while buf.len() < target {
+        match body.next().await {
+            Some(Ok(chunk)) => {
+                added += chunk.len() as u64;
+                buf.extend_from_slice(&chunk);
+            }
+            Some(Err(e)) => return Err(BackendError::Body(e)),
+            None => return Ok((added, true)),
+        }
+    }
+    Ok((added, false))
+}
+
+/// 8 MiB, or more when the announced length would need over 10,000 parts.
+fn part_size_for(size_hint: Option<u64>) -> usize {
+    let needed = size_hint.map_or(0, |n| n.div_ceil(MAX_PARTS));
+    let mib = 1024 * 1024;
+    let rounded = needed.div_ceil(mib) * mib;
+    usize::try_from(rounded).map_or(PART_SIZE, |n| n.max(PART_SIZE))
+}
+
+/// `x-amz-copy-source` is `bucket/key`, URL-encoded; `/` stays as it is.
+fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn without_userinfo(endpoint: &str) -> String {
+    let Some((scheme, rest)) = endpoint.split_once("://") else {
+        return endpoint.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://{host}{path}"),
+        None => endpoint.to_owned(),
+    }
+}
+
+fn status<E>(err: &SdkError<E>) -> Option<u16> {
+    err.raw_response().map(|r| r.status().as_u16())
+}
+
+/// Maps an SDK error: 404 / NoSuchKey is NotFound (but a missing bucket is a
+/// broken setup), 416 an invalid range, anything else Unavailable with the
+/// error's chain (which never holds the credentials).
+fn sdk_error<E>(op: &str, what: &str, err: SdkError<E>) -> BackendError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let code = err.code().map(str::to_owned);
+    match (status(&err), code.as_deref()) {
+        (_, Some("NoSuchBucket")) => {
+            BackendError::Unavailable(format!("{op} {what}: the bucket does not exist"))
+        }
+        (_, Some("NoSuchKey" | "NotFound" | "NoSuchUpload")) | (Some(404), _) => {
+            BackendError::NotFound
+        }
+        (Some(416), _) | (_, Some("InvalidRange")) => {
+            BackendError::InvalidRange(format!("{op} {what}"))
+        }
+        _ => BackendError::Unavailable(format!("{op} {what}: {}", DisplayErrorContext(&err))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_sizes() {
+        assert_eq!(part_size_for(None), PART_SIZE);
+        assert_eq!(part_size_for(Some(1 << 30)), PART_SIZE);
+        // 200 GiB needs parts of at least 20.48 MiB: rounded up to 21 MiB.
+        assert_eq!(part_size_for(Some(200 << 30)), 21 << 20);
+    }
+
+    #[test]
+    fn copy_source_encoding() {
+        assert_eq!(encode_key("t/a-b_c.d~/x"), "t/a-b_c.d~/x");
+        assert_eq!(encode_key("a b?#%é"), "a%20b%3F%23%25%C3%A9");
+    }
+
+    #[test]
+    fn endpoints_lose_user_info() {
+        assert_eq!(without_userinfo("http://k:s@h:9000"), "http://h:9000");
+        assert_eq!(without_userinfo("http://h:9000/p@x"), "http://h:9000/p@x");
+        assert_eq!(
+            without_userinfo("http://127.0.0.1:53900"),
+            "http://127.0.0.1:53900"
+        );
+    }
+}
