@@ -124,6 +124,10 @@ pub struct RunArgs {
     /// This replica's identity in the Lease and Events (default: hostname-pid).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// Where bucket bytes live: the Bucket controller checks it and empties a
+    /// bucket's prefix on forced deletion. Must match the data plane's.
+    #[command(flatten)]
+    pub storage: strata_storage::StorageArgs,
 }
 
 #[derive(Args, Debug)]

@@ -11,10 +11,11 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use strata_api::{Tenant, TenantPhase, TenantStatus};
+use strata_api::{Bucket, Tenant, TenantPhase, TenantStatus};
 use strata_db::{Catalog, TenantState};
 use tracing::Instrument;
 use uuid::Uuid;
@@ -31,6 +32,9 @@ pub const FINALIZER: &str = "strata.dev/tenant-cleanup";
 const RESYNC: Duration = Duration::from_secs(600);
 /// How often a tenant that needs a human (conflict, changed migration) is looked at.
 const STUCK_RESYNC: Duration = Duration::from_secs(300);
+/// How often a deleting tenant checks whether its Buckets are gone (their
+/// deletion also wakes it, through the watch).
+const BUCKETS_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -44,6 +48,9 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("Tenant has no namespace or uid")]
     Incomplete,
+    /// Deletion waits for the tenant's Buckets to be deleted first.
+    #[error("waiting for Buckets to be deleted: {}", .0.join(", "))]
+    BucketsRemaining(Vec<String>),
 }
 
 /// Capped exponential backoff per object, reset on success.
@@ -281,6 +288,39 @@ async fn apply(tenant: Arc<Tenant>, ctx: &Context) -> Result<Action, Error> {
 async fn cleanup(tenant: Arc<Tenant>, ctx: &Context) -> Result<Action, Error> {
     let input = input(&tenant)?;
     let host = host_for(&tenant, ctx);
+    // Buckets first: each follows the tenant's policy, and needs the tenant
+    // database (metadata) and catalog entry while it does.
+    let remaining =
+        crate::bucket::remove_tenant_buckets(&ctx.client, &input.namespace, &input.name).await?;
+    if !remaining.is_empty() {
+        let failure = Failure {
+            step: provision::Step::Database,
+            reason: "BucketsRemaining",
+            message: format!(
+                "the tenant's Buckets are being deleted first: {}",
+                remaining.join(", ")
+            ),
+            retryable: true,
+        };
+        let previous = tenant.status.as_ref();
+        let status = conditions::deletion_blocked(previous, tenant.metadata.generation, &failure);
+        let before =
+            previous.and_then(|s| strata_api::condition::find(&s.conditions, conditions::READY));
+        if before
+            .is_none_or(|c| c.reason != failure.reason || !c.message.contains(&failure.message))
+        {
+            host.event(
+                EventKind::Normal,
+                failure.reason,
+                "Delete",
+                failure.message.clone(),
+            )
+            .await;
+            let api: Api<Tenant> = Api::namespaced(ctx.client.clone(), &input.namespace);
+            write_status(&api, &input.name, &status).await?;
+        }
+        return Err(Error::BucketsRemaining(remaining));
+    }
     let policy = match tenant.spec.deletion_policy {
         strata_api::DeletionPolicy::Retain => "Retain",
         strata_api::DeletionPolicy::Delete => "Delete",
@@ -397,6 +437,9 @@ pub async fn sweep_catalog(
 }
 
 pub fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<Context>) -> Action {
+    if let Error::BucketsRemaining(_) = error {
+        return Action::requeue(BUCKETS_WAIT);
+    }
     let delay = ctx.backoff.next(&tenant.uid().unwrap_or_default());
     tracing::warn!(tenant = %tenant.name_any(), error = %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
@@ -410,12 +453,17 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let (tenants, secrets): (Api<Tenant>, Api<Secret>) = match namespace {
+    let (tenants, secrets, buckets): (Api<Tenant>, Api<Secret>, Api<Bucket>) = match namespace {
         Some(ns) => (
+            Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client, ns),
         ),
-        None => (Api::all(client.clone()), Api::all(client)),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client),
+        ),
     };
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=strata-operator");
     // Reconcile on spec (generation) and finalizer changes only: our own status
@@ -437,6 +485,16 @@ pub async fn run(
         );
     Controller::for_stream(tenants, reader)
         .owns(secrets, owned)
+        // A deleting tenant waits for its Buckets: their removal wakes it.
+        // Only Buckets being deleted matter (their usage refreshes do not).
+        .watches(buckets, watcher::Config::default(), |bucket: Bucket| {
+            bucket
+                .metadata
+                .deletion_timestamp
+                .as_ref()
+                .and_then(|_| bucket.namespace())
+                .map(|ns| ObjectRef::<Tenant>::new(&bucket.spec.tenant_ref).within(&ns))
+        })
         .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -1,12 +1,14 @@
 //! Strata's operator: reconciles `Tenant` resources into provisioned tenant
 //! databases (catalog entry, database and role, extensions, migrations, seeds,
-//! admin invite, audit), with status conditions and Events.
+//! admin invite, audit), and `Bucket` resources into catalog entries and
+//! backend prefixes ([`bucket`]), with status conditions and Events.
 //!
 //! Layout: [`provision`] holds the steps and is shared by the [`controller`]
 //! and the offline [`offline::apply`]; [`placement`] is the seam that decides
 //! where a tenant's data lives; [`host`] is where Kubernetes-side effects go.
 
 pub mod audit;
+pub mod bucket;
 pub mod cluster;
 pub mod conditions;
 pub mod config;

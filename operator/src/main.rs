@@ -6,6 +6,7 @@ use clap::Parser;
 use futures::FutureExt;
 use kube::Client;
 use prometheus_client::registry::Registry;
+use strata_operator::bucket::{self, BucketContext};
 use strata_operator::cluster::{Clusters, SecretClusters};
 use strata_operator::config::{Cli, Command, RunArgs};
 use strata_operator::controller::{self, Backoff, Context};
@@ -79,6 +80,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         db.database_url.clone(),
         db.session_limits(),
     );
+    // A misconfigured backend fails here, loudly, not at the first Bucket.
+    let backend = strata_storage::connect(&args.storage)
+        .await
+        .context("connecting the storage backend")?;
     let ctx = Arc::new(Context {
         client: client.clone(),
         catalog,
@@ -104,13 +109,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     metrics.leader.set(1);
-    tracing::info!(namespace = ?args.namespace, concurrency = args.concurrency, "starting tenant controller");
-    let controller = controller::run(
-        ctx,
-        args.namespace.as_deref(),
-        args.concurrency,
-        shutdown.clone().cancelled_owned(),
-    );
+    tracing::info!(namespace = ?args.namespace, concurrency = args.concurrency, backend = %backend.describe(), "starting tenant and bucket controllers");
+    let buckets = Arc::new(BucketContext::new(ctx.clone(), backend));
+    let controller = futures::future::join(
+        controller::run(
+            ctx,
+            args.namespace.as_deref(),
+            args.concurrency,
+            shutdown.clone().cancelled_owned(),
+        ),
+        bucket::run(
+            buckets,
+            args.namespace.as_deref(),
+            args.concurrency,
+            shutdown.clone().cancelled_owned(),
+        ),
+    )
+    .map(|_| ());
     let lost = match &elector {
         Some(e) => e.hold().left_future(),
         None => std::future::pending().right_future(),

@@ -17,6 +17,8 @@ pub struct OutcomeLabels {
 pub struct Metrics {
     pub reconciliations: Family<OutcomeLabels, Counter>,
     pub reconcile_duration: Histogram,
+    pub bucket_reconciliations: Family<OutcomeLabels, Counter>,
+    pub bucket_reconcile_duration: Histogram,
     pub leader: Gauge,
 }
 
@@ -25,6 +27,8 @@ impl Metrics {
         let m = Self {
             reconciliations: Family::default(),
             reconcile_duration: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            bucket_reconciliations: Family::default(),
+            bucket_reconcile_duration: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             leader: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("strata_operator");
@@ -39,6 +43,16 @@ impl Metrics {
             m.reconcile_duration.clone(),
         );
         r.register(
+            "bucket_reconciliations",
+            "Bucket reconciliations by outcome",
+            m.bucket_reconciliations.clone(),
+        );
+        r.register(
+            "bucket_reconcile_duration_seconds",
+            "Time to reconcile one Bucket",
+            m.bucket_reconcile_duration.clone(),
+        );
+        r.register(
             "leader",
             "1 while this replica holds the leader lease",
             m.leader.clone(),
@@ -48,6 +62,15 @@ impl Metrics {
 
     pub fn outcome(&self, outcome: &str) {
         self.reconciliations
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// `ready`, `waiting`, `conflict`, `retry`, `deleted`.
+    pub fn bucket_outcome(&self, outcome: &str) {
+        self.bucket_reconciliations
             .get_or_create(&OutcomeLabels {
                 outcome: outcome.into(),
             })
