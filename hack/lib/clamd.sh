@@ -12,10 +12,13 @@ CLAMD_TMP=$CLAMD_DIR/tmp
 CLAMD_CFG=$CLAMD_DIR/clamd.conf
 CLAMD_LOG=$CLAMD_DIR/clamd.log
 CLAMD_PIDFILE=$CLAMD_DIR/clamd.pid
-# Limits, in bytes. Data over StreamMaxLength (or over MaxFileSize/MaxScanSize)
-# is reported, never passed as clean: AlertExceedsMax, and INSTREAM's own
-# "size limit exceeded" error. Exported so tests know what "too big" means.
-CLAMD_STREAM_MAX=$((32 * 1024 * 1024))
+# Limits, in bytes. Data over them is reported, never passed as clean: over
+# StreamMaxLength INSTREAM answers "size limit exceeded. ERROR"; over
+# MaxFileSize/MaxScanSize (a big upload, or a small archive that expands)
+# AlertExceedsMax makes it Heuristics.Limits.Exceeded.* instead of OK.
+# MaxFileSize is below StreamMaxLength so that the second case is reachable
+# with a plain upload, and tested. Exported so tests know what "too big" is.
+CLAMD_STREAM_MAX=$((64 * 1024 * 1024))
 CLAMD_MAX_FILE=$((32 * 1024 * 1024))
 CLAMD_MAX_SCAN=$((128 * 1024 * 1024))
 
@@ -54,6 +57,7 @@ clamd_write_db() {
 	fi
 }
 
+# clamd_write_config: (re)writes clamd.conf; true when it changed.
 clamd_write_config() {
 	local tmp=$CLAMD_CFG.tmp
 	cat >"$tmp" <<EOF
@@ -86,6 +90,7 @@ EOF
 		return 0
 	fi
 	rm -f "$tmp"
+	return 1
 }
 
 clamd_pid() { read_pidfile "$CLAMD_PIDFILE"; }
@@ -120,6 +125,12 @@ clamd_up() {
 	clamd_install
 	mkdir -p "$CLAMD_DIR"
 	clamd_write_db
+	# clamd holds no state: a running one with an outdated config (new
+	# limits, another port) is simply restarted.
+	if clamd_write_config && clamd_running; then
+		log "clamd: configuration changed; restarting it"
+		clamd_down
+	fi
 	if clamd_running; then
 		wait_for "clamd readiness" 30 "$(clamd_pid)" clamd_ready ||
 			fail_with_log clamd "$CLAMD_LOG" "running (pid $(clamd_pid)) but no PONG on 127.0.0.1:$CLAMD_PORT"
@@ -127,7 +138,6 @@ clamd_up() {
 		return 0
 	fi
 	require_free_port clamd "$CLAMD_PORT" STRATA_CLAMD_PORT
-	clamd_write_config
 	log "clamd: starting $(clamd --version | awk '{print $2}' | cut -d/ -f1) on 127.0.0.1:$CLAMD_PORT (log: $CLAMD_LOG)"
 	start_bg "$CLAMD_LOG" "$CLAMD_PIDFILE" clamd --config-file="$CLAMD_CFG"
 	wait_for "clamd readiness" 60 "$(clamd_pid)" clamd_ready ||
@@ -169,4 +179,5 @@ clamd_logs() { printf '%s\n' "$CLAMD_LOG"; }
 clamd_env() {
 	env_line STRATA_CLAMD_ADDR "127.0.0.1:$CLAMD_PORT"
 	env_line STRATA_CLAMD_STREAM_MAX_LENGTH "$CLAMD_STREAM_MAX"
+	env_line STRATA_CLAMD_MAX_FILE_SIZE "$CLAMD_MAX_FILE"
 }
