@@ -1,7 +1,7 @@
 //! Buckets end to end: the Tenant and Bucket controllers (in-process, scoped
-//! to the test's namespace, a catalog of the test's own, the filesystem
-//! backend in a temporary directory) against the real kube-apiserver and
-//! PostgreSQL.
+//! to the test's namespace, with the operator's RBAC, a catalog of the test's
+//! own, the filesystem backend in a temporary directory) against the real
+//! kube-apiserver and PostgreSQL.
 //!
 //! Object rows and blobs are seeded by hand where a test needs a non-empty
 //! bucket: the operator only counts and deletes them.
@@ -23,7 +23,7 @@ use strata_storage::{Backend, BlobKey, FsBackend};
 use strata_tests::operator_support::{
     HarnessOptions, drop_tenant_storage, test_catalog, test_context, wait_deleted, wait_for_status,
 };
-use strata_tests::{TestNamespace, env, with_database};
+use strata_tests::{TestNamespace, env, operator_client, with_database};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -46,8 +46,10 @@ impl Harness {
         let root = tempfile::tempdir().expect("tempdir");
         let backend: Arc<dyn Backend> =
             Arc::new(FsBackend::open(root.path()).await.expect("fs backend"));
+        // The controllers act with the operator's ClusterRole only, so a
+        // missing RBAC rule fails here, not in a cluster.
         let base = test_context(
-            ns.client.clone(),
+            operator_client().await,
             &ns.name,
             catalog.clone(),
             HarnessOptions::default(),
