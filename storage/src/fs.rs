@@ -8,6 +8,10 @@
 //! put returned survives a power loss. Temp files of puts that failed or were
 //! dropped are removed at once; those of a killed process by
 //! [`Backend::sweep_partial`].
+//!
+//! One difference from S3: a key cannot hold a blob and also be the prefix
+//! of other keys (`a` and `a/b`), since `a` is then a directory. Keys made
+//! of ids never do that; a put onto such a key fails as `Unavailable`.
 
 use std::io;
 use std::path::{Path, PathBuf};

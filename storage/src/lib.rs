@@ -273,3 +273,38 @@ pub enum BackendKind {
     Fs,
     S3,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_from_ids_are_valid() {
+        let key = BlobKey::from_segments(["t", "3f2a", "b", "9c1e", "v", "0192"]);
+        assert_eq!(key.as_str(), "t/3f2a/b/9c1e/v/0192");
+        assert!(key.validate().is_ok());
+        assert!(BlobKey::parse("a b/ünï/100%/x?y#z").is_ok());
+        assert!(BlobKey::parse("x".repeat(MAX_KEY_LEN)).is_ok());
+    }
+
+    #[test]
+    fn keys_that_could_escape_are_refused() {
+        for key in [
+            "", "/abs", "a/", "a//b", ".", "..", "../x", "a/../b", "a/./b", ".hidden", "a/.tmp",
+            "a\\b", "a\0b", "a\tb", "a\u{7f}b",
+        ] {
+            assert!(
+                matches!(BlobKey::parse(key), Err(BackendError::InvalidKey(_))),
+                "{key:?}"
+            );
+        }
+        assert!(BlobKey::parse("x".repeat(MAX_KEY_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(ByteRange { start: 3, end: 10 }.len(), 7);
+        assert!(ByteRange { start: 5, end: 5 }.is_empty());
+        assert!(ByteRange { start: 6, end: 5 }.is_empty());
+    }
+}

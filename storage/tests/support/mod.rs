@@ -132,28 +132,74 @@ pub fn body(data: &[u8], chunk: usize) -> ByteStream {
     Box::pin(futures::stream::iter(chunks))
 }
 
-/// `len` pseudo-random bytes (deterministic, incompressible enough), made
-/// chunk by chunk: a generated body of any size in little memory.
+/// `len` pseudo-random bytes, deterministic for a `seed`, in chunks of
+/// `chunk`: slices of one random block at offsets that move with each chunk,
+/// so a body of any size costs neither memory nor (unoptimised test build)
+/// CPU, and misplaced or repeated parts of it show.
 pub fn generated(len: u64, chunk: usize, seed: u64) -> ByteStream {
+    const BLOCK: usize = 4 << 20;
+    let chunk = chunk.clamp(1, BLOCK / 2);
     let mut state = seed | 1;
+    let mut block = Vec::with_capacity(BLOCK + 8);
+    while block.len() < BLOCK {
+        // xorshift64
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        block.extend_from_slice(&state.to_le_bytes());
+    }
+    let block = Bytes::from(block);
     let mut left = len;
+    let mut index: usize = 0;
     Box::pin(futures::stream::poll_fn(move |_| {
         if left == 0 {
             return std::task::Poll::Ready(None);
         }
         let n = usize::try_from(left.min(chunk as u64)).expect("chunk fits usize");
-        let mut out = Vec::with_capacity(n);
-        while out.len() < n {
-            // xorshift64
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            out.extend_from_slice(&state.to_le_bytes());
-        }
-        out.truncate(n);
+        let offset = index.wrapping_mul(7_919) % (BLOCK - n);
+        index += 1;
         left -= n as u64;
-        std::task::Poll::Ready(Some(Ok(Bytes::from(out))))
+        std::task::Poll::Ready(Some(Ok(block.slice(offset..offset + n))))
     }))
+}
+
+/// Whether two streams hold the same bytes (chunked differently), without
+/// holding either; returns the length.
+pub async fn assert_same(mut a: ByteStream, mut b: ByteStream) -> u64 {
+    let (mut left, mut right) = (Bytes::new(), Bytes::new());
+    let mut offset = 0u64;
+    loop {
+        if left.is_empty() {
+            left = a
+                .next()
+                .await
+                .map(|c| c.expect("read chunk"))
+                .unwrap_or_default();
+        }
+        if right.is_empty() {
+            right = b
+                .next()
+                .await
+                .map(|c| c.expect("read chunk"))
+                .unwrap_or_default();
+        }
+        if left.is_empty() || right.is_empty() {
+            assert!(
+                left.is_empty() && right.is_empty(),
+                "streams differ in length after {offset} bytes"
+            );
+            return offset;
+        }
+        let n = left.len().min(right.len());
+        assert!(
+            left[..n] == right[..n],
+            "streams differ within bytes {offset}..{}",
+            offset + n as u64
+        );
+        offset += n as u64;
+        left = left.slice(n..);
+        right = right.slice(n..);
+    }
 }
 
 /// A body that yields `data` and then fails, as a client that goes away.
