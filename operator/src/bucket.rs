@@ -387,9 +387,16 @@ async fn tenant_side(
     read_usage(pool, record.id).await
 }
 
-/// `describe()` of the backend joined with the bucket's prefix.
+/// `describe()` of the backend with the bucket's prefix after its location:
+/// `file:///root/t/…/b/…`, or `s3://bucket/t/…/b/… at <endpoint>` (the S3
+/// backend names its endpoint after the URL).
 fn location(backend: &dyn Backend, prefix: &str) -> String {
-    format!("{}/{prefix}", backend.describe().trim_end_matches('/'))
+    let described = backend.describe();
+    let (url, rest) = match described.split_once(' ') {
+        Some((url, rest)) => (url, format!(" {rest}")),
+        None => (described.as_str(), String::new()),
+    };
+    format!("{}/{prefix}{rest}", url.trim_end_matches('/'))
 }
 
 async fn apply(bucket: Arc<Bucket>, ctx: &BucketContext) -> Result<Action, Error> {

@@ -41,11 +41,20 @@ struct Harness {
 }
 
 impl Harness {
+    /// With the filesystem backend in a temporary directory.
     async fn start(ns: &TestNamespace) -> Self {
-        let (catalog_db, catalog) = test_catalog().await;
         let root = tempfile::tempdir().expect("tempdir");
         let backend: Arc<dyn Backend> =
             Arc::new(FsBackend::open(root.path()).await.expect("fs backend"));
+        Self::start_with(ns, backend, root).await
+    }
+
+    async fn start_with(
+        ns: &TestNamespace,
+        backend: Arc<dyn Backend>,
+        root: tempfile::TempDir,
+    ) -> Self {
+        let (catalog_db, catalog) = test_catalog().await;
         // The controllers act with the operator's ClusterRole only, so a
         // missing RBAC rule fails here, not in a cluster.
         let base = test_context(
@@ -908,4 +917,62 @@ async fn deleting_a_tenant_deletes_its_buckets_first() {
         "the database is dropped after the buckets are gone"
     );
     admin.close().await;
+}
+
+#[tokio::test]
+async fn forced_deletion_on_s3_removes_every_blob_under_the_prefix_only() {
+    let ns = TestNamespace::new().await;
+    let s3_bucket = strata_tests::TestBucket::new().await;
+    let args = strata_storage::StorageArgs {
+        backend: strata_storage::BackendKind::S3,
+        root: std::path::PathBuf::new(),
+        s3_endpoint: Some(env("STRATA_S3_ENDPOINT")),
+        s3_region: env("STRATA_S3_REGION"),
+        s3_bucket: s3_bucket.name.clone(),
+        s3_access_key_id: Some(env("STRATA_S3_ACCESS_KEY_ID")),
+        s3_secret_access_key: Some(env("STRATA_S3_SECRET_ACCESS_KEY")),
+    };
+    let backend = strata_storage::connect(&args).await.expect("s3 backend");
+    let h = Harness::start_with(&ns, backend, tempfile::tempdir().expect("tempdir")).await;
+    let t = ready_tenant(&ns, "doomed", "Delete").await;
+    let tenant_uid = t.metadata.uid.clone().expect("uid");
+    let buckets: Api<Bucket> = ns.api();
+    buckets
+        .create(&PostParams::default(), &bucket("s3", "doomed", "s3-bucket"))
+        .await
+        .expect("create");
+    let b = wait_bucket(&buckets, "s3", READY_TIMEOUT, is_ready).await;
+    let id = uid_of(&b);
+    let prefix = format!("t/{tenant_uid}/b/{id}");
+    let location = b.status.and_then(|s| s.backend_bucket).unwrap_or_default();
+    assert!(
+        location.starts_with(&format!("s3://{}/{prefix}", s3_bucket.name)),
+        "{location}"
+    );
+    let db = tenant_db(&tenant_uid).await;
+    seed_objects(&h, &db, id, &prefix, 3).await;
+    // A blob whose key merely starts with the same characters is not this bucket's.
+    let lookalike = format!("{prefix}x/o/1");
+    h.put_blob(&lookalike).await;
+
+    buckets
+        .patch(
+            "s3",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {bucket::FORCE_DELETE_ANNOTATION: "true"}}}),
+            ),
+        )
+        .await
+        .expect("annotate");
+    buckets
+        .delete("s3", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_bucket_gone(&buckets, "s3").await;
+    assert!(h.blobs(&format!("{prefix}/")).await.is_empty());
+    assert_eq!(h.blobs(&prefix).await, [lookalike]);
+    assert_eq!(storage_rows(&db, id).await, 0);
+    db.close().await;
+    drop_tenant_storage(Uuid::parse_str(&tenant_uid).expect("uid")).await;
 }
