@@ -11,6 +11,7 @@ pub mod app;
 pub mod config;
 pub mod docs;
 pub mod documents;
+pub mod events;
 pub mod gateway;
 pub mod http;
 pub mod identity;
