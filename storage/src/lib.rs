@@ -204,7 +204,46 @@ pub trait Backend: Send + Sync + 'static {
         let _ = older_than;
         Ok(0)
     }
+
+    /// Deletes every blob under `prefix` — a bucket's or a tenant's, e.g.
+    /// `t/<tenant uid>/b/<bucket uid>/` — in one pass in key order, a few
+    /// deletes at a time; returns how many. Blobs added behind the pass are
+    /// not seen: stop writes first (the bucket's `deleting` state). The
+    /// prefix must be a valid key followed by `/`, so that no typo (`""`,
+    /// `t/`) can wipe more than one subtree of ids.
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, BackendError> {
+        use futures::{StreamExt, TryStreamExt};
+        let parent = prefix.strip_suffix('/').ok_or_else(|| {
+            BackendError::InvalidKey(format!("prefix {prefix:?} does not end with '/'"))
+        })?;
+        let parent = BlobKey::parse(parent)?;
+        if !parent.as_str().contains('/') {
+            return Err(BackendError::InvalidKey(format!(
+                "prefix {prefix:?} is too short to delete"
+            )));
+        }
+        let mut deleted = 0;
+        let mut after: Option<BlobKey> = None;
+        loop {
+            let page = self.list(prefix, after.as_ref(), 1000).await?;
+            let Some(last) = page.last() else {
+                return Ok(deleted);
+            };
+            after = Some(last.key.clone());
+            let n = page.len() as u64;
+            futures::stream::iter(page)
+                .map(|blob| async move { self.delete(&blob.key).await })
+                .buffer_unordered(DELETE_CONCURRENCY)
+                .try_collect::<()>()
+                .await?;
+            deleted += n;
+        }
+    }
 }
+
+/// Deletes in flight in [`Backend::delete_prefix`]: enough to hide an S3
+/// round trip, few enough not to crowd out the data plane's own requests.
+const DELETE_CONCURRENCY: usize = 16;
 
 /// The backend `args` select, checked once ([`Backend::check`]) so that a
 /// misconfiguration fails at startup: the fs root is created if missing, the

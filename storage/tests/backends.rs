@@ -44,6 +44,7 @@ both_backends!(
     copy,
     delete_is_idempotent,
     list_order_after_limit,
+    delete_prefix,
     hostile_keys_are_refused,
     check_and_describe,
 );
@@ -439,6 +440,47 @@ async fn list_order_after_limit(ctx: Ctx) {
             .expect("list")
             .is_empty()
     );
+    ctx.cleanup().await;
+}
+
+async fn delete_prefix(ctx: Ctx) {
+    let names: Vec<String> = (0..1010)
+        .map(|i| format!("b/one/o/{i:05}"))
+        .chain([
+            "b/one-sibling/x".into(),
+            "b/onex".into(),
+            "b/two/o/1".into(),
+        ])
+        .collect();
+    // 1,010 blobs under b/one/: more than one listing page.
+    futures::StreamExt::for_each_concurrent(futures::stream::iter(names.iter()), 32, |name| {
+        let (backend, key) = (&ctx.backend, ctx.key(name));
+        async move {
+            backend.put(&key, body(b"x", 1), None).await.expect("put");
+        }
+    })
+    .await;
+    let deleted = ctx
+        .backend
+        .delete_prefix(&format!("{}/b/one/", ctx.prefix))
+        .await
+        .expect("delete prefix");
+    assert_eq!(deleted, 1010);
+    // Neighbours whose keys merely start alike are untouched.
+    assert_eq!(
+        ctx.list_all().await,
+        vec!["b/one-sibling/x", "b/onex", "b/two/o/1"]
+    );
+    for bad in ["", "/", "test/", "b/one", "../", "a//"] {
+        assert!(
+            matches!(
+                ctx.backend.delete_prefix(bad).await,
+                Err(BackendError::InvalidKey(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    assert_eq!(ctx.list_all().await.len(), 3);
     ctx.cleanup().await;
 }
 
