@@ -78,8 +78,10 @@ impl S3Backend {
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             // A dead endpoint must fail a request (and a readiness check)
-            // quickly; reads of large bodies are guarded by the SDK's stalled
-            // stream protection instead of a total timeout.
+            // quickly. The read timeout runs until a response starts (for a
+            // part: sending its 8 MiB and the server storing them); bodies
+            // being streamed are guarded by the SDK's stalled stream
+            // protection instead, never by a total timeout.
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(5))
