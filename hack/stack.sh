@@ -34,6 +34,8 @@ source "$ROOT/hack/lib/redis.sh"
 source "$ROOT/hack/lib/garage.sh"
 # shellcheck source=lib/clamd.sh
 source "$ROOT/hack/lib/clamd.sh"
+# shellcheck source=lib/node.sh
+source "$ROOT/hack/lib/node.sh"
 
 usage() {
 	cat <<EOF
@@ -53,6 +55,13 @@ Commands:
   kubeconfig           Print the path of the API server's admin kubeconfig
                        (written by 'up'); hack/kubectl.sh uses it.
   logs [SERVICE] [-f]  Tail service logs (all services if none given).
+  node-up              Optional, root only (make node-up): a real Kubernetes
+                       node for the e2e tests, on a control plane of its own
+                       (hack/lib/node.sh); needs the stack up.
+  node-down            Stop the node and remove what it put on the host
+                       ('down' does this too when a node runs).
+  node-status          The node's processes and readiness.
+  node-kubeconfig      Print the node cluster's admin kubeconfig path.
   -h, --help           This help.
 
 Services: $(services | tr '\n' ' ')
@@ -65,6 +74,14 @@ Environment:
   STRATA_S3_RPC_PORT, STRATA_S3_ADMIN_PORT   override those two individually
   STRATA_CLAMD_PORT    clamd (antivirus) port     (default 53310)
   STRATA_CACHE         build/binary cache         (default \$HOME/.cache/strata)
+  STRATA_NODE_KUBE_PORT  the node cluster's kube-apiserver (default 57443)
+  STRATA_NODE_ETCD_PORT  its etcd, client and peer = +1  (default 57379)
+
+The node (node-up) also uses: bridge strata0 10.244.0.1/24 (pods; the node's
+InternalIP), Service IPs 10.0.0.0/24, kubelet 10.244.0.1:57250 and
+127.0.0.1:57248 (healthz), kube-proxy 127.0.0.1:57249 (metrics) and :57256
+(healthz), kube-scheduler 127.0.0.1:57259, and relays 10.244.0.1:PORT ->
+127.0.0.1:PORT for PostgreSQL, Redis, Garage S3 and clamd.
 
 To start from scratch: hack/stack.sh down && rm -rf .stack
 EOF
@@ -163,6 +180,10 @@ cmd_down() {
 	local -a svcs
 	if (($#)); then svcs=("$@"); else mapfile -t svcs < <(services); fi
 	check_services "${svcs[@]}"
+	# A node uses all the services: it goes first.
+	if ((!$#)) && [[ -d $NODE_DIR ]] && ((EUID == 0)); then
+		node_down
+	fi
 	# Reverse start order: clients (kube) before the stores they use.
 	local i
 	for ((i = ${#svcs[@]} - 1; i >= 0; i--)); do
@@ -251,6 +272,22 @@ main() {
 	env) cmd_env ;;
 	kubeconfig) cmd_kubeconfig ;;
 	logs) cmd_logs "$@" ;;
+	node-up)
+		with_lock node-up "$@"
+		if ! [[ -s $ENV_FILE ]] || ! cmd_status >/dev/null; then
+			die "node-up needs the stack: run 'make stack-up' first"
+		fi
+		node_up
+		;;
+	node-down)
+		with_lock node-down "$@"
+		node_down
+		;;
+	node-status) node_status ;;
+	node-kubeconfig)
+		[[ -s $NODE_KUBECONFIG ]] || die "$NODE_KUBECONFIG does not exist; run 'make node-up' first"
+		printf '%s\n' "$NODE_KUBECONFIG"
+		;;
 	*)
 		usage >&2
 		die "unknown command '$cmd'"

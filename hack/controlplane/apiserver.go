@@ -23,6 +23,9 @@ type apiserverOptions struct {
 	etcdURL    string
 	pki        *pki
 	extraArgs  []string
+	// nodeIP, when set, makes the API server usable by a kubelet and by pods:
+	// see args.
+	nodeIP string
 }
 
 // apiserverArgs is the kube-apiserver command line we run with. It follows
@@ -37,20 +40,43 @@ func (o apiserverOptions) args() []string {
 		"--tls-private-key-file=" + o.pki.ServingKeyFile(),
 		"--client-ca-file=" + o.pki.CACertFile(),
 		fmt.Sprintf("--secure-port=%d", o.securePort),
-		"--bind-address=127.0.0.1",
-		"--advertise-address=127.0.0.1",
 		"--service-cluster-ip-range=10.0.0.0/24",
 		"--allow-privileged=true",
-		"--authorization-mode=RBAC",
 		"--service-account-issuer=" + issuer,
 		"--service-account-key-file=" + o.pki.SAPubFile(),
 		"--service-account-signing-key-file=" + o.pki.SAKeyFile(),
-		// No service-account token controller runs here, so the ServiceAccount
-		// admission plugin would reject pods (same as envtest).
-		"--disable-admission-plugins=ServiceAccount",
-		// The "kubernetes" Service endpoints would point at 127.0.0.1, which
-		// Endpoints validation rejects; nothing in-cluster can use them anyway.
-		"--endpoint-reconciler-type=none",
+	}
+	if o.nodeIP == "" {
+		args = append(args,
+			"--bind-address=127.0.0.1",
+			"--advertise-address=127.0.0.1",
+			"--authorization-mode=RBAC",
+			// No service-account token controller runs here, so the ServiceAccount
+			// admission plugin would reject pods (same as envtest).
+			"--disable-admission-plugins=ServiceAccount",
+			// The "kubernetes" Service endpoints would point at 127.0.0.1, which
+			// Endpoints validation rejects; nothing in-cluster can use them anyway.
+			"--endpoint-reconciler-type=none",
+		)
+	} else {
+		// A cluster with a node (hack/lib/node.sh): pods reach the API server
+		// through the "kubernetes" Service, whose endpoint is the advertise
+		// address (so the server must listen beyond loopback); pods get
+		// service-account tokens (ServiceAccount admission, kubelet's
+		// TokenRequest); kubectl logs/exec reach the kubelet at its
+		// InternalIP with a client certificate the kubelet trusts; kubelets
+		// are limited to their own node's objects (Node authorizer,
+		// NodeRestriction).
+		args = append(args,
+			"--bind-address=0.0.0.0",
+			"--advertise-address="+o.nodeIP,
+			"--authorization-mode=Node,RBAC",
+			"--enable-admission-plugins=NodeRestriction",
+			"--endpoint-reconciler-type=lease",
+			"--kubelet-preferred-address-types=InternalIP",
+			"--kubelet-client-certificate="+o.pki.path("apiserver-kubelet-client.crt"),
+			"--kubelet-client-key="+o.pki.path("apiserver-kubelet-client.key"),
+		)
 	}
 	// Extra args come last so they override the defaults above.
 	return append(args, o.extraArgs...)

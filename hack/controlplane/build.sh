@@ -1,15 +1,28 @@
 #!/usr/bin/env bash
-# Builds strata-controlplane into a cache outside the repository and prints
-# the binary's path on stdout. A no-op when that exact build already exists.
+# Builds strata-controlplane (or, with the argument "node", strata-node: the
+# kubelet, kube-proxy and kube-scheduler of hack/lib/node.sh, from node/)
+# into a cache outside the repository and prints the binary's path on
+# stdout. A no-op when that exact build already exists.
 #
+#   build.sh [controlplane|node]
 #   STRATA_CACHE   cache root (default: $HOME/.cache/strata)
 #
 # The cache key is the pinned k8s.io/kubernetes version plus a hash of go.mod,
-# go.sum and the Go sources, so any change to them builds a new binary.
+# go.sum and the Go sources (both programs), so any change to them builds a
+# new binary. Both share one module and one Go build cache.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
+
+case "${1:-controlplane}" in
+  controlplane) name=strata-controlplane target=. ;;
+  node) name=strata-node target=./node ;;
+  *)
+    echo "usage: build.sh [controlplane|node]" >&2
+    exit 2
+    ;;
+esac
 
 k8s_version="$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v[0-9]/ { print $2; exit }' go.mod)"
 if [[ -z "$k8s_version" ]]; then
@@ -18,7 +31,7 @@ if [[ -z "$k8s_version" ]]; then
 fi
 
 shopt -s nullglob
-sources=(go.mod go.sum *.go)
+sources=(go.mod go.sum *.go node/*.go)
 shopt -u nullglob
 hash="$(
   for f in "${sources[@]}"; do
@@ -29,7 +42,7 @@ hash="$(
 
 cache_root="${STRATA_CACHE:-$HOME/.cache/strata}"
 out_dir="$cache_root/controlplane-$k8s_version-$hash"
-bin="$out_dir/strata-controlplane"
+bin="$out_dir/$name"
 
 if [[ -x "$bin" ]]; then
   echo "$bin"
@@ -42,7 +55,7 @@ if ! command -v go >/dev/null 2>&1; then
 fi
 
 mkdir -p "$out_dir"
-tmp="$out_dir/.strata-controlplane.tmp.$$"
+tmp="$out_dir/.$name.tmp.$$"
 trap 'rm -f "$tmp"' EXIT
 
 # Stamp the binary with the Kubernetes release, as the upstream build does;
@@ -60,7 +73,7 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldflags+=" -X $pkg.buildDate=$build_date"
 done
 
-echo "build.sh: building strata-controlplane ($k8s_version) into $out_dir (first build takes several minutes)" >&2
-CGO_ENABLED=0 go build -mod=readonly -trimpath -buildvcs=false -ldflags "$ldflags" -o "$tmp" .
+echo "build.sh: building $name ($k8s_version) into $out_dir (first build takes several minutes)" >&2
+CGO_ENABLED=0 go build -mod=readonly -trimpath -buildvcs=false -ldflags "$ldflags" -o "$tmp" "$target"
 mv -f "$tmp" "$bin"
 echo "$bin"

@@ -19,9 +19,14 @@ import (
 	"k8s.io/client-go/restmapper"
 	"k8s.io/controller-manager/pkg/informerfactory"
 	"k8s.io/klog/v2"
+	"k8s.io/kubernetes/pkg/controller/certificates/rootcacertpublisher"
 	"k8s.io/kubernetes/pkg/controller/clusterroleaggregation"
+	"k8s.io/kubernetes/pkg/controller/deployment"
+	endpointslicecontroller "k8s.io/kubernetes/pkg/controller/endpointslice"
 	"k8s.io/kubernetes/pkg/controller/garbagecollector"
 	namespacecontroller "k8s.io/kubernetes/pkg/controller/namespace"
+	lifecyclecontroller "k8s.io/kubernetes/pkg/controller/nodelifecycle"
+	"k8s.io/kubernetes/pkg/controller/replicaset"
 	serviceaccountcontroller "k8s.io/kubernetes/pkg/controller/serviceaccount"
 )
 
@@ -29,6 +34,12 @@ type controllerOptions struct {
 	gcSyncPeriod time.Duration
 	gcWorkers    int
 	nsWorkers    int
+	// workload adds the controllers that running Pods on a node needs
+	// (deployment, replicaset, node-lifecycle, endpointslice, root-ca
+	// publisher); rootCA is the CA bundle the publisher hands to every
+	// namespace as the kube-root-ca.crt ConfigMap.
+	workload bool
+	rootCA   []byte
 }
 
 // runningControllers is what startControllers hands back: a way to wait for
@@ -152,6 +163,15 @@ func startControllers(ctx context.Context, base *rest.Config, o controllerOption
 	}
 
 	r := &runningControllers{gc: gc}
+	if o.workload {
+		runs, err := workloadControllers(ctx, clientFor, sharedInformers, o.rootCA)
+		if err != nil {
+			return nil, err
+		}
+		for _, run := range runs {
+			r.wg.Go(func() { run(ctx) })
+		}
+	}
 	sharedInformers.Start(ctx.Done())
 	objectOrMetadataInformers.Start(ctx.Done())
 	close(informersStarted)
@@ -169,4 +189,79 @@ func startControllers(ctx context.Context, base *rest.Config, o controllerOption
 		sharedInformers.Shutdown()
 	})
 	return r, nil
+}
+
+// workloadControllers builds the kube-controller-manager controllers that
+// Deployments and Services on a real node need, with kube-controller-manager's
+// default settings (cmd/kube-controller-manager/app/apps.go, core.go,
+// discovery.go, certificates.go):
+//   - deployment and replicaset: Deployments become ReplicaSets become Pods;
+//   - node-lifecycle: removes the not-ready taint a kubelet registers with,
+//     marks nodes NotReady when their lease stops being renewed;
+//   - endpointslice: Service selectors become EndpointSlices (kube-proxy's input);
+//   - root-ca-cert-publisher: the kube-root-ca.crt ConfigMap that every
+//     projected service-account token volume mounts.
+//
+// It returns their Run functions; the caller starts them after the informers.
+func workloadControllers(ctx context.Context, clientFor func(string, float32) (*rest.Config, clientset.Interface, error),
+	inf informers.SharedInformerFactory, rootCA []byte) ([]func(context.Context), error) {
+	client := func(name string) (clientset.Interface, error) {
+		_, c, err := clientFor(name, 1)
+		return c, err
+	}
+	var runs []func(context.Context)
+
+	rsClient, err := client("replicaset-controller")
+	if err != nil {
+		return nil, err
+	}
+	rsc := replicaset.NewReplicaSetController(ctx, inf.Apps().V1().ReplicaSets(), inf.Core().V1().Pods(),
+		rsClient, replicaset.BurstReplicas)
+	runs = append(runs, func(ctx context.Context) { rsc.Run(ctx, 5) })
+
+	dClient, err := client("deployment-controller")
+	if err != nil {
+		return nil, err
+	}
+	dc, err := deployment.NewDeploymentController(ctx, inf.Apps().V1().Deployments(), inf.Apps().V1().ReplicaSets(),
+		inf.Core().V1().Pods(), dClient)
+	if err != nil {
+		return nil, fmt.Errorf("deployment controller: %w", err)
+	}
+	runs = append(runs, func(ctx context.Context) { dc.Run(ctx, 5) })
+
+	nlClient, err := client("node-controller")
+	if err != nil {
+		return nil, err
+	}
+	nlc, err := lifecyclecontroller.NewNodeLifecycleController(ctx,
+		inf.Coordination().V1().Leases(), inf.Core().V1().Pods(), inf.Core().V1().Nodes(), inf.Apps().V1().DaemonSets(),
+		nlClient,
+		5*time.Second,  // node monitor period
+		60*time.Second, // node startup grace period
+		50*time.Second, // node monitor grace period
+		0.1, 0.01, 50, 0.55)
+	if err != nil {
+		return nil, fmt.Errorf("node lifecycle controller: %w", err)
+	}
+	runs = append(runs, nlc.Run)
+
+	esClient, err := client("endpointslice-controller")
+	if err != nil {
+		return nil, err
+	}
+	esc := endpointslicecontroller.NewController(ctx, inf.Core().V1().Pods(), inf.Core().V1().Services(),
+		inf.Core().V1().Nodes(), inf.Discovery().V1().EndpointSlices(), 100, esClient, 0)
+	runs = append(runs, func(ctx context.Context) { esc.Run(ctx, 5) })
+
+	caClient, err := client("root-ca-cert-publisher")
+	if err != nil {
+		return nil, err
+	}
+	pub, err := rootcacertpublisher.NewPublisher(inf.Core().V1().ConfigMaps(), inf.Core().V1().Namespaces(), caClient, rootCA)
+	if err != nil {
+		return nil, fmt.Errorf("root CA publisher: %w", err)
+	}
+	runs = append(runs, func(ctx context.Context) { pub.Run(ctx, 1) })
+	return runs, nil
 }

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -45,6 +46,8 @@ func run() error {
 		gcSyncPeriod  time.Duration
 		readyTimeout  time.Duration
 		apiserverArgs []string
+		nodeIP        string
+		nodeName      string
 	)
 	fs := pflag.NewFlagSet("strata-controlplane", pflag.ContinueOnError)
 	fs.StringVar(&stateDir, "state-dir", "", "directory for etcd data, certificates and kubeconfigs (required)")
@@ -56,6 +59,8 @@ func run() error {
 	fs.DurationVar(&gcSyncPeriod, "gc-sync-period", 5*time.Second, "how often the garbage collector rediscovers resource types (bounds how long a new CRD waits for GC coverage)")
 	fs.DurationVar(&readyTimeout, "ready-timeout", 180*time.Second, "give up if the API server is not ready within this time")
 	fs.StringArrayVar(&apiserverArgs, "apiserver-arg", nil, "extra kube-apiserver flag, e.g. --apiserver-arg=--v=2 (repeatable; overrides the defaults)")
+	fs.StringVar(&nodeIP, "node-ip", "", "run for a node at this address (hack/lib/node.sh): the API server listens on all addresses and advertises this one, pods get service-account tokens, and the controllers that Deployments and Services need run too")
+	fs.StringVar(&nodeName, "node-name", "strata-node", "with --node-ip: the node's name (its kubelet's client certificate is system:node:<name>)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			return nil
@@ -87,15 +92,33 @@ func run() error {
 	}()
 
 	// Certificates and kubeconfigs.
-	p, err := ensurePKI(filepath.Join(stateDir, "pki"))
+	var extraIPs []net.IP
+	if nodeIP != "" {
+		ip := net.ParseIP(nodeIP)
+		if ip == nil {
+			return fmt.Errorf("--node-ip %q is not an IP address", nodeIP)
+		}
+		extraIPs = append(extraIPs, ip)
+	} else {
+		nodeName = ""
+	}
+	p, err := ensurePKI(filepath.Join(stateDir, "pki"), extraIPs, nodeName)
 	if err != nil {
 		return err
 	}
 	server := fmt.Sprintf("https://127.0.0.1:%d", securePort)
-	for _, kc := range []struct{ file, cert, user string }{
+	kubeconfigs := []struct{ file, cert, user string }{
 		{"admin.kubeconfig", "admin", adminUser},
 		{"operator.kubeconfig", "operator", operatorUser},
-	} {
+	}
+	if nodeName != "" {
+		kubeconfigs = append(kubeconfigs,
+			struct{ file, cert, user string }{"kubelet.kubeconfig", "kubelet", "system:node:" + nodeName},
+			struct{ file, cert, user string }{"kube-proxy.kubeconfig", "kube-proxy", "system:kube-proxy"},
+			struct{ file, cert, user string }{"kube-scheduler.kubeconfig", "kube-scheduler", "system:kube-scheduler"},
+		)
+	}
+	for _, kc := range kubeconfigs {
 		if err := p.writeKubeconfig(filepath.Join(stateDir, kc.file), server, kc.cert, kc.user); err != nil {
 			return fmt.Errorf("writing %s: %w", kc.file, err)
 		}
@@ -130,6 +153,7 @@ func run() error {
 			etcdURL:    etcdOpts.clientURL(),
 			pki:        p,
 			extraArgs:  apiserverArgs,
+			nodeIP:     nodeIP,
 		})
 	}()
 	// On return: stop the API server and wait for it before etcd goes away.
@@ -156,7 +180,13 @@ func run() error {
 	// Controllers.
 	ctrlCtx, cancelCtrl := context.WithCancel(ctx)
 	defer cancelCtrl()
-	ctrls, err := startControllers(ctrlCtx, ctrlCfg, controllerOptions{gcSyncPeriod: gcSyncPeriod, gcWorkers: 20, nsWorkers: 10})
+	ctrlOpts := controllerOptions{gcSyncPeriod: gcSyncPeriod, gcWorkers: 20, nsWorkers: 10, workload: nodeIP != ""}
+	if ctrlOpts.workload {
+		if ctrlOpts.rootCA, err = os.ReadFile(p.CACertFile()); err != nil {
+			return err
+		}
+	}
+	ctrls, err := startControllers(ctrlCtx, ctrlCfg, ctrlOpts)
 	if err != nil {
 		return err
 	}

@@ -52,7 +52,14 @@ func (p *pki) SAPubFile() string       { return p.path("sa.pub") }
 // ensurePKI loads the CA and leaf certificates from dir, creating whatever is
 // missing. Existing files are reused so restarts keep the same identities and
 // service-account signing key.
-func ensurePKI(dir string) (*pki, error) {
+//
+// extraIPs are added to the serving certificate (a node's address); a
+// serving certificate without one of them is issued again. nodeName, when
+// set, adds the client certificates of a node: its kubelet
+// (system:node:<nodeName> in system:nodes, for the Node authorizer),
+// kube-proxy and kube-scheduler (the users upstream's bootstrap RBAC binds),
+// and the API server's own client certificate towards kubelets.
+func ensurePKI(dir string, extraIPs []net.IP, nodeName string) (*pki, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -68,12 +75,23 @@ func ensurePKI(dir string) (*pki, error) {
 			"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
 			"kubernetes.default.svc.cluster.local",
 		},
-		ips: []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1"), net.ParseIP("10.0.0.1")},
+		ips: append([]net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1"), net.ParseIP("10.0.0.1")}, extraIPs...),
+	}
+	if err := p.dropLeafWithoutIPs(serving.name, extraIPs); err != nil {
+		return nil, err
 	}
 	clients := []leafSpec{
 		{name: "admin", commonName: adminUser, orgs: []string{adminGroup}},
 		{name: "operator", commonName: operatorUser},
 		{name: "controllers", commonName: controllersUser, orgs: []string{adminGroup}},
+	}
+	if nodeName != "" {
+		clients = append(clients,
+			leafSpec{name: "kubelet", commonName: "system:node:" + nodeName, orgs: []string{"system:nodes"}},
+			leafSpec{name: "kube-proxy", commonName: "system:kube-proxy"},
+			leafSpec{name: "kube-scheduler", commonName: "system:kube-scheduler"},
+			leafSpec{name: "apiserver-kubelet-client", commonName: "kube-apiserver-kubelet-client", orgs: []string{adminGroup}},
+		)
 	}
 	for _, s := range append([]leafSpec{serving}, clients...) {
 		if err := p.ensureLeaf(s); err != nil {
@@ -134,6 +152,29 @@ func (p *pki) ensureCA() error {
 		return err
 	}
 	p.caCert, p.caKey = cert, key
+	return nil
+}
+
+// dropLeafWithoutIPs removes the named certificate when it lacks one of ips,
+// so that ensureLeaf issues it again.
+func (p *pki) dropLeafWithoutIPs(name string, ips []net.IP) error {
+	certFile := p.path(name + ".crt")
+	if len(ips) == 0 || !exists(certFile) {
+		return nil
+	}
+	cert, err := readCert(certFile)
+	if err != nil {
+		return err
+	}
+	for _, want := range ips {
+		found := false
+		for _, have := range cert.IPAddresses {
+			found = found || have.Equal(want)
+		}
+		if !found {
+			return os.Remove(certFile)
+		}
+	}
 	return nil
 }
 
