@@ -8,6 +8,7 @@
 //! serves the reference page (`/docs`) with no internet needed.
 
 pub mod app;
+pub mod cache;
 pub mod config;
 pub mod docs;
 pub mod documents;

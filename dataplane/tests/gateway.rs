@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::json;
 use strata_dataplane::gateway::{Gateway, RateLimitSettings, RateLimiter, TrustedProxies};
 use strata_tests::env;
-use strata_tests::process::{Running, free_port};
+use strata_tests::process::{PrivateRedis, Running, free_port};
 use support::{Body, Checked, Client, Server, app_state, with_tenants};
 
 /// A `strata-dataplane` process on the test's catalog.
@@ -208,48 +208,6 @@ async fn the_tenants_own_quota_and_anonymous_callers_are_limited() {
     .await;
 }
 
-/// A private `redis-server` this test may kill.
-struct PrivateRedis {
-    child: std::process::Child,
-    url: String,
-}
-
-impl PrivateRedis {
-    async fn start() -> Self {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (installed by the stack)");
-        let url = format!("redis://127.0.0.1:{port}");
-        let client = redis::Client::open(url.as_str()).expect("url");
-        for _ in 0..100 {
-            if client.get_multiplexed_async_connection().await.is_ok() {
-                return Self { child, url };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("private redis did not start");
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn redis_down_means_local_limits_and_no_5xx() {
     with_tenants(
@@ -280,8 +238,7 @@ async fn redis_down_means_local_limits_and_no_5xx() {
             let collections = format!("/v1/tenants/{}/collections", tenant.name);
             assert_eq!(c.get(&collections, &owner).await.status, 200);
             // Redis goes away mid-flight.
-            let _ = redis.child.kill();
-            let _ = redis.child.wait();
+            redis.stop();
             let mut statuses = Vec::new();
             for _ in 0..8 {
                 statuses.push(c.get(&collections, &owner).await.status);

@@ -71,3 +71,64 @@ pub fn free_port() -> u16 {
         .expect("addr")
         .port()
 }
+
+/// A `redis-server` of the test's own (the binary the stack installs), on
+/// a port of its own, that the test may kill and start again on the same
+/// port: Redis outages without touching the shared stack.
+pub struct PrivateRedis {
+    child: Option<Child>,
+    pub port: u16,
+    pub url: String,
+}
+
+impl PrivateRedis {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let mut redis = Self {
+            child: None,
+            port,
+            url: format!("redis://127.0.0.1:{port}"),
+        };
+        redis.restart().await;
+        redis
+    }
+
+    /// Starts it (again) on its port and waits until it answers.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (installed by hack/stack.sh)");
+        self.child = Some(child);
+        let client = redis::Client::open(self.url.as_str()).expect("redis url");
+        for _ in 0..200 {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("private redis-server did not start on {}", self.port);
+    }
+
+    /// Kills it (SIGKILL: an outage, not a shutdown).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
