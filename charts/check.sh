@@ -4,8 +4,9 @@
 #   2. the operator ClusterRole rules in the chart equal those of
 #      config/rbac/operator-clusterrole.yaml (PyYAML when python3 has it, else a
 #      normalised text comparison of the `rules:` blocks);
-#   3. when `helm` is on PATH: `helm lint`, renders with several value sets,
-#      renders that must fail, and `helm template | kubectl apply
+#   3. when `helm` is on PATH: `helm lint --strict`, renders with several value
+#      sets, renders that must fail (template checks, and values.schema.json:
+#      wrong types, missing required values, unknown keys), and `helm template | kubectl apply
 #      --dry-run=client -f -`. Renders for Kubernetes $STRATA_CHECK_KUBE_VERSION
 #      (default 1.34.0). Without helm, says so and skips only this part.
 #      The dry run needs an API server (kubectl asks it for the resource
@@ -179,7 +180,52 @@ must_fail "2 operator replicas without leader election" --set operator.leaderEle
 must_fail "no database Secret" --set database.existingSecret=
 must_fail "no catalog Secret" --set catalog.existingSecret=
 must_fail "shutdown grace >= termination grace" --set dataplane.shutdownGraceSeconds=30
+must_fail "HPA min > max" --set dataplane.autoscaling.enabled=true --set dataplane.autoscaling.minReplicas=5 \
+    --set dataplane.autoscaling.maxReplicas=3
+must_fail "fs storage without a shared volume" --set storage.backend=fs
+must_fail "s3 storage without its Secret" --set storage.s3.existingSecret=
 echo "   ok  inconsistent values are refused"
+
+# values.schema.json: bad values fail with the schema's message (not a
+# template error further down), each for the reason given.
+must_fail_schema() {
+    local why=$1 want=$2
+    shift 2
+    if render "$@" >/dev/null 2>"$TMP/err"; then
+        fail "schema accepted $why: $*"
+    fi
+    grep -q "values don't meet the specifications of the schema" "$TMP/err" ||
+        { cat "$TMP/err" >&2; fail "$why was refused, but not by values.schema.json: $*"; }
+    grep -qF -- "$want" "$TMP/err" ||
+        { cat "$TMP/err" >&2; fail "$why: the schema's message does not name $want"; }
+}
+must_fail_schema "a string for an integer" "/operator/replicas" --set operator.replicas=two
+must_fail_schema "a string for a boolean" "/operator/leaderElection" --set-string operator.leaderElection=yes
+must_fail_schema "a missing required value (database)" "missing property 'database'" --set database=null
+must_fail_schema "a missing required value (image repository)" "missing property 'repository'" \
+    --set dataplane.image.repository=null
+must_fail_schema "an empty required Secret name" "/catalog/existingSecret" --set catalog.existingSecret=
+must_fail_schema "an unknown storage backend" "/storage/backend" --set storage.backend=gcs
+must_fail_schema "a malformed digest" "/operator/image/digest" --set operator.image.digest=latest
+must_fail_schema "a misspelt key" "additional properties 'replica' not allowed" --set dataplane.replica=3
+must_fail_schema "a port out of range" "/dataplane/port" --set dataplane.port=70000
+echo "   ok  values.schema.json refuses wrong types, missing required values, unknown keys"
+
+render --set dataplane.autoscaling.enabled=true --set networkPolicy.enabled=true \
+    --set storage.backend=fs --set storage.fs.existingClaim=strata-objects \
+    --set cursorKey.existingSecret=my-cursor --set tenantDatabase.existingSecret=strata-dataplane-login \
+    --set antivirus.clamdAddress=clamd.av:3310 --set 'rateLimits.trustedProxies={10.0.0.0/8,192.168.0.0/16}' \
+    >"$TMP/options.yaml"
+grep -q 'kind: HorizontalPodAutoscaler' "$TMP/options.yaml" || fail "autoscaling.enabled rendered no HPA"
+grep -q 'kind: NetworkPolicy' "$TMP/options.yaml" || fail "networkPolicy.enabled rendered no NetworkPolicy"
+! grep -q 'kind: HorizontalPodAutoscaler' "$TMP/default.yaml" || fail "HPA rendered by default"
+! grep -q 'kind: NetworkPolicy' "$TMP/default.yaml" || fail "NetworkPolicy rendered by default"
+grep -q 'claimName: strata-objects' "$TMP/options.yaml" || fail "fs backend rendered no volume"
+grep -q 'value: "10.0.0.0/8,192.168.0.0/16"' "$TMP/options.yaml" || fail "trustedProxies not joined"
+! grep -q 'cursor-key' "$TMP/options.yaml" || fail "a cursor key Secret rendered although cursorKey.existingSecret is set"
+grep -q 'kind: Lease' "$TMP/default.yaml" || fail "no leader Lease rendered"
+! grep -q 'kind: Lease' "$TMP/minimal.yaml" || fail "a Lease rendered without leader election"
+echo "   ok  options render: HPA, NetworkPolicy, fs volume, own cursor key, trusted proxies, Lease"
 
 # The rendered ClusterRole carries the same rules as the file.
 if python3 -c 'import yaml' 2>/dev/null; then
@@ -205,8 +251,29 @@ for name in ["STRATA_DATABASE_URL", "STRATA_PLATFORM_DATABASE", "STRATA_OPERATOR
 assert env["STRATA_OPERATOR_PROBE_ADDR"]["value"] == "0.0.0.0:8081", env["STRATA_OPERATOR_PROBE_ADDR"]
 assert env["STRATA_DATAPLANE_ADDR"]["value"] == "0.0.0.0:8080", env["STRATA_DATAPLANE_ADDR"]
 assert env["STRATA_LOG_FORMAT"]["value"] == "json"
-for secret_env in ["STRATA_DATABASE_URL", "STRATA_CATALOG_URL"]:
+for secret_env in ["STRATA_DATABASE_URL", "STRATA_CATALOG_URL", "STRATA_CURSOR_KEY",
+                   "STRATA_S3_ACCESS_KEY_ID", "STRATA_S3_SECRET_ACCESS_KEY"]:
     assert "secretKeyRef" in env[secret_env]["valueFrom"], secret_env
+deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+for name, d in deployments.items():
+    pod = d["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    names = {e["name"] for e in c["env"]}
+    # Both address the same object bytes.
+    for n in ["STRATA_STORAGE_BACKEND", "STRATA_S3_BUCKET", "STRATA_S3_REGION"]:
+        assert n in names, f"{name}: {n} missing"
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"] and sc["capabilities"]["drop"] == ["ALL"], name
+    assert sc["seccompProfile"]["type"] == "RuntimeDefault" and not sc["allowPrivilegeEscalation"], name
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"], name
+    for probe, path in [("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")]:
+        assert c[probe]["httpGet"]["path"] == path, (name, probe)
+    assert ":" in c["image"] and not c["image"].endswith(":"), c["image"]
+secrets = [d for d in docs if d["kind"] == "Secret"]
+assert len(secrets) == 1 and secrets[0]["metadata"]["name"] == "strata-cursor-key", secrets
+import base64
+key = base64.b64decode(base64.b64decode(secrets[0]["data"]["cursorKey"]))
+assert len(key) >= 32, "cursor key shorter than 32 bytes"
 print("   ok  rendered ClusterRole rules and container environment as expected")
 PY
 fi

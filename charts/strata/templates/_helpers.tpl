@@ -130,6 +130,69 @@ podAntiAffinity:
 {{- end }}
 
 {{/*
+Storage settings shared by the operator and the data plane (environment).
+*/}}
+{{- define "strata.storageEnv" -}}
+{{- $st := .Values.storage }}
+- name: STRATA_STORAGE_BACKEND
+  value: {{ $st.backend | quote }}
+{{- if eq $st.backend "s3" }}
+{{- with $st.s3.endpoint }}
+- name: STRATA_S3_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+- name: STRATA_S3_REGION
+  value: {{ $st.s3.region | quote }}
+- name: STRATA_S3_BUCKET
+  value: {{ $st.s3.bucket | quote }}
+- name: STRATA_S3_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "storage.s3.existingSecret is required with the s3 backend: the Secret holding the S3 access key" $st.s3.existingSecret }}
+      key: {{ $st.s3.accessKeyIdKey }}
+- name: STRATA_S3_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $st.s3.existingSecret }}
+      key: {{ $st.s3.secretAccessKeyKey }}
+{{- else }}
+- name: STRATA_STORAGE_ROOT
+  value: /var/lib/strata/objects
+{{- end }}
+{{- end }}
+
+{{/*
+Volume and mount of the fs storage backend (nothing with s3).
+*/}}
+{{- define "strata.storageVolume" -}}
+{{- if eq .Values.storage.backend "fs" }}
+- name: objects
+  persistentVolumeClaim:
+    claimName: {{ required "storage.fs.existingClaim is required with the fs backend: a ReadWriteMany PersistentVolumeClaim" .Values.storage.fs.existingClaim }}
+{{- end }}
+{{- end }}
+{{- define "strata.storageMount" -}}
+{{- if eq .Values.storage.backend "fs" }}
+- name: objects
+  mountPath: /var/lib/strata/objects
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the Secret holding the cursor key.
+*/}}
+{{- define "strata.cursorKeySecret" -}}
+{{- default (printf "%s-cursor-key" (include "strata.fullname" .)) .Values.cursorKey.existingSecret }}
+{{- end }}
+
+{{/*
+Name of the operator's leader Lease.
+*/}}
+{{- define "strata.leaseName" -}}
+{{- default (include "strata.operator.fullname" .) .Values.operator.leaseName }}
+{{- end }}
+
+{{/*
 Fails the render on inconsistent values.
 */}}
 {{- define "strata.validate" -}}
@@ -145,5 +208,12 @@ Fails the render on inconsistent values.
 {{- end }}
 {{- if lt (int .Values.operator.concurrency) 1 }}
 {{- fail "operator.concurrency must be at least 1" }}
+{{- end }}
+{{- $hpa := .Values.dataplane.autoscaling }}
+{{- if and $hpa.enabled (gt (int $hpa.minReplicas) (int $hpa.maxReplicas)) }}
+{{- fail "dataplane.autoscaling.minReplicas must not exceed maxReplicas" }}
+{{- end }}
+{{- if and (eq .Values.storage.backend "fs") (gt (int .Values.dataplane.replicas) 1) (not .Values.storage.fs.existingClaim) }}
+{{- fail "storage.backend=fs needs storage.fs.existingClaim (a ReadWriteMany volume every pod shares)" }}
 {{- end }}
 {{- end }}
