@@ -80,12 +80,18 @@ pub fn router(state: AppState, registry: Arc<Registry>, max_body_bytes: usize) -
         .merge(crate::identity::routes())
         .merge(crate::documents::routes())
         .merge(crate::vectors::routes())
+        .merge(crate::events::routes())
         .with_state(state.clone());
     Router::new()
         .merge(probes)
         // HTML and scripts for browsers, outside the API's problem+json layer.
         .merge(crate::docs::routes())
         .merge(api_router(api, max_body_bytes, state.http.gateway.clone()))
+        // A request that recorded events wakes a dispatcher (events::hint).
+        .layer(middleware::from_fn_with_state(
+            state.redis.clone(),
+            crate::events::hint::announce,
+        ))
         .layer(TraceLayer::new_for_http().make_span_with(request_id::make_span::<Body>))
         // Outermost, so the trace span and every response carry the id.
         .layer(middleware::from_fn(request_id::request_id))

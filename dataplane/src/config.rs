@@ -47,6 +47,9 @@ pub struct Config {
     pub tenancy: TenancyArgs,
     #[command(flatten)]
     pub gateway: GatewayArgs,
+    /// Events: the outbox dispatcher, webhooks, idempotency keys.
+    #[command(flatten)]
+    pub events: crate::events::EventsArgs,
 }
 
 /// Request rate limits (GCRA; in Redis when --redis-url is set, so they hold

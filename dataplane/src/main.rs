@@ -63,7 +63,27 @@ async fn main() -> anyhow::Result<()> {
         catalog.clone(),
         config.tenancy.settings(&config.catalog_url)?,
     );
-    let registry = Arc::new(Registry::default());
+    let events = config.events.settings();
+    strata_dataplane::events::settings::install(events.clone());
+    let mut registry = Registry::default();
+    strata_dataplane::events::metrics::register(&mut registry);
+    let registry = Arc::new(registry);
+    if events.dispatcher {
+        // Pub/sub (dispatch hints) needs a connection of its own.
+        let hints = match &config.redis_url {
+            Some(url) => Some(redis::Client::open(url.as_str()).context("invalid --redis-url")?),
+            None => None,
+        };
+        strata_dataplane::events::Dispatcher::new(
+            tenancy.clone(),
+            catalog.clone(),
+            redis.clone(),
+            hints,
+            events,
+        )?
+        .spawn();
+        tracing::info!("outbox dispatcher running");
+    }
     let app = router(
         AppState {
             catalog,

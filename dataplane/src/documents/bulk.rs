@@ -22,7 +22,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sqlx::PgPool;
+use sqlx::{Acquire, Postgres};
 
 use super::crud::check_data;
 use super::names::{collection_name, is_document_id};
@@ -65,7 +65,11 @@ fn at(i: usize, error: ApiError) -> ApiError {
     }
 }
 
-pub async fn run(pool: &PgPool, collection: &str, body: BulkBody) -> Result<Response, ApiError> {
+pub async fn run<'c>(
+    db: impl Acquire<'c, Database = Postgres>,
+    collection: &str,
+    body: BulkBody,
+) -> Result<Response, ApiError> {
     let collection = collection_name(collection)?;
     if body.operations.is_empty() || body.operations.len() > MAX_OPERATIONS {
         return Err(ApiError::validation(vec![FieldError::new(
@@ -90,7 +94,7 @@ pub async fn run(pool: &PgPool, collection: &str, body: BulkBody) -> Result<Resp
             limit: Some(MAX_BULK_BYTES as u64),
         });
     }
-    let mut tx = pool.begin().await?;
+    let mut tx = db.begin().await?;
     let coll = store::get_collection(&mut *tx, collection).await?;
     if coll.require_if_match
         && body
@@ -124,7 +128,7 @@ pub async fn run(pool: &PgPool, collection: &str, body: BulkBody) -> Result<Resp
                     None => uuid::Uuid::now_v7().to_string(),
                 };
                 check_data(&coll, compiled.as_ref(), data, "/data").map_err(|e| at(i, e))?;
-                let doc = store::insert_document(&mut tx, coll.id, &id, data)
+                let doc = store::insert_document(&mut tx, &coll, &id, data)
                     .await?
                     .ok_or_else(|| {
                         at(
@@ -141,11 +145,11 @@ pub async fn run(pool: &PgPool, collection: &str, body: BulkBody) -> Result<Resp
                     return Err(bad_id());
                 }
                 check_data(&coll, compiled.as_ref(), data, "/data").map_err(|e| at(i, e))?;
-                let (doc, status) = match store::insert_document(&mut tx, coll.id, id, data).await?
+                let (doc, status) = match store::insert_document(&mut tx, &coll, id, data).await?
                 {
                     Some(doc) => (doc, 201),
                     None => (
-                        store::update_document(&mut tx, coll.id, id, data).await?,
+                        store::update_document(&mut tx, &coll, id, data).await?,
                         200,
                     ),
                 };
@@ -157,7 +161,7 @@ pub async fn run(pool: &PgPool, collection: &str, body: BulkBody) -> Result<Resp
                 if !is_document_id(id) {
                     return Err(bad_id());
                 }
-                if !store::delete_document(&mut tx, coll.id, id).await? {
+                if !store::delete_document(&mut tx, &coll, id).await? {
                     return Err(ApiError::NotFound);
                 }
                 results.push(json!({"op": "delete", "id": id, "status": 204}));

@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Acquire, PgConnection, PgPool, Postgres};
 use uuid::Uuid;
 
 use super::indexes::{self, fields_json, parse_fields};
@@ -132,7 +132,10 @@ fn check_vector(v: &VectorConfig) -> Result<(), ApiError> {
 
 /// Creates the row (committed) and returns it; the caller then builds the
 /// indexes with [`build_indexes`] on an owner connection.
-pub async fn create(pool: &PgPool, body: CreateBody) -> Result<Collection, ApiError> {
+pub async fn create<'c>(
+    db: impl Acquire<'c, Database = Postgres>,
+    body: CreateBody,
+) -> Result<Collection, ApiError> {
     if !is_collection_name(&body.name) {
         return Err(ApiError::validation(vec![FieldError::new(
             "/name",
@@ -149,7 +152,7 @@ pub async fn create(pool: &PgPool, body: CreateBody) -> Result<Collection, ApiEr
         Some(value) => parse_fields(value, "/indexed_fields")?,
         None => Vec::new(),
     };
-    let mut tx = pool.begin().await?;
+    let mut tx = db.begin().await?;
     let hnsw = body.vector.as_ref().and_then(|v| v.hnsw.as_ref());
     let row = store::insert_collection(
         &mut tx,
@@ -189,14 +192,14 @@ pub async fn get(
     Ok(collection_response(StatusCode::OK, &c))
 }
 
-pub async fn update(
-    pool: &PgPool,
+pub async fn update<'c>(
+    db: impl Acquire<'c, Database = Postgres>,
     name: &str,
     headers: &HeaderMap,
     body: UpdateBody,
 ) -> Result<Collection, ApiError> {
     let name = collection_name(name)?;
-    let mut tx = pool.begin().await?;
+    let mut tx = db.begin().await?;
     let c = store::lock_collection(&mut tx, name)
         .await?
         .ok_or(ApiError::NotFound)?;

@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{Acquire, PgPool, Postgres};
 
 use super::names::{collection_name, document_id};
 use super::schema;
@@ -138,8 +138,8 @@ pub struct CreateBody {
     pub data: Value,
 }
 
-pub async fn create(
-    pool: &PgPool,
+pub async fn create<'c>(
+    db: impl Acquire<'c, Database = Postgres>,
     collection: &str,
     headers: &HeaderMap,
     body: CreateBody,
@@ -149,14 +149,14 @@ pub async fn create(
         Some(id) => document_id(id, "/id")?.to_string(),
         None => uuid::Uuid::now_v7().to_string(),
     };
-    let mut tx = pool.begin().await?;
+    let mut tx = db.begin().await?;
     let coll = store::get_collection(&mut *tx, collection).await?;
     check_data(&coll, None, &body.data, "/data")?;
     // POST creates: only `If-None-Match: *` (or nothing) makes sense; an
     // If-Match names a version that cannot exist yet.
     check(&Method::POST, headers, &None, Requirement::Optional)?;
     let create_only = headers.contains_key(header::IF_NONE_MATCH);
-    let Some(doc) = store::insert_document(&mut tx, coll.id, &id, &body.data).await? else {
+    let Some(doc) = store::insert_document(&mut tx, &coll, &id, &body.data).await? else {
         return Err(if create_only {
             ApiError::PreconditionFailed
         } else {
@@ -202,10 +202,10 @@ pub async fn replace(
     let response = match doc {
         Some(_) => document_response(
             StatusCode::OK,
-            &store::update_document(&mut tx, coll.id, id, &data).await?,
+            &store::update_document(&mut tx, &coll, id, &data).await?,
             None,
         ),
-        None => match store::insert_document(&mut tx, coll.id, id, &data).await? {
+        None => match store::insert_document(&mut tx, &coll, id, &data).await? {
             Some(doc) => document_response(StatusCode::CREATED, &doc, None),
             // Created by a concurrent request since our read: a create-only
             // PUT lost the race (412); a plain one may simply retry.
@@ -244,8 +244,8 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-pub async fn patch(
-    pool: &PgPool,
+pub async fn patch<'c>(
+    db: impl Acquire<'c, Database = Postgres>,
     collection: &str,
     id: &str,
     headers: &HeaderMap,
@@ -266,7 +266,7 @@ pub async fn patch(
     }
     let collection = collection_name(collection)?;
     let id = document_id(id, "#/path/id")?;
-    let mut tx = pool.begin().await?;
+    let mut tx = db.begin().await?;
     let coll = store::get_collection(&mut *tx, collection).await?;
     let doc = store::find_document(&mut *tx, coll.id, id, true).await?;
     check(&Method::PATCH, headers, &doc, requirement(&coll))?;
@@ -274,7 +274,7 @@ pub async fn patch(
     let mut data = doc.data;
     merge_patch(&mut data, &patch);
     check_data(&coll, None, &data, "")?;
-    let doc = store::update_document(&mut tx, coll.id, id, &data).await?;
+    let doc = store::update_document(&mut tx, &coll, id, &data).await?;
     tx.commit().await?;
     Ok(document_response(StatusCode::OK, &doc, None))
 }
@@ -293,7 +293,7 @@ pub async fn delete(
     let coll = store::get_collection(&mut *tx, collection).await?;
     let doc = store::find_document(&mut *tx, coll.id, id, true).await?;
     check(&Method::DELETE, headers, &doc, requirement(&coll))?;
-    if doc.is_none() || !store::delete_document(&mut tx, coll.id, id).await? {
+    if doc.is_none() || !store::delete_document(&mut tx, &coll, id).await? {
         return Err(ApiError::NotFound);
     }
     tx.commit().await?;

@@ -23,6 +23,7 @@ use super::{bulk, collections, crud, indexes, list};
 use crate::app::AppState;
 use crate::http::HttpContext;
 use crate::http::extract::{Json, Path, Query};
+use crate::http::idempotency::{self, Idempotent};
 use crate::http::pagination::PageParams;
 use crate::tenancy::{Action, Resource, TenantContext};
 
@@ -106,19 +107,30 @@ struct DocumentPath {
 )]
 async fn create_collection(
     ctx: TenantContext,
-    Json(body): Json<collections::CreateBody>,
+    Idempotent {
+        key,
+        inner: Json(body),
+    }: Idempotent<Json<collections::CreateBody>>,
 ) -> Result<Response, crate::http::ApiError> {
     ctx.require(Resource::Collections, Action::Write)?;
-    let created = collections::create(ctx.pool(), body).await?;
+    let mut run = match idempotency::begin_for(&ctx, key).await? {
+        Ok(run) => run,
+        Err(replay) => return Ok(replay),
+    };
+    let created = collections::create(run.db(), body).await?;
+    let location = collection_url(&ctx, &created.name);
+    let response = run
+        .finish(located(
+            collections::collection_response(StatusCode::CREATED, &created),
+            location,
+        ))
+        .await?;
+    // Index DDL runs on an owner connection, after the row is committed.
     if !created.fields()?.is_empty() {
         let mut owner = ctx.owner_ddl().await?;
         collections::build_indexes(&mut owner, &created).await?;
     }
-    let location = collection_url(&ctx, &created.name);
-    Ok(located(
-        collections::collection_response(StatusCode::CREATED, &created),
-        location,
-    ))
+    Ok(response)
 }
 
 #[utoipa::path(
@@ -185,16 +197,26 @@ async fn update_collection(
     ctx: TenantContext,
     Path(p): Path<CollectionPath>,
     headers: HeaderMap,
-    Json(body): Json<collections::UpdateBody>,
+    Idempotent {
+        key,
+        inner: Json(body),
+    }: Idempotent<Json<collections::UpdateBody>>,
 ) -> Result<Response, crate::http::ApiError> {
     ctx.require(Resource::Collections, Action::Write)?;
     let reindex = body.indexed_fields.is_some();
-    let updated = collections::update(ctx.pool(), &p.collection, &headers, body).await?;
+    let mut run = match idempotency::begin_for(&ctx, key).await? {
+        Ok(run) => run,
+        Err(replay) => return Ok(replay),
+    };
+    let updated = collections::update(run.db(), &p.collection, &headers, body).await?;
+    let response = run
+        .finish(collections::collection_response(StatusCode::OK, &updated))
+        .await?;
     if reindex {
         let mut owner = ctx.owner_ddl().await?;
         collections::build_indexes(&mut owner, &updated).await?;
     }
-    Ok(collections::collection_response(StatusCode::OK, &updated))
+    Ok(response)
 }
 
 #[utoipa::path(
@@ -246,17 +268,24 @@ async fn create_document(
     ctx: TenantContext,
     Path(p): Path<CollectionPath>,
     headers: HeaderMap,
-    Json(body): Json<crud::CreateBody>,
+    Idempotent {
+        key,
+        inner: Json(body),
+    }: Idempotent<Json<crud::CreateBody>>,
 ) -> Result<Response, crate::http::ApiError> {
     ctx.require(Resource::Documents, Action::Write)?;
-    let response = crud::create(ctx.pool(), &p.collection, &headers, body).await?;
+    let mut run = match idempotency::begin_for(&ctx, key).await? {
+        Ok(run) => run,
+        Err(replay) => return Ok(replay),
+    };
+    let response = crud::create(run.db(), &p.collection, &headers, body).await?;
     let location = match response.extensions().get::<crud::Created>() {
         Some(crud::Created(id)) => {
             format!("{}/documents/{id}", collection_url(&ctx, &p.collection))
         }
         None => String::new(),
     };
-    Ok(located(response, location))
+    run.finish(located(response, location)).await
 }
 
 #[utoipa::path(
@@ -395,10 +424,18 @@ async fn patch_document(
     ctx: TenantContext,
     Path(p): Path<DocumentPath>,
     headers: HeaderMap,
-    Json(patch): Json<Value>,
+    Idempotent {
+        key,
+        inner: Json(patch),
+    }: Idempotent<Json<Value>>,
 ) -> Result<Response, crate::http::ApiError> {
     ctx.require(Resource::Documents, Action::Write)?;
-    crud::patch(ctx.pool(), &p.collection, &p.id, &headers, patch).await
+    let mut run = match idempotency::begin_for(&ctx, key).await? {
+        Ok(run) => run,
+        Err(replay) => return Ok(replay),
+    };
+    let response = crud::patch(run.db(), &p.collection, &p.id, &headers, patch).await?;
+    run.finish(response).await
 }
 
 #[utoipa::path(
@@ -442,7 +479,10 @@ async fn delete_document(
 async fn bulk_documents(
     ctx: TenantContext,
     Path(p): Path<CollectionPath>,
-    Json(body): Json<bulk::BulkBody>,
+    Idempotent {
+        key,
+        inner: Json(body),
+    }: Idempotent<Json<bulk::BulkBody>>,
 ) -> Result<Response, crate::http::ApiError> {
     ctx.require(Resource::Documents, Action::Write)?;
     if body
@@ -452,5 +492,10 @@ async fn bulk_documents(
     {
         ctx.require(Resource::Documents, Action::Delete)?;
     }
-    bulk::run(ctx.pool(), &p.collection, body).await
+    let mut run = match idempotency::begin_for(&ctx, key).await? {
+        Ok(run) => run,
+        Err(replay) => return Ok(replay),
+    };
+    let response = bulk::run(run.db(), &p.collection, body).await?;
+    run.finish(response).await
 }

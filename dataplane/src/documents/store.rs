@@ -2,17 +2,18 @@
 //! `sqlx::query` (offline metadata is regenerated centrally); dynamic ones
 //! (filters, sorts) are in [`super::list`] through `QueryBuilder`.
 //!
-//! Every write appends an `outbox` row in the same transaction: topic
-//! `collection.*` / `document.*`, aggregate id `<collection id>/<document id>`,
-//! and a payload with the version (never the document: the outbox is
-//! read by the dispatcher, which fetches what it needs).
+//! Every write records its event in the same transaction
+//! ([`crate::events::record`]): `collection.*` with the collection id as
+//! aggregate, `document.*` with `<collection id>/<document id>`; the new
+//! version and ETag, and a summary (field names, never the document).
 
 use serde::Serialize;
 use serde_json::{Value, json};
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::{FromRow, PgConnection, PgExecutor, Row};
 use uuid::Uuid;
 
 use super::indexes::{IndexedField, parse_fields};
+use crate::events::{self, Event, types};
 use crate::http::preconditions::EntityTag;
 use crate::http::problem::ApiError;
 
@@ -149,13 +150,7 @@ pub async fn insert_collection(
         .bind(&new.indexed_fields)
         .fetch_one(&mut *conn)
         .await?;
-    outbox(
-        conn,
-        "collection.created",
-        &row.id.to_string(),
-        json!({"name": row.name, "version": row.version}),
-    )
-    .await?;
+    events::record(conn, collection_event(types::COLLECTION_CREATED, &row)).await?;
     Ok(row)
 }
 
@@ -178,13 +173,7 @@ pub async fn update_collection(
         .bind(indexed_fields)
         .fetch_one(&mut *conn)
         .await?;
-    outbox(
-        conn,
-        "collection.updated",
-        &row.id.to_string(),
-        json!({"name": row.name, "version": row.version}),
-    )
-    .await?;
+    events::record(conn, collection_event(types::COLLECTION_UPDATED, &row)).await?;
     Ok(row)
 }
 
@@ -198,13 +187,25 @@ pub async fn delete_collection(
         .bind(collection.id)
         .execute(&mut *conn)
         .await?;
-    outbox(
+    events::record(
         conn,
-        "collection.deleted",
-        &collection.id.to_string(),
-        json!({"name": collection.name, "version": collection.version}),
+        collection_event(types::COLLECTION_DELETED, collection),
     )
-    .await
+    .await?;
+    Ok(())
+}
+
+fn collection_event(kind: &'static str, c: &Collection) -> Event {
+    Event::new(kind, c.id.to_string())
+        .version(c.version)
+        .etag(&c.etag())
+        .data(json!({"name": c.name, "version": c.version}))
+}
+
+fn document_event(kind: &'static str, coll: &Collection, doc_id: &str, version: i64) -> Event {
+    Event::new(kind, aggregate(coll.id, doc_id))
+        .version(version)
+        .data(json!({"collection": coll.name, "id": doc_id, "version": version}))
 }
 
 pub async fn list_collections<'e>(
@@ -278,10 +279,11 @@ fn aggregate(collection: Uuid, id: &str) -> String {
 /// 409 and 412). Race-safe: `ON CONFLICT DO NOTHING`.
 pub async fn insert_document(
     conn: &mut PgConnection,
-    collection: Uuid,
+    coll: &Collection,
     id: &str,
     data: &Value,
 ) -> Result<Option<Document>, ApiError> {
+    let collection = coll.id;
     let sql = format!(
         "INSERT INTO documents (collection_id, id, data) VALUES ($1, $2, $3) \
          ON CONFLICT (collection_id, id) DO NOTHING RETURNING {}",
@@ -294,51 +296,54 @@ pub async fn insert_document(
         .fetch_optional(&mut *conn)
         .await?;
     if let Some(doc) = &row {
-        outbox(
-            conn,
-            "document.created",
-            &aggregate(collection, id),
-            json!({"version": doc.version}),
-        )
-        .await?;
+        let mut event = document_event(types::DOCUMENT_CREATED, coll, id, doc.version)
+            .etag(&doc.etag());
+        event.data["fields"] = json!(events::event::field_names(data));
+        events::record(conn, event).await?;
     }
     Ok(row)
 }
 
-/// Replaces the data of an existing (locked) document.
+/// Replaces the data of an existing (locked) document. The event names
+/// the top-level fields whose value changed (the old data is read in the
+/// same statement, from the snapshot before the update).
 pub async fn update_document(
     conn: &mut PgConnection,
-    collection: Uuid,
+    coll: &Collection,
     id: &str,
     data: &Value,
 ) -> Result<Document, ApiError> {
     let sql = format!(
-        "UPDATE documents SET data = $3, version = version + 1, updated_at = now() \
-         WHERE collection_id = $1 AND id = $2 RETURNING {}",
+        "WITH old AS (SELECT data AS before FROM documents WHERE collection_id = $1 AND id = $2) \
+         UPDATE documents SET data = $3, version = version + 1, updated_at = now() \
+         WHERE collection_id = $1 AND id = $2 RETURNING {}, (SELECT before FROM old) AS before",
         document_columns()
     );
-    let doc: Document = sqlx::query_as(&sql)
-        .bind(collection)
+    let row = sqlx::query(&sql)
+        .bind(coll.id)
         .bind(id)
         .bind(data)
         .fetch_one(&mut *conn)
         .await?;
-    outbox(
-        conn,
-        "document.updated",
-        &aggregate(collection, id),
-        json!({"version": doc.version}),
-    )
-    .await?;
+    let doc = Document::from_row(&row)?;
+    let before: Option<Value> = row.try_get("before")?;
+    let mut event =
+        document_event(types::DOCUMENT_UPDATED, coll, id, doc.version).etag(&doc.etag());
+    event.data["changed"] = json!(events::event::changed_fields(
+        before.as_ref().unwrap_or(&Value::Null),
+        data
+    ));
+    events::record(conn, event).await?;
     Ok(doc)
 }
 
 /// Deletes a document; `false` when there was none.
 pub async fn delete_document(
     conn: &mut PgConnection,
-    collection: Uuid,
+    coll: &Collection,
     id: &str,
 ) -> Result<bool, ApiError> {
+    let collection = coll.id;
     let version: Option<i64> = sqlx::query_scalar(
         "DELETE FROM documents WHERE collection_id = $1 AND id = $2 RETURNING version",
     )
@@ -348,11 +353,9 @@ pub async fn delete_document(
     .await?;
     match version {
         Some(version) => {
-            outbox(
+            events::record(
                 conn,
-                "document.deleted",
-                &aggregate(collection, id),
-                json!({"version": version}),
+                document_event(types::DOCUMENT_DELETED, coll, id, version),
             )
             .await?;
             Ok(true)
@@ -361,17 +364,19 @@ pub async fn delete_document(
     }
 }
 
+/// The older way to record an event: `payload` becomes the event's
+/// `data` (and its `version`, when it has one, the aggregate's version).
+/// New code calls [`crate::events::record`] with an [`Event`].
 pub async fn outbox(
     conn: &mut PgConnection,
     topic: &str,
     aggregate_id: &str,
     payload: Value,
 ) -> Result<(), ApiError> {
-    sqlx::query("INSERT INTO outbox (topic, aggregate_id, payload) VALUES ($1, $2, $3)")
-        .bind(topic)
-        .bind(aggregate_id)
-        .bind(payload)
-        .execute(conn)
-        .await?;
+    let mut event = Event::new(topic.to_string(), aggregate_id);
+    if let Some(version) = payload.get("version").and_then(Value::as_i64) {
+        event = event.version(version);
+    }
+    events::record(conn, event.data(payload)).await?;
     Ok(())
 }

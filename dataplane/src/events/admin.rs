@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use crate::http::HttpContext;
 use crate::http::extract::{Json, Path, Query};
+use crate::http::idempotency::{self, Idempotent};
 use crate::http::pagination::{Page, PageLimits, PageParams, Position, QueryFingerprint};
 use crate::http::problem::ApiError;
 use crate::tenancy::{Action, Resource, TenantContext};
@@ -183,12 +184,17 @@ pub struct Replayed {
 pub async fn replay_event(
     ctx: TenantContext,
     Path((_tenant, event)): Path<(String, String)>,
+    Idempotent { key, .. }: Idempotent<axum::body::Bytes>,
 ) -> Result<Response, ApiError> {
     require_admin(&ctx)?;
     let Ok(event) = event.parse::<Uuid>() else {
         return Err(ApiError::NotFound);
     };
-    let mut tx = ctx.pool().begin().await?;
+    let mut run = match idempotency::begin_for(&ctx, key).await? {
+        Ok(run) => run,
+        Err(replay) => return Ok(replay),
+    };
+    let mut tx = sqlx::Acquire::begin(run.db()).await?;
     let row: Option<(i64, bool)> = sqlx::query_as(
         "SELECT id, dead_at IS NOT NULL FROM outbox WHERE event_id = $1 FOR UPDATE",
     )
@@ -222,12 +228,15 @@ pub async fn replay_event(
     }
     tx.commit().await?;
     super::hint::mark();
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Replayed {
-            event: dead,
-            deliveries,
-        }),
+    run.finish(
+        (
+            StatusCode::ACCEPTED,
+            Json(Replayed {
+                event: dead,
+                deliveries,
+            }),
+        )
+            .into_response(),
     )
-        .into_response())
+    .await
 }

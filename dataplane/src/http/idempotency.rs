@@ -541,3 +541,86 @@ pub async fn begin_for(
 ) -> Result<Result<Run, Response>, ApiError> {
     begin(ctx.pool(), scope_of(ctx.principal()), key, ttl()).await
 }
+
+/// The operations (OpenAPI ids) whose writes run under [`begin`]: every
+/// POST and PATCH that changes something. Read-only POSTs (`query`,
+/// `search`) change nothing, so a retry is already safe; they ignore the
+/// header.
+pub const OPERATIONS: &[&str] = &[
+    "createCollection",
+    "updateCollection",
+    "createDocument",
+    "patchDocument",
+    "bulkDocuments",
+    "upsertVectors",
+    "deleteVectors",
+    "createKey",
+    "updateMember",
+    "acceptInvitation",
+    "createWebhook",
+    "updateWebhook",
+    "rotateWebhookSecret",
+    "replayWebhookDelivery",
+    "replayEvent",
+];
+
+/// Adds the `Idempotency-Key` header and its 409/422 answers to the
+/// [`OPERATIONS`] of the OpenAPI document.
+pub fn document(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    use utoipa::openapi::{ObjectBuilder, RefOr, Required, ResponseBuilder, Type};
+    for item in doc.paths.paths.values_mut() {
+        for operation in [item.post.as_mut(), item.patch.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            let known = operation
+                .operation_id
+                .as_deref()
+                .is_some_and(|id| OPERATIONS.contains(&id));
+            if !known {
+                continue;
+            }
+            operation
+                .parameters
+                .get_or_insert_with(Vec::new)
+                .push(
+                    ParameterBuilder::new()
+                        .name("Idempotency-Key")
+                        .parameter_in(ParameterIn::Header)
+                        .required(Required::False)
+                        .description(Some(
+                            "Makes a retry safe: the first response (2xx) is stored for 24 h and \
+                             replayed, with `Idempotency-Replayed: true`, to a retry with the same \
+                             key and the same request. 1 to 255 visible ASCII characters, scoped \
+                             to the credential.",
+                        ))
+                        .schema(Some(
+                            ObjectBuilder::new()
+                                .schema_type(Type::String)
+                                .min_length(Some(1))
+                                .max_length(Some(MAX_KEY_LEN)),
+                        ))
+                        .build(),
+                );
+            for (status, description) in [
+                ("409", "A request with this `Idempotency-Key` is still being processed"),
+                ("422", "This `Idempotency-Key` was used for a different request"),
+            ] {
+                let responses = &mut operation.responses.responses;
+                match responses.get_mut(status) {
+                    Some(RefOr::T(response)) => {
+                        response.description = format!("{}; or: {description}", response.description);
+                    }
+                    Some(RefOr::Ref(_)) => {}
+                    None => {
+                        responses.insert(
+                            status.to_string(),
+                            RefOr::T(ResponseBuilder::new().description(description).build()),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

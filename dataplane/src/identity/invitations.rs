@@ -31,6 +31,7 @@ use uuid::Uuid;
 use super::keys::{KeyView, NewKeyView, audit};
 use crate::http::auth::generate_api_key;
 use crate::http::extract::{Json, Path};
+use crate::http::idempotency::{self, Idempotent};
 use crate::http::problem::{ApiError, FieldError, kind};
 use crate::tenancy::Tenancy;
 
@@ -96,7 +97,10 @@ struct Invitation {
 pub async fn accept(
     State(tenancy): State<Tenancy>,
     Path(tenant): Path<String>,
-    Json(body): Json<Accept>,
+    Idempotent {
+        key: idempotency_key,
+        inner: Json(body),
+    }: Idempotent<Json<Accept>>,
 ) -> Result<Response, ApiError> {
     let mut errors = Vec::new();
     if body.token.is_empty() || body.token.len() > MAX_TOKEN_LEN {
@@ -118,7 +122,23 @@ pub async fn accept(
     }
     let handle = tenancy.open(&tenant).await?;
     let hash: [u8; 32] = Sha256::digest(body.token.as_bytes()).into();
-    let mut tx = handle.pool.begin().await?;
+    // The token is the credential: its hash scopes the Idempotency-Key.
+    let scope = format!(
+        "invitation:{}",
+        hash.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    let mut run = match idempotency::begin(
+        &handle.pool,
+        scope,
+        idempotency_key,
+        idempotency::ttl(),
+    )
+    .await?
+    {
+        Ok(run) => run,
+        Err(replay) => return Ok(replay),
+    };
+    let mut tx = sqlx::Acquire::begin(run.db()).await?;
     let inv: Option<Invitation> = sqlx::query_as(
         r#"SELECT id, email, role, created_by, token_hash,
                   expires_at > now() AS live,
@@ -192,19 +212,18 @@ pub async fn accept(
     )
     .await?;
     // The event names the member and key id, never the key.
-    sqlx::query("INSERT INTO outbox (topic, aggregate_id, payload) VALUES ($1, $2, $3)")
-        .bind(OUTBOX_TOPIC)
-        .bind(inv.id.to_string())
-        .bind(json!({
+    crate::events::record(
+        &mut tx,
+        crate::events::Event::new(OUTBOX_TOPIC, inv.id.to_string()).data(json!({
             "tenant": handle.tenant.name,
             "invitationId": inv.id,
             "subject": subject,
             "email": inv.email,
             "role": inv.role,
             "keyId": key.key_id,
-        }))
-        .execute(&mut *tx)
-        .await?;
+        })),
+    )
+    .await?;
     tx.commit().await?;
     let accepted = Accepted {
         subject,
@@ -215,5 +234,10 @@ pub async fn accept(
             view,
         },
     };
-    Ok((StatusCode::CREATED, Json(accepted)).into_response())
+    // The key's secret is never stored: a replay shows it as null.
+    run.finish_redacted(
+        (StatusCode::CREATED, Json(accepted)).into_response(),
+        &["/key/key"],
+    )
+    .await
 }

@@ -28,7 +28,9 @@ use crate::http::HttpContext;
 use crate::http::auth::{
     CredentialId, KEY_ID_LEN, Principal, StoredApiKey, generate_api_key, is_role_name,
 };
+use crate::events::{self, Event, types};
 use crate::http::extract::{Json, Path, Query};
+use crate::http::idempotency::{self, Idempotent};
 use crate::http::pagination::{Page, PageParams};
 use crate::http::problem::{ApiError, FieldError};
 use crate::tenancy::context::load_permissions;
@@ -262,7 +264,13 @@ pub(crate) async fn check_grantable(
         (status = 422, description = "Unknown role, name too long, expiry not a future RFC 3339 time"),
     ),
 )]
-pub async fn create(ctx: TenantContext, Json(body): Json<CreateKey>) -> Result<Response, ApiError> {
+pub async fn create(
+    ctx: TenantContext,
+    Idempotent {
+        key: idempotency_key,
+        inner: Json(body),
+    }: Idempotent<Json<CreateKey>>,
+) -> Result<Response, ApiError> {
     ctx.require(Resource::Keys, Action::Write)?;
     let mut errors = Vec::new();
     if body.name.chars().count() > MAX_NAME_LEN {
@@ -282,7 +290,11 @@ pub async fn create(ctx: TenantContext, Json(body): Json<CreateKey>) -> Result<R
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
-    let mut tx = ctx.pool().begin().await?;
+    let mut run = match idempotency::begin_for(&ctx, idempotency_key).await? {
+        Ok(run) => run,
+        Err(replay) => return Ok(replay),
+    };
+    let mut tx = sqlx::Acquire::begin(run.db()).await?;
     check_grantable(&ctx, &mut tx, &body.role, "/role").await?;
     if let Some(at) = &body.expires_at {
         let future: Result<bool, sqlx::Error> =
@@ -336,15 +348,24 @@ pub async fn create(ctx: TenantContext, Json(body): Json<CreateKey>) -> Result<R
         json!({ "role": body.role, "name": body.name }),
     )
     .await?;
+    events::record(
+        &mut tx,
+        Event::new(types::KEY_CREATED, view.id.clone()).data(json!({
+            "id": view.id, "name": view.name, "role": view.role, "subject": view.subject,
+        })),
+    )
+    .await?;
     tx.commit().await?;
-    Ok((
+    let response = (
         StatusCode::CREATED,
         Json(NewKeyView {
             key: key.token,
             view,
         }),
     )
-        .into_response())
+        .into_response();
+    // The secret is never stored: a replay shows the key without it.
+    run.finish_redacted(response, &["/key"]).await
 }
 
 /// The create response: the listing's fields plus the token.
@@ -451,6 +472,11 @@ pub async fn revoke(
         "key.revoked",
         &format!("key:{id}"),
         json!({ "role": role }),
+    )
+    .await?;
+    events::record(
+        &mut tx,
+        Event::new(types::KEY_REVOKED, id.clone()).data(json!({"id": id, "role": role})),
     )
     .await?;
     tx.commit().await?;

@@ -24,7 +24,9 @@ use serde_json::json;
 use super::keys::{actor, audit, check_grantable};
 use super::ts;
 use crate::http::HttpContext;
+use crate::events::{self, Event, types};
 use crate::http::extract::{Json, Path, Query};
+use crate::http::idempotency::{self, Idempotent};
 use crate::http::pagination::{Page, PageParams};
 use crate::http::problem::ApiError;
 use crate::tenancy::context::load_permissions;
@@ -161,10 +163,17 @@ fn last_owner() -> ApiError {
 pub async fn update(
     ctx: TenantContext,
     Path((_tenant, subject)): Path<(String, String)>,
-    Json(body): Json<UpdateMember>,
+    Idempotent {
+        key,
+        inner: Json(body),
+    }: Idempotent<Json<UpdateMember>>,
 ) -> Result<Response, ApiError> {
     ctx.require(Resource::Members, Action::Write)?;
-    let mut tx = ctx.pool().begin().await?;
+    let mut run = match idempotency::begin_for(&ctx, key).await? {
+        Ok(run) => run,
+        Err(replay) => return Ok(replay),
+    };
+    let mut tx = sqlx::Acquire::begin(run.db()).await?;
     let (current, owners) = lock_member(&ctx, &mut tx, &subject).await?;
     check_grantable(&ctx, &mut tx, &body.role, "/role").await?;
     if current == OWNER_ROLE && body.role != OWNER_ROLE && owners <= 1 {
@@ -206,8 +215,14 @@ pub async fn update(
         json!({ "from": current, "to": body.role }),
     )
     .await?;
+    events::record(
+        &mut tx,
+        Event::new(types::MEMBER_UPDATED, subject.clone())
+            .data(json!({"subject": subject, "from": current, "to": body.role})),
+    )
+    .await?;
     tx.commit().await?;
-    Ok(Json(member).into_response())
+    run.finish(Json(member).into_response()).await
 }
 
 /// Remove a member
@@ -245,6 +260,12 @@ pub async fn remove(
         "member.removed",
         &format!("member:{subject}"),
         json!({ "role": current }),
+    )
+    .await?;
+    events::record(
+        &mut tx,
+        Event::new(types::MEMBER_REMOVED, subject.clone())
+            .data(json!({"subject": subject, "role": current})),
     )
     .await?;
     tx.commit().await?;

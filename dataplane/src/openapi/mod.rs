@@ -77,15 +77,29 @@ const API_KEY_SCHEME: &str = "apiKey";
         vectors::routes::delete_many,
         vectors::routes::search_collection,
         vectors::routes::search_across,
+        crate::events::webhooks::endpoints::create,
+        crate::events::webhooks::endpoints::list,
+        crate::events::webhooks::endpoints::get,
+        crate::events::webhooks::endpoints::update,
+        crate::events::webhooks::endpoints::remove,
+        crate::events::webhooks::endpoints::rotate_secret,
+        crate::events::webhooks::endpoints::list_deliveries,
+        crate::events::webhooks::endpoints::get_delivery,
+        crate::events::webhooks::endpoints::replay_delivery,
+        crate::events::admin::backlog,
+        crate::events::admin::list_dead,
+        crate::events::admin::replay_event,
     ),
     components(schemas(Problem, FieldError)),
     tags(
         (name = "collections", description = "Collections: documents with an optional JSON Schema, indexed fields, and an optional vector configuration."),
         (name = "documents", description = "JSON documents: CRUD with ETags and preconditions, merge patch, bulk, filtered and sorted lists with keyset pagination."),
+        (name = "events", description = "The tenant's event backlog, dead-lettered events and their replay (docs/events.md)."),
         (name = "invitations", description = "Accepting the invitation the operator issues for a tenant's first admin."),
         (name = "keys", description = "API keys: created by an admin, shown once, revoked at once on every replica."),
         (name = "members", description = "Who belongs to a tenant and with which role."),
         (name = "meta", description = "This description of the API."),
+        (name = "webhooks", description = "Webhook endpoints: Standard Webhooks signatures, event-type filters, secret rotation, every delivery attempt recorded."),
         (name = "vectors", description = "Vectors of a collection (its dimension and metric), top-k search in one collection and across several."),
     ),
     modifiers(&Finish),
@@ -209,6 +223,8 @@ impl Modify for Finish {
         );
         narrow_code_schema(components.schemas.get_mut("Problem"));
 
+        // Before the loop below, which gives the 409/422 it adds their problem schema.
+        crate::http::idempotency::document(doc);
         for (path, item) in doc.paths.paths.iter_mut() {
             let tenant_route = path.contains("{tenant}");
             for operation in operations(item) {

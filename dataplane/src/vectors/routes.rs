@@ -32,6 +32,7 @@ use super::{nonfinite, search, store};
 use crate::app::AppState;
 use crate::http::ApiError;
 use crate::http::extract::{Json, Path, is_json_content_type, parse_json};
+use crate::http::idempotency::{self, Idempotent};
 use crate::tenancy::{Action, Resource, TenantContext};
 
 pub fn routes() -> Router<AppState> {
@@ -120,13 +121,26 @@ async fn upsert(
     Extension(builder): Extension<IndexBuilder>,
     Path(p): Path<CollectionPath>,
     headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<UpsertResponse>, ApiError> {
+    Idempotent { key, inner: body }: Idempotent<Bytes>,
+) -> Result<Response, ApiError> {
     ctx.require(Resource::Vectors, Action::Write)?;
     let request: UpsertRequest = parse_body(&headers, &body)?;
     let collection = collection(&ctx, &p.collection).await?;
     let items = validate_upsert(request, &collection).map_err(ApiError::validation)?;
-    let done = store::upsert(ctx.pool(), &collection, &items).await?;
+    let mut run = match idempotency::begin_for(&ctx, key).await? {
+        Ok(run) => run,
+        Err(replay) => return Ok(replay),
+    };
+    let done = store::upsert(run.db(), &collection, &items).await?;
+    let response = run
+        .finish(
+            Json(UpsertResponse {
+                upserted: done.len(),
+                items: done,
+            })
+            .into_response(),
+        )
+        .await?;
     // The write is committed: a failure to queue the index build is the
     // operators' concern (logged), not the client's.
     let connect = owner_connector(ctx.pool().clone(), ctx.tenant().owner_role.clone());
@@ -136,10 +150,7 @@ async fn upsert(
     {
         tracing::warn!(collection = %collection.id, error = %error, "vector index check");
     }
-    Ok(Json(UpsertResponse {
-        upserted: done.len(),
-        items: done,
-    }))
+    Ok(response)
 }
 
 async fn read(ctx: TenantContext, collection_name: &str, id: &str) -> Result<Response, ApiError> {
@@ -215,8 +226,8 @@ async fn delete_many(
     ctx: TenantContext,
     Path(p): Path<CollectionPath>,
     headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<DeleteResponse>, ApiError> {
+    Idempotent { key, inner: body }: Idempotent<Bytes>,
+) -> Result<Response, ApiError> {
     ctx.require(Resource::Vectors, Action::Delete)?;
     let request: DeleteRequest = parse_body(&headers, &body)?;
     let mut errors = Errors::default();
@@ -246,12 +257,17 @@ async fn delete_many(
         return Err(ApiError::validation(errors.0));
     }
     let collection = collection(&ctx, &p.collection).await?;
+    let mut run = match idempotency::begin_for(&ctx, key).await? {
+        Ok(run) => run,
+        Err(replay) => return Ok(replay),
+    };
     let deleted = match (request.ids, request.filter) {
-        (Some(ids), _) => store::delete_ids(ctx.pool(), &collection, &ids).await?,
-        (_, Some(filter)) => store::delete_matching(ctx.pool(), &collection, &filter).await?,
+        (Some(ids), _) => store::delete_ids(run.db(), &collection, &ids).await?,
+        (_, Some(filter)) => store::delete_matching(run.db(), &collection, &filter).await?,
         (None, None) => 0,
     };
-    Ok(Json(DeleteResponse { deleted }))
+    run.finish(Json(DeleteResponse { deleted }).into_response())
+        .await
 }
 
 #[utoipa::path(

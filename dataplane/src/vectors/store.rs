@@ -6,7 +6,7 @@
 //! Every write appends its `outbox` rows in the same transaction (see
 //! [`outbox`]), as document writes do.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::{Acquire, PgConnection, PgExecutor, PgPool, Postgres, Row};
 use uuid::Uuid;
 
@@ -14,6 +14,7 @@ use super::model::{
     Hit, IndexState, Metric, SearchParams, StoredVector, UpsertedItem, ValidItem, VectorCollection,
     is_collection_name,
 };
+use crate::events::{Event, types};
 use crate::http::ApiError;
 
 /// Loads a collection's vector configuration by name. A name the
@@ -143,7 +144,7 @@ pub async fn upsert<'e>(
         .collect::<Result<Vec<_>, ApiError>>()?;
     let (ids, versions): (Vec<&str>, Vec<i64>) =
         done.iter().map(|i| (i.id.as_str(), i.version)).unzip();
-    outbox(&mut tx, "vector.upserted", collection, &ids, &versions).await?;
+    outbox(&mut tx, types::VECTOR_UPSERTED, collection, &ids, &versions).await?;
     tx.commit().await?;
     Ok(done)
 }
@@ -174,30 +175,27 @@ pub async fn get<'e>(
     })
 }
 
-/// The outbox rows of a vector write, in its transaction: topic
-/// `vector.upserted` / `vector.deleted`, aggregate id `<collection id>/<vector
-/// id>` (as documents do), payload the version only.
+/// The events of a vector write, in its transaction (one statement for
+/// the batch): `vector.upserted` / `vector.deleted`, one per vector,
+/// aggregate id `<collection id>/<vector id>` (as documents do), the
+/// version, and the collection's name and the vector id as data.
 async fn outbox(
     conn: &mut PgConnection,
-    topic: &str,
+    topic: &'static str,
     collection: &VectorCollection,
     ids: &[&str],
     versions: &[i64],
 ) -> Result<(), ApiError> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO outbox (topic, aggregate_id, payload) \
-         SELECT $1, $2 || '/' || w.id, jsonb_build_object('version', w.version) \
-         FROM unnest($3::text[], $4::bigint[]) AS w(id, version)",
-    )
-    .bind(topic)
-    .bind(collection.id.to_string())
-    .bind(ids)
-    .bind(versions)
-    .execute(conn)
-    .await?;
+    let events: Vec<Event> = ids
+        .iter()
+        .zip(versions)
+        .map(|(id, version)| {
+            Event::new(topic, format!("{}/{id}", collection.id))
+                .version(*version)
+                .data(json!({"collection": collection.name, "id": id, "version": version}))
+        })
+        .collect();
+    crate::events::record_all(conn, &events).await?;
     Ok(())
 }
 
@@ -229,7 +227,7 @@ async fn delete_where<'e>(
     let rows = query.fetch_all(&mut *tx).await?;
     let (ids, versions): (Vec<&str>, Vec<i64>) =
         rows.iter().map(|(id, v)| (id.as_str(), *v)).unzip();
-    outbox(&mut tx, "vector.deleted", collection, &ids, &versions).await?;
+    outbox(&mut tx, types::VECTOR_DELETED, collection, &ids, &versions).await?;
     tx.commit().await?;
     Ok(rows.len() as u64)
 }
