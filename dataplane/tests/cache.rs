@@ -302,3 +302,34 @@ async fn a_failing_factory_gets_the_stale_entry_only_when_marked() {
         "not marked: the error stands"
     );
 }
+
+#[tokio::test]
+async fn revalidated_entries_see_an_invalidation_on_the_very_next_read() {
+    let redis = PrivateRedis::start().await;
+    let a = replica(&redis).await;
+    let b = replica(&redis).await;
+    let tenant = Uuid::new_v4();
+    let key = CacheKey::tenant(tenant, "api-key")
+        .id("0123456789abcdef")
+        .build();
+    let tags = [Tag::tenant(tenant, "api-key", ["0123456789abcdef"])];
+    let strict = LONG.revalidated();
+    let calls = Arc::new(AtomicUsize::new(0));
+    for round in 0..200 {
+        b.get_or_create(&key, &tags, strict, || counted(&calls, "active"))
+            .await
+            .expect("value");
+        let before = calls.load(Ordering::SeqCst);
+        // B has it in L1 now; A revokes, and B's next read, without any
+        // wait for the pub/sub message, goes back to the database.
+        a.invalidate_tag(&tags[0]).await;
+        b.get_or_create(&key, &tags, strict, || counted(&calls, "revoked"))
+            .await
+            .expect("value");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            before + 1,
+            "round {round}: the read after the revocation was served from L1"
+        );
+    }
+}

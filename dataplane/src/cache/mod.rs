@@ -111,6 +111,12 @@ pub struct EntryOptions {
     /// After its freshness, an L1 entry may still be served this long when
     /// the factory fails (zero: never).
     pub serve_stale_for: Duration,
+    /// Check the tags' generations in Redis on every L1 hit (one Redis
+    /// round trip, no database): for entries whose invalidation must hold
+    /// at once on every replica, not within the pub/sub delay (API keys:
+    /// a revoked key is refused by the very next request anywhere). When
+    /// Redis cannot answer, the factory (the database) decides.
+    pub revalidate: bool,
 }
 
 impl EntryOptions {
@@ -119,7 +125,13 @@ impl EntryOptions {
             l1_ttl,
             l2_ttl,
             serve_stale_for: Duration::ZERO,
+            revalidate: false,
         }
+    }
+
+    pub const fn revalidated(mut self) -> Self {
+        self.revalidate = true;
+        self
     }
 
     pub const fn serve_stale_for(mut self, window: Duration) -> Self {
@@ -391,10 +403,13 @@ impl HybridCache {
         }
         let kind = key.kind();
         let stale = match self.l1_lookup::<T>(key) {
-            L1Lookup::Fresh(value) => {
+            L1Lookup::Fresh(value, made_with)
+                if !options.revalidate || self.revalidate(&made_with).await =>
+            {
                 shared.metrics.lookup("l1", kind, true);
                 return Ok(value);
             }
+            L1Lookup::Fresh(..) => None,
             L1Lookup::Stale(value) => Some(value),
             L1Lookup::Miss => None,
         };
@@ -507,12 +522,39 @@ impl HybridCache {
         let current = entry.epoch == shared.epoch.load(Ordering::Acquire)
             && self.generations_current(&entry.tags);
         if current && now < entry.fresh_until {
-            L1Lookup::Fresh(value)
+            L1Lookup::Fresh(value, entry.tags.clone())
         } else if now < entry.stale_until {
             L1Lookup::Stale(value)
         } else {
             L1Lookup::Miss
         }
+    }
+
+    /// Reads the tags' generations from Redis (learning them) and tells
+    /// whether they are still the ones the entry was made with; false when
+    /// Redis cannot answer. Without Redis, local generations are the truth.
+    async fn revalidate(&self, made_with: &[(Tag, u64)]) -> bool {
+        if self.shared.redis.is_none() || made_with.is_empty() {
+            return true;
+        }
+        let tags: Vec<Tag> = made_with.iter().map(|(tag, _)| tag.clone()).collect();
+        let Some(mut redis) = self.redis() else {
+            return false;
+        };
+        let keys: Vec<String> = tags.iter().map(Tag::generation_key).collect();
+        let fetched: Option<Vec<Option<u64>>> = self
+            .redis_call(async { redis::cmd("MGET").arg(&keys).query_async(&mut redis).await })
+            .await;
+        let Some(fetched) = fetched else {
+            return false;
+        };
+        let current: Vec<(Tag, u64)> = tags
+            .iter()
+            .cloned()
+            .zip(fetched.into_iter().map(Option::unwrap_or_default))
+            .collect();
+        self.learn_generations(&current);
+        current == made_with
     }
 
     fn generations_current(&self, tags: &[(Tag, u64)]) -> bool {
@@ -841,7 +883,8 @@ impl HybridCache {
 }
 
 enum L1Lookup<T> {
-    Fresh(T),
+    /// The value and the tag generations it was made with.
+    Fresh(T, Vec<(Tag, u64)>),
     Stale(T),
     Miss,
 }
