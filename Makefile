@@ -16,7 +16,7 @@ KUBECTL := hack/kubectl.sh
 
 .PHONY: help
 help: ## Show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: up
 up: stack-up build ## Start the stack, then the operator and data plane on it (prints where)
@@ -88,3 +88,24 @@ bench: stack-up build ## Run the benchmarks in bench/ (see bench/README.md)
 .PHONY: bench-api
 bench-api: stack-up ## REST API vs the same queries sent directly (release builds; bench/README.md)
 	$(CARGO) build --release -p strata-dataplane -p strata-bench && source $(ENV) && $(CARGO) run --release -q -p strata-bench --bin api-bench
+
+.PHONY: images
+images: ## Container images of the operator and data plane, no Docker needed (hack/image.sh; docs/shipping.md)
+	hack/image.sh build
+
+.PHONY: node-up
+node-up: stack-up ## A real Kubernetes node for the e2e tests, on a control plane of its own (root; hack/lib/node.sh)
+	$(STACK) node-up
+
+.PHONY: node-down
+node-down: ## Stop the node and remove what it put on the host
+	$(STACK) node-down
+
+.PHONY: e2e
+e2e: images node-up ## End-to-end tests: the chart with the images just built, on the local node (tests/e2e)
+	$(STACK) node-import "$$(hack/image.sh dir)/strata-operator.tar" "$$(hack/image.sh dir)/strata-dataplane.tar"
+	KUBECONFIG="$$($(STACK) node-kubeconfig)" STRATA_E2E_HOST=10.244.0.1 tests/e2e/run.sh
+
+.PHONY: e2e-kind
+e2e-kind: images stack-up ## The same e2e suite on a kind cluster from kind-config.yaml (needs Docker and kind)
+	tests/e2e/kind.sh

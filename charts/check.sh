@@ -180,6 +180,7 @@ must_fail "2 operator replicas without leader election" --set operator.leaderEle
 must_fail "no database Secret" --set database.existingSecret=
 must_fail "no catalog Secret" --set catalog.existingSecret=
 must_fail "shutdown grace >= termination grace" --set dataplane.shutdownGraceSeconds=30
+must_fail "shutdown grace + preStop sleep >= termination grace" --set dataplane.shutdownGraceSeconds=25
 must_fail "HPA min > max" --set dataplane.autoscaling.enabled=true --set dataplane.autoscaling.minReplicas=5 \
     --set dataplane.autoscaling.maxReplicas=3
 must_fail "fs storage without a shared volume" --set storage.backend=fs

@@ -62,6 +62,8 @@ Commands:
                        ('down' does this too when a node runs).
   node-status          The node's processes and readiness.
   node-kubeconfig      Print the node cluster's admin kubeconfig path.
+  node-import TAR...   Import image archives (hack/image.sh) into the node's
+                       containerd.
   -h, --help           This help.
 
 Services: $(services | tr '\n' ' ')
@@ -284,6 +286,10 @@ main() {
 		node_down
 		;;
 	node-status) node_status ;;
+	node-import)
+		node_require_root
+		node_import "$@"
+		;;
 	node-kubeconfig)
 		[[ -s $NODE_KUBECONFIG ]] || die "$NODE_KUBECONFIG does not exist; run 'make node-up' first"
 		printf '%s\n' "$NODE_KUBECONFIG"

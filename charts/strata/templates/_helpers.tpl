@@ -199,8 +199,8 @@ Fails the render on inconsistent values.
 {{- if and (gt (int .Values.operator.replicas) 1) (not .Values.operator.leaderElection) }}
 {{- fail "operator.replicas > 1 requires operator.leaderElection=true (replicas would reconcile the same tenants concurrently)" }}
 {{- end }}
-{{- if ge (int .Values.dataplane.shutdownGraceSeconds) (int .Values.dataplane.terminationGracePeriodSeconds) }}
-{{- fail "dataplane.shutdownGraceSeconds must be below dataplane.terminationGracePeriodSeconds" }}
+{{- if ge (add (int .Values.dataplane.shutdownGraceSeconds) (int .Values.dataplane.preStopSleepSeconds)) (int .Values.dataplane.terminationGracePeriodSeconds) }}
+{{- fail "dataplane.shutdownGraceSeconds + preStopSleepSeconds must be below dataplane.terminationGracePeriodSeconds" }}
 {{- end }}
 {{- $ttl := int .Values.operator.inviteTTLHours }}
 {{- if or (lt $ttl 1) (gt $ttl 8760) }}
