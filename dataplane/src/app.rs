@@ -32,6 +32,8 @@ pub struct AppState {
     /// Tenant resolution, per-tenant pools and role permissions: what
     /// [`crate::tenancy::TenantContext`] needs.
     pub tenancy: crate::tenancy::Tenancy,
+    /// The storage API: backend, bucket rules, antivirus, limits.
+    pub storage: crate::storage::StorageState,
 }
 
 impl axum::extract::FromRef<AppState> for HttpContext {
@@ -87,6 +89,14 @@ pub fn router(state: AppState, registry: Arc<Registry>, max_body_bytes: usize) -
         // HTML and scripts for browsers, outside the API's problem+json layer.
         .merge(crate::docs::routes())
         .merge(api_router(api, max_body_bytes, state.http.gateway.clone()))
+        // Object bodies: any type, streamed, longer than the API's limits.
+        .merge(crate::storage::router(state.clone(), max_body_bytes))
+        // A successful write drops what it made stale, on every replica,
+        // before its answer leaves (cache::invalidation).
+        .layer(middleware::from_fn_with_state(
+            state.tenancy.cache.clone(),
+            crate::cache::invalidation::invalidate_after_writes,
+        ))
         // A request that recorded events wakes a dispatcher (events::hint).
         .layer(middleware::from_fn_with_state(
             state.redis.clone(),
@@ -148,6 +158,7 @@ mod tests {
         );
         router(
             AppState {
+                storage: crate::storage::StorageState::unconfigured(catalog.clone()),
                 catalog,
                 redis: None,
                 http,

@@ -12,6 +12,7 @@ use strata_servicekit::LogArgs;
 
 use sqlx::postgres::PgConnectOptions;
 
+use crate::cache::{CacheSettings, HybridCache};
 use crate::gateway::{Gateway, RateLimitSettings, RateLimiter, TrustedProxies};
 use crate::http::auth::{JwksSource, JwtSettings};
 use crate::http::pagination::{CursorCodec, MIN_KEY_LEN};
@@ -47,9 +48,115 @@ pub struct Config {
     pub tenancy: TenancyArgs,
     #[command(flatten)]
     pub gateway: GatewayArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
     /// Events: the outbox dispatcher, webhooks, idempotency keys.
     #[command(flatten)]
     pub events: crate::events::EventsArgs,
+    /// Where object bytes live (shared with the operator).
+    #[command(flatten)]
+    pub storage: strata_storage::StorageArgs,
+    #[command(flatten)]
+    pub objects: ObjectArgs,
+}
+
+/// The storage API's limits, workers and antivirus (see `storage`).
+#[derive(Args, Debug, Clone)]
+pub struct ObjectArgs {
+    /// clamd address (`host:port`) for buckets with `antivirusScan`.
+    /// Unset: uploads to such buckets cannot be scanned (refused unless
+    /// --antivirus-fail-open).
+    #[arg(long, env = "STRATA_CLAMD_ADDR")]
+    pub clamd_addr: Option<String>,
+    /// Accept uploads that could not be scanned (clamd down, over its
+    /// limits). Off by default: such uploads get 503.
+    #[arg(long, env = "STRATA_ANTIVIRUS_FAIL_OPEN", default_value_t = false)]
+    pub antivirus_fail_open: bool,
+    /// Longest life of a presigned URL, in seconds (also the grace period
+    /// of a rotated signing key).
+    #[arg(long, env = "STRATA_PRESIGN_MAX_EXPIRY_SECONDS", default_value_t = 7 * 24 * 3600,
+          value_parser = clap::value_parser!(u64).range(60..=7 * 24 * 3600))]
+    pub presign_max_expiry_seconds: u64,
+    /// Lease of quota reservations and blob intents, in seconds: what a
+    /// killed data plane held is reclaimed by the sweeper after it.
+    #[arg(long, env = "STRATA_UPLOAD_LEASE_SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(5..=86_400))]
+    pub upload_lease_seconds: u64,
+    /// Seconds between sweeper passes (0: no sweeper in this process).
+    #[arg(long, env = "STRATA_SWEEP_INTERVAL_SECONDS", default_value_t = 60)]
+    pub sweep_interval_seconds: u64,
+    /// Seconds between lifecycle passes (0: no lifecycle worker here).
+    #[arg(
+        long,
+        env = "STRATA_LIFECYCLE_INTERVAL_SECONDS",
+        default_value_t = 3600
+    )]
+    pub lifecycle_interval_seconds: u64,
+    /// Longest an object request (an upload of a large body) may take.
+    #[arg(long, env = "STRATA_OBJECT_REQUEST_TIMEOUT_SECONDS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub object_request_timeout_seconds: u64,
+}
+
+impl ObjectArgs {
+    pub fn settings(&self, bucket_ttl: Duration) -> crate::storage::StorageSettings {
+        let max_expiry = Duration::from_secs(self.presign_max_expiry_seconds);
+        crate::storage::StorageSettings {
+            lease: Duration::from_secs(self.upload_lease_seconds),
+            bucket_ttl,
+            presign_max_expiry: max_expiry,
+            presign_grace: max_expiry,
+            antivirus_fail_open: self.antivirus_fail_open,
+            sweep_interval: Duration::from_secs(self.sweep_interval_seconds),
+            lifecycle_interval: Duration::from_secs(self.lifecycle_interval_seconds),
+            request_timeout: Duration::from_secs(self.object_request_timeout_seconds),
+            ..crate::storage::StorageSettings::default()
+        }
+    }
+}
+
+/// The two-level cache (in-process L1, Redis L2 when --redis-url is set).
+#[derive(Args, Debug, Clone)]
+pub struct CacheArgs {
+    /// `off` makes every read go to the database (benchmarks, debugging).
+    #[arg(long = "cache", env = "STRATA_CACHE", default_value = "on",
+          value_parser = ["on", "off"])]
+    pub cache: String,
+    /// L1 size bound, in MiB of encoded values.
+    #[arg(long, env = "STRATA_CACHE_L1_MIB", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub cache_l1_mib: u64,
+    /// Milliseconds to wait for Redis on a cache read before using the database.
+    #[arg(long, env = "STRATA_CACHE_REDIS_TIMEOUT_MS", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(1..=5_000))]
+    pub cache_redis_timeout_ms: u64,
+}
+
+impl CacheArgs {
+    /// The cache, registered for metrics, with its invalidation subscriber
+    /// running when there is Redis.
+    pub fn build(
+        &self,
+        redis: Option<redis::aio::ConnectionManager>,
+        redis_url: Option<&str>,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> anyhow::Result<HybridCache> {
+        let settings = CacheSettings {
+            enabled: self.cache == "on",
+            l1_max_bytes: self.cache_l1_mib << 20,
+            redis_timeout: Duration::from_millis(self.cache_redis_timeout_ms),
+            ..CacheSettings::default()
+        };
+        let cache = HybridCache::new(settings, redis, Some(registry));
+        if let Some(url) = redis_url
+            && cache.is_enabled()
+        {
+            // Pub/sub needs a connection of its own.
+            let client = redis::Client::open(url).context("invalid --redis-url")?;
+            cache.spawn_subscriber(client);
+        }
+        Ok(cache)
+    }
 }
 
 /// Request rate limits (GCRA; in Redis when --redis-url is set, so they hold

@@ -1,7 +1,7 @@
 //! Strata's data plane: stateless axum pods that serve tenants' REST clients.
 //! It reads the platform catalog (never the Kubernetes API).
 //!
-//! The APIs ([`identity`], [`documents`], [`vectors`]) are mounted in [`app`]
+//! The APIs ([`identity`], [`documents`], [`vectors`], [`storage`]) are mounted in [`app`]
 //! and built on the shared machinery in [`http`] (errors, request ids, auth,
 //! tenancy, preconditions, pagination, idempotency). [`openapi`] describes
 //! them (`/v1/openapi.json`, from the handlers' attributes) and [`docs`]
@@ -17,5 +17,6 @@ pub mod gateway;
 pub mod http;
 pub mod identity;
 pub mod openapi;
+pub mod storage;
 pub mod tenancy;
 pub mod vectors;

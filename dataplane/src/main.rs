@@ -59,13 +59,34 @@ async fn main() -> anyhow::Result<()> {
         cursors: config.auth.cursor_codec()?,
         gateway: config.gateway.gateway(redis.clone()),
     };
+    let mut registry = Registry::default();
+    let cache = config
+        .cache
+        .build(redis.clone(), config.redis_url.as_deref(), &mut registry)?;
     let tenancy = Tenancy::new(
         catalog.clone(),
         config.tenancy.settings(&config.catalog_url)?,
+    )
+    .with_cache(cache);
+    // The backend must answer at startup: a misconfigured store fails here
+    // rather than on the first upload.
+    let backend = strata_storage::connect(&config.storage)
+        .await
+        .context("object storage backend")?;
+    let scanner = config.objects.clamd_addr.as_ref().map(|addr| {
+        Arc::new(strata_storage::antivirus::Scanner::new(addr.clone()))
+            as Arc<dyn strata_dataplane::storage::antivirus::Scanner>
+    });
+    let storage = strata_dataplane::storage::StorageState::new(
+        backend,
+        catalog.clone(),
+        scanner,
+        config
+            .objects
+            .settings(Duration::from_millis(config.tenancy.tenant_cache_ttl_ms)),
     );
     let events = config.events.settings();
     strata_dataplane::events::settings::install(events.clone());
-    let mut registry = Registry::default();
     strata_dataplane::events::metrics::register(&mut registry);
     let registry = Arc::new(registry);
     if events.dispatcher {
@@ -84,16 +105,16 @@ async fn main() -> anyhow::Result<()> {
         .spawn();
         tracing::info!("outbox dispatcher running");
     }
-    let app = router(
-        AppState {
-            catalog,
-            redis,
-            http,
-            tenancy,
-        },
-        registry,
-        config.max_body_bytes,
-    );
+    let state = AppState {
+        catalog,
+        redis,
+        http,
+        tenancy,
+        storage,
+    };
+    // Sweeper (orphaned blobs, expired reservations) and lifecycle rules.
+    strata_dataplane::storage::sweeper::spawn_workers(state.clone());
+    let app = router(state, registry, config.max_body_bytes);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

@@ -72,13 +72,14 @@ fn app(catalog_url: &str) -> (Router, Tenancy) {
     })
     .expect("jwt");
     let state = AppState {
-        catalog,
+        catalog: catalog.clone(),
         redis: None,
         http: HttpContext {
             auth: Authenticator::new(Some(jwt), None),
             cursors: CursorCodec::new(vec![9; 32], vec![]).expect("cursor key"),
             gateway: strata_dataplane::gateway::Gateway::unlimited(),
         },
+        storage: strata_dataplane::storage::StorageState::unconfigured(catalog.clone()),
         tenancy: tenancy.clone(),
     };
     let routes = Router::new()

@@ -83,10 +83,14 @@ kinds! {
         "If-Match, If-None-Match or If-Unmodified-Since did not hold for the current version.");
     PAYLOAD_TOO_LARGE = ("payload-too-large", PAYLOAD_TOO_LARGE, "Payload too large",
         "The body exceeds the size limit.");
+    RANGE_NOT_SATISFIABLE = ("range-not-satisfiable", RANGE_NOT_SATISFIABLE, "Range not satisfiable",
+        "The `Range` starts past the end of the object; `Content-Range: bytes */<size>` gives its size.");
     UNSUPPORTED_MEDIA_TYPE = ("unsupported-media-type", UNSUPPORTED_MEDIA_TYPE, "Unsupported media type",
         "The body's Content-Type is missing or not one the endpoint accepts.");
     VALIDATION_FAILED = ("validation-failed", UNPROCESSABLE_ENTITY, "Validation failed",
         "The body is well-formed but invalid; `errors` lists each field by JSON pointer.");
+    MALWARE_DETECTED = ("malware-detected", UNPROCESSABLE_ENTITY, "Malware detected",
+        "The antivirus scan of the upload found malware; nothing was stored.");
     PRECONDITION_REQUIRED = ("precondition-required", PRECONDITION_REQUIRED, "Precondition required",
         "This resource requires a conditional write: send If-Match (or If-None-Match: * to create).");
     RATE_LIMITED = ("rate-limited", TOO_MANY_REQUESTS, "Too many requests",
@@ -95,6 +99,8 @@ kinds! {
         "An unexpected error; the `instance` (request id) lets operators find it in the logs.");
     UNAVAILABLE = ("unavailable", SERVICE_UNAVAILABLE, "Service unavailable",
         "A dependency is unavailable or the tenant is not ready yet; retry later.");
+    QUOTA_EXCEEDED = ("quota-exceeded", INSUFFICIENT_STORAGE, "Quota exceeded",
+        "Storing this would exceed the bucket's or the tenant's quota of bytes or objects.");
 }
 
 /// The generic kind for a status, used for error responses that were not
@@ -259,6 +265,10 @@ pub enum ApiError {
         detail: String,
         retry_after: Option<Duration>,
     },
+    /// A problem of a kind no other variant carries (storage: 416, 422
+    /// `malware-detected`, 507), with its detail.
+    #[error("{detail}")]
+    Other { kind: ProblemKind, detail: String },
     /// Not an error but a 304 from precondition evaluation; a variant so
     /// handlers can stop with `?` like on every other precondition outcome.
     #[error("not modified")]
@@ -331,6 +341,7 @@ impl ApiError {
             Self::RateLimited { .. } => kind::RATE_LIMITED,
             Self::Internal(_) => kind::INTERNAL,
             Self::Unavailable { .. } => kind::UNAVAILABLE,
+            Self::Other { kind, .. } => *kind,
         }
     }
 
@@ -345,7 +356,7 @@ impl ApiError {
             | Self::NotAcceptable(d)
             | Self::Conflict(d)
             | Self::UnsupportedMediaType(d) => Some(d.clone()),
-            Self::Unavailable { detail, .. } => Some(detail.clone()),
+            Self::Unavailable { detail, .. } | Self::Other { detail, .. } => Some(detail.clone()),
             Self::NotFound => Some("no such resource".into()),
             Self::MethodNotAllowed => None,
             Self::PreconditionFailed => {

@@ -124,7 +124,7 @@ pub fn app_state(catalog_url: &str) -> AppState {
     })
     .expect("jwt");
     AppState {
-        catalog,
+        catalog: catalog.clone(),
         redis: None,
         http: HttpContext {
             auth: Authenticator::new(Some(jwt), None),
@@ -133,6 +133,7 @@ pub fn app_state(catalog_url: &str) -> AppState {
             // sets its own limits.
             gateway: strata_dataplane::gateway::Gateway::unlimited(),
         },
+        storage: strata_dataplane::storage::StorageState::unconfigured(catalog.clone()),
         tenancy,
     }
 }
