@@ -9,12 +9,13 @@
 //! handlers answer, notably for bodies the handlers build as JSON values.
 //! Needs `source .stack/env`.
 
+mod storage_support;
 mod support;
 
 use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
-use support::{Body, Client, Reply, Server, Tenant, app_state, with_tenants};
+use support::{Body, Client, Reply, Server, Tenant, with_tenants};
 
 struct Spec {
     doc: Value,
@@ -128,8 +129,16 @@ async fn the_api_answers_as_documented() {
     with_tenants("openapi-conformance", &["oac"], scenario).await;
 }
 
-async fn scenario(catalog_url: String, _catalog: strata_db::Catalog, tenants: Vec<Tenant>) {
-    let server = Server::start(app_state(&catalog_url), 10 << 20).await;
+async fn scenario(catalog_url: String, catalog: strata_db::Catalog, tenants: Vec<Tenant>) {
+    // Objects need a real backend: the filesystem one, in a temp dir.
+    let store = storage_support::backend(storage_support::Store::Fs).await;
+    let state = storage_support::app_state(
+        &catalog_url,
+        store.backend.clone(),
+        None,
+        storage_support::settings(),
+    );
+    let server = Server::start(state, 10 << 20).await;
     let spec = Spec::new(Client::new(&server.base));
     let tenant = &tenants[0];
     let t = tenant.name.as_str();
@@ -546,6 +555,209 @@ async fn scenario(catalog_url: String, _catalog: strata_db::Catalog, tenants: Ve
     .await;
     spec.call("DELETE", collection, c, key, Body::None, &[], 204)
         .await;
+
+    // Storage: a bucket as the operator's reconcile writes it.
+    storage_support::create_bucket(&catalog, tenant.id, "files", json!({})).await;
+    let b = &[("tenant", t), ("bucket", "files")];
+    let object = "/v1/tenants/{tenant}/buckets/{bucket}/objects/{key}";
+    let o = &[("tenant", t), ("bucket", "files"), ("key", "docs/a.bin")];
+    let octets = "application/octet-stream";
+    spec.call(
+        "GET",
+        "/v1/tenants/{tenant}/buckets/{bucket}",
+        b,
+        key,
+        Body::None,
+        &[],
+        200,
+    )
+    .await;
+    spec.call(
+        "PUT",
+        object,
+        o,
+        key,
+        Body::Raw(Some(octets), b"0123456789".to_vec()),
+        &[],
+        201,
+    )
+    .await;
+    spec.call(
+        "PUT",
+        object,
+        o,
+        key,
+        Body::Raw(Some(octets), b"0123456789".to_vec()),
+        &[],
+        200,
+    )
+    .await;
+    spec.call(
+        "PUT",
+        object,
+        o,
+        key,
+        Body::Raw(Some(octets), b"x".to_vec()),
+        &[("if-none-match", "*")],
+        412,
+    )
+    .await;
+    spec.call("GET", object, o, key, Body::None, &[], 200).await;
+    spec.call(
+        "GET",
+        object,
+        o,
+        key,
+        Body::None,
+        &[("range", "bytes=2-4")],
+        206,
+    )
+    .await;
+    spec.call(
+        "GET",
+        object,
+        o,
+        key,
+        Body::None,
+        &[("range", "bytes=20-")],
+        416,
+    )
+    .await;
+    spec.call("HEAD", object, o, key, Body::None, &[], 200)
+        .await;
+    spec.call(
+        "GET",
+        object,
+        &[("tenant", t), ("bucket", "files"), ("key", "none")],
+        key,
+        Body::None,
+        &[],
+        404,
+    )
+    .await;
+    spec.call(
+        "GET",
+        "/v1/tenants/{tenant}/buckets/{bucket}/objects?delimiter=/",
+        b,
+        key,
+        Body::None,
+        &[],
+        200,
+    )
+    .await;
+    spec.call(
+        "POST",
+        "/v1/tenants/{tenant}/buckets/{bucket}/presign",
+        b,
+        key,
+        Body::Json(json!({"method": "GET", "key": "docs/a.bin"})),
+        &[],
+        200,
+    )
+    .await;
+    spec.call(
+        "POST",
+        "/v1/tenants/{tenant}/signing-keys/rotate",
+        &[("tenant", t)],
+        key,
+        Body::Json(json!({})),
+        &[],
+        200,
+    )
+    .await;
+    let uploads = "/v1/tenants/{tenant}/buckets/{bucket}/uploads";
+    let created = spec
+        .call(
+            "POST",
+            uploads,
+            b,
+            key,
+            Body::Json(json!({"key": "big.bin"})),
+            &[],
+            201,
+        )
+        .await;
+    let upload_id = created.json["upload_id"]
+        .as_str()
+        .expect("upload id")
+        .to_string();
+    let u = &[
+        ("tenant", t),
+        ("bucket", "files"),
+        ("upload", upload_id.as_str()),
+    ];
+    let part = spec
+        .call(
+            "PUT",
+            "/v1/tenants/{tenant}/buckets/{bucket}/uploads/{upload}/parts/{part}",
+            &[
+                ("tenant", t),
+                ("bucket", "files"),
+                ("upload", upload_id.as_str()),
+                ("part", "1"),
+            ],
+            key,
+            Body::Raw(Some(octets), b"part one".to_vec()),
+            &[],
+            200,
+        )
+        .await;
+    let upload = "/v1/tenants/{tenant}/buckets/{bucket}/uploads/{upload}";
+    spec.call("GET", uploads, b, key, Body::None, &[], 200)
+        .await;
+    spec.call("GET", upload, u, key, Body::None, &[], 200).await;
+    spec.call(
+        "POST",
+        upload,
+        u,
+        key,
+        Body::Json(json!({"parts": [{"part_number": 1, "etag": "\"wrong\""}]})),
+        &[],
+        422,
+    )
+    .await;
+    spec.call(
+        "POST",
+        upload,
+        u,
+        key,
+        Body::Json(json!({"parts": [{"part_number": 1, "etag": part.json["etag"]}]})),
+        &[],
+        201,
+    )
+    .await;
+    let other = spec
+        .call(
+            "POST",
+            uploads,
+            b,
+            key,
+            Body::Json(json!({"key": "gone.bin"})),
+            &[],
+            201,
+        )
+        .await;
+    let other_id = other.json["upload_id"]
+        .as_str()
+        .expect("upload id")
+        .to_string();
+    spec.call(
+        "DELETE",
+        upload,
+        &[
+            ("tenant", t),
+            ("bucket", "files"),
+            ("upload", other_id.as_str()),
+        ],
+        key,
+        Body::None,
+        &[],
+        204,
+    )
+    .await;
+    spec.call("DELETE", object, o, key, Body::None, &[], 204)
+        .await;
+    drop(store);
 
     // Every documented operation was called at least once.
     let called = spec.called.lock().expect("lock").clone();

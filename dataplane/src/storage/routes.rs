@@ -272,8 +272,8 @@ async fn put_object(
     ),
     security((), ("jwt" = []), ("apiKey" = [])),
     responses(
-        (status = 200, description = "The object", content_type = "application/octet-stream", body = Vec<u8>, headers(("ETag" = String), ("Last-Modified" = String), ("Content-Length" = u64))),
-        (status = 206, description = "The requested range", content_type = "application/octet-stream", body = Vec<u8>, headers(("Content-Range" = String))),
+        (status = 200, description = "The object's bytes, with its stored type", content_type = "application/octet-stream", headers(("ETag" = String), ("Last-Modified" = String), ("Content-Length" = u64))),
+        (status = 206, description = "The requested range", content_type = "application/octet-stream", headers(("Content-Range" = String))),
         (status = 304, description = "Not modified"),
         (status = 412, description = "A precondition does not hold"),
         (status = 416, description = "The range starts past the end; `Content-Range: bytes */<size>`"),

@@ -260,22 +260,19 @@ pub async fn clear_intents(
 pub async fn outbox(
     conn: &mut PgConnection,
     bucket: &BucketInfo,
-    topic: &str,
+    topic: &'static str,
     row: &ObjectRow,
 ) -> Result<(), ApiError> {
-    crate::documents::store::outbox(
-        conn,
-        topic,
-        &format!("{}/{}", bucket.id, row.key),
-        json!({
+    let event = crate::events::event::Event::new(topic, format!("{}/{}", bucket.id, row.key))
+        .etag(&row.entity_tag())
+        .data(json!({
             "bucket": bucket.name,
             "key": row.key,
-            "version_id": row.version_id,
+            "version": row.version_id,
             "size": row.size,
-            "etag": row.etag,
-        }),
-    )
-    .await
+        }));
+    crate::events::event::record(conn, event).await?;
+    Ok(())
 }
 
 #[cfg(test)]
