@@ -132,7 +132,8 @@ pub async fn list_dead(
 ) -> Result<Response, ApiError> {
     require_admin(&ctx)?;
     let limit = PageLimits::DEFAULT.resolve(page.limit)?;
-    let fingerprint = QueryFingerprint::of(&json!({"list": "dead-events", "tenant": ctx.tenant_id()}));
+    let fingerprint =
+        QueryFingerprint::of(&json!({"list": "dead-events", "tenant": ctx.tenant_id()}));
     let after: Option<Position<()>> = http
         .cursors
         .decode_param(page.cursor.as_deref(), &fingerprint)?;
@@ -195,12 +196,11 @@ pub async fn replay_event(
         Err(replay) => return Ok(replay),
     };
     let mut tx = sqlx::Acquire::begin(run.db()).await?;
-    let row: Option<(i64, bool)> = sqlx::query_as(
-        "SELECT id, dead_at IS NOT NULL FROM outbox WHERE event_id = $1 FOR UPDATE",
-    )
-    .bind(event)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let row: Option<(i64, bool)> =
+        sqlx::query_as("SELECT id, dead_at IS NOT NULL FROM outbox WHERE event_id = $1 FOR UPDATE")
+            .bind(event)
+            .fetch_optional(&mut *tx)
+            .await?;
     let Some((id, dead)) = row else {
         return Err(ApiError::NotFound);
     };

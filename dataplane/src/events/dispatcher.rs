@@ -352,7 +352,11 @@ impl Dispatcher {
         match self.run_tenant(name).await {
             Ok(next) => next,
             Err(error) => {
-                tracing::warn!(tenant = name, error = format!("{error:#}"), "dispatch run failed");
+                tracing::warn!(
+                    tenant = name,
+                    error = format!("{error:#}"),
+                    "dispatch run failed"
+                );
                 Some(Instant::now() + ERROR_RETRY)
             }
         }
@@ -398,8 +402,10 @@ impl Dispatcher {
             let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
             let published = match &self.inner.redis {
                 Some(redis) => {
-                    let bodies: Vec<String> =
-                        rows.iter().map(|r| r.body(tenant.id, &tenant.name)).collect();
+                    let bodies: Vec<String> = rows
+                        .iter()
+                        .map(|r| r.body(tenant.id, &tenant.name))
+                        .collect();
                     let mut redis = redis.clone();
                     redis_sink::publish(&mut redis, tenant.id, &bodies).await
                 }

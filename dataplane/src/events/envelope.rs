@@ -120,7 +120,10 @@ mod tests {
         let r = row(json!({"version": 2, "etag": "\"v2\"", "data": {"changed": ["a"]}}));
         let v: Value = serde_json::from_str(&r.body(Uuid::nil(), "t")).expect("json");
         assert_eq!(v["type"], "document.updated");
-        assert_eq!(v["aggregate"], json!({"type": "document", "id": "c/d", "version": 2, "etag": "\"v2\""}));
+        assert_eq!(
+            v["aggregate"],
+            json!({"type": "document", "id": "c/d", "version": 2, "etag": "\"v2\""})
+        );
         assert_eq!(v["data"], json!({"changed": ["a"]}));
         assert_eq!(v["tenant"]["name"], "t");
         let legacy = row(json!({"email": "a@b"}));

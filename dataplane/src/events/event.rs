@@ -83,6 +83,7 @@ pub async fn record(conn: &mut PgConnection, event: Event) -> Result<Uuid, sqlx:
     .execute(conn)
     .await?;
     super::hint::mark();
+    crate::cache::invalidation::note(&event);
     Ok(event.id)
 }
 
@@ -106,6 +107,9 @@ pub async fn record_all(conn: &mut PgConnection, events: &[Event]) -> Result<(),
     .execute(conn)
     .await?;
     super::hint::mark();
+    for event in events {
+        crate::cache::invalidation::note(event);
+    }
     Ok(())
 }
 

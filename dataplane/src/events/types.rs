@@ -70,9 +70,7 @@ pub fn is_filter(filter: &str) -> bool {
         return false;
     };
     let word = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 64
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
     };
     word(aggregate) && (action == "*" || word(action))
 }

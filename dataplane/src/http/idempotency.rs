@@ -374,9 +374,10 @@ fn replay(record: Record) -> Response {
             }
         }
     }
-    response
-        .headers_mut()
-        .insert(IDEMPOTENCY_REPLAYED.clone(), HeaderValue::from_static("true"));
+    response.headers_mut().insert(
+        IDEMPOTENCY_REPLAYED.clone(),
+        HeaderValue::from_static("true"),
+    );
     response
 }
 
@@ -581,36 +582,40 @@ pub fn document(doc: &mut utoipa::openapi::OpenApi) {
             if !known {
                 continue;
             }
-            operation
-                .parameters
-                .get_or_insert_with(Vec::new)
-                .push(
-                    ParameterBuilder::new()
-                        .name("Idempotency-Key")
-                        .parameter_in(ParameterIn::Header)
-                        .required(Required::False)
-                        .description(Some(
-                            "Makes a retry safe: the first response (2xx) is stored for 24 h and \
+            operation.parameters.get_or_insert_with(Vec::new).push(
+                ParameterBuilder::new()
+                    .name("Idempotency-Key")
+                    .parameter_in(ParameterIn::Header)
+                    .required(Required::False)
+                    .description(Some(
+                        "Makes a retry safe: the first response (2xx) is stored for 24 h and \
                              replayed, with `Idempotency-Replayed: true`, to a retry with the same \
                              key and the same request. 1 to 255 visible ASCII characters, scoped \
                              to the credential.",
-                        ))
-                        .schema(Some(
-                            ObjectBuilder::new()
-                                .schema_type(Type::String)
-                                .min_length(Some(1))
-                                .max_length(Some(MAX_KEY_LEN)),
-                        ))
-                        .build(),
-                );
+                    ))
+                    .schema(Some(
+                        ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .min_length(Some(1))
+                            .max_length(Some(MAX_KEY_LEN)),
+                    ))
+                    .build(),
+            );
             for (status, description) in [
-                ("409", "A request with this `Idempotency-Key` is still being processed"),
-                ("422", "This `Idempotency-Key` was used for a different request"),
+                (
+                    "409",
+                    "A request with this `Idempotency-Key` is still being processed",
+                ),
+                (
+                    "422",
+                    "This `Idempotency-Key` was used for a different request",
+                ),
             ] {
                 let responses = &mut operation.responses.responses;
                 match responses.get_mut(status) {
                     Some(RefOr::T(response)) => {
-                        response.description = format!("{}; or: {description}", response.description);
+                        response.description =
+                            format!("{}; or: {description}", response.description);
                     }
                     Some(RefOr::Ref(_)) => {}
                     None => {

@@ -583,9 +583,7 @@ pub async fn list_deliveries(
     let before: Option<Position<()>> = http
         .cursors
         .decode_param(params.cursor.as_deref(), &fingerprint)?;
-    let before: i64 = before
-        .and_then(|p| p.id.parse().ok())
-        .unwrap_or(i64::MAX);
+    let before: i64 = before.and_then(|p| p.id.parse().ok()).unwrap_or(i64::MAX);
     let rows: Vec<DeliveryView> = sqlx::query_as(&format!(
         "SELECT {} FROM webhook_deliveries d JOIN outbox o ON o.id = d.outbox_id \
           WHERE d.endpoint_id = $1 AND d.id < $2 AND ($3::text IS NULL OR d.state = $3) \

@@ -141,7 +141,9 @@ pub async fn check_resolves(url: &Url, policy: Policy) -> Result<(), String> {
         return Err(format!("the host `{host}` does not resolve"));
     }
     if addrs.iter().any(|a| !is_public(a.ip())) {
-        return Err(format!("the host `{host}` resolves to a non-public address"));
+        return Err(format!(
+            "the host `{host}` resolves to a non-public address"
+        ));
     }
     Ok(())
 }
@@ -184,17 +186,43 @@ mod tests {
     #[test]
     fn ranges() {
         for refused in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1",
-            "169.254.169.254", "0.0.0.0", "100.64.0.1", "224.0.0.1", "255.255.255.255",
-            "198.18.0.1", "192.0.2.1", "::", "::1", "fe80::1", "fc00::1", "fd12::1",
-            "ff02::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::127.0.0.1",
-            "64:ff9b::a9fe:a9fe", "2002:7f00:1::", "2001:db8::1", "2001::1",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "198.18.0.1",
+            "192.0.2.1",
+            "::",
+            "::1",
+            "fe80::1",
+            "fc00::1",
+            "fd12::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:7f00:1::",
+            "2001:db8::1",
+            "2001::1",
         ] {
             assert!(!public(refused), "{refused}");
         }
         for allowed in [
-            "8.8.8.8", "1.1.1.1", "172.32.0.1", "100.128.0.1", "2606:4700::1111",
-            "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::",
+            "8.8.8.8",
+            "1.1.1.1",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:808:808::",
         ] {
             assert!(public(allowed), "{allowed}");
         }
@@ -209,7 +237,10 @@ mod tests {
         assert!(check_url("https://127.0.0.1/", strict).is_err());
         assert!(check_url("https://[::ffff:169.254.169.254]/", strict).is_err());
         assert!(check_url("https://example.com/#frag", strict).is_err());
-        let local = Policy { allow_http: true, allow_private: true };
+        let local = Policy {
+            allow_http: true,
+            allow_private: true,
+        };
         assert!(check_url("http://127.0.0.1:8080/", local).is_ok());
     }
 
@@ -217,12 +248,11 @@ mod tests {
     async fn names_that_resolve_to_loopback_are_refused() {
         let url = check_url("https://localhost/", Policy::default()).expect("shape");
         assert!(check_resolves(&url, Policy::default()).await.is_err());
-        let resolver = GuardedResolver { allow_private: false };
-        let result = reqwest::dns::Resolve::resolve(
-            &resolver,
-            "localhost".parse().expect("name"),
-        )
-        .await;
+        let resolver = GuardedResolver {
+            allow_private: false,
+        };
+        let result =
+            reqwest::dns::Resolve::resolve(&resolver, "localhost".parse().expect("name")).await;
         assert!(result.is_err());
     }
 }
