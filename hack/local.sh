@@ -75,6 +75,12 @@ case ${1:-} in
 up)
 	# shellcheck source=/dev/null
 	source .stack/env
+	# Object bytes: the operator (bucket deletion) and the data plane (the
+	# storage API) must address the same store. The stack's S3 server
+	# (Garage) unless STRATA_STORAGE_BACKEND says otherwise (`fs`: under
+	# STRATA_STORAGE_ROOT); clamd from .stack/env (STRATA_CLAMD_ADDR).
+	export STRATA_STORAGE_BACKEND=${STRATA_STORAGE_BACKEND:-s3}
+	export STRATA_S3_BUCKET=${STRATA_S3_BUCKET:-strata-data}
 	start operator "$OPERATOR_ADDR" env KUBECONFIG="$STRATA_OPERATOR_KUBECONFIG" \
 		STRATA_OPERATOR_PROBE_ADDR="$OPERATOR_ADDR" \
 		STRATA_API_BASE_URL="http://$DATAPLANE_ADDR" \
@@ -91,7 +97,8 @@ Strata is running locally:
   data plane     http://$DATAPLANE_ADDR/{healthz,readyz,metrics}  log: .stack/run/dataplane.log
   PostgreSQL     ${STRATA_DATABASE_URL%%:*}://…@127.0.0.1:${STRATA_PG_PORT:-55432} (pgvector)
   Redis          $STRATA_REDIS_URL
-  S3 (Garage)    $STRATA_S3_ENDPOINT  bucket $STRATA_S3_TEST_BUCKET
+  S3 (Garage)    $STRATA_S3_ENDPOINT  objects in bucket $STRATA_S3_BUCKET ($STRATA_STORAGE_BACKEND backend), tests in $STRATA_S3_TEST_BUCKET
+  clamd          ${STRATA_CLAMD_ADDR:-not configured}
   Kubernetes     KUBECONFIG=$KUBECONFIG
 
 Try it:
