@@ -124,11 +124,20 @@ pub async fn attempt(
             } else {
                 "failed"
             };
+            // The causes say why (refused address, DNS, TLS); the URL is
+            // left out (it may carry a token).
+            let error = error.without_url();
+            let mut text = format!("{what}: {error}");
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
             Attempt {
                 ok: false,
                 status: None,
                 latency_ms,
-                error: Some(format!("{what}: {}", error.without_url())),
+                error: Some(text),
             }
         }
     }
