@@ -22,6 +22,7 @@
 //! Keys and tags are built by [`key`] only (conventions in
 //! ARCHITECTURE.md, "Cache").
 
+pub mod invalidation;
 pub mod key;
 mod subscriber;
 
@@ -532,9 +533,13 @@ impl HybridCache {
 
     /// Reads the tags' generations from Redis (learning them) and tells
     /// whether they are still the ones the entry was made with; false when
-    /// Redis cannot answer. Without Redis, local generations are the truth.
+    /// Redis cannot answer, and always false without Redis: another replica
+    /// may have changed the value and nothing would tell this one.
     async fn revalidate(&self, made_with: &[(Tag, u64)]) -> bool {
-        if self.shared.redis.is_none() || made_with.is_empty() {
+        if self.shared.redis.is_none() {
+            return false;
+        }
+        if made_with.is_empty() {
             return true;
         }
         let tags: Vec<Tag> = made_with.iter().map(|(tag, _)| tag.clone()).collect();
@@ -900,4 +905,10 @@ fn flight_key<T: 'static>(key: &CacheKey) -> String {
 pub enum CacheError {
     #[error("cache: a {0} value had an unexpected type")]
     TypeMismatch(&'static str),
+}
+
+impl From<CacheError> for crate::http::ApiError {
+    fn from(error: CacheError) -> Self {
+        crate::http::ApiError::internal(anyhow::Error::new(error))
+    }
 }

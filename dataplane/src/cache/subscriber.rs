@@ -55,7 +55,8 @@ async fn listen(cache: &HybridCache, client: &redis::Client) -> redis::RedisResu
                 cache.apply(message.get_payload_bytes());
             }
             _ = heartbeat.tick() => {
-                let ping = sink.ping::<String>();
+                // In subscribed mode the answer is the array ["pong", ""].
+                let ping = sink.ping::<redis::Value>();
                 tokio::time::timeout(HEARTBEAT, ping)
                     .await
                     .map_err(|_| timeout_error("heartbeat"))??;

@@ -13,6 +13,8 @@
 //!   a JSON Patch (`application/json-patch+json`) is 415.
 //! - `DELETE …/documents/{id}`: 204; 404 if absent.
 
+use std::time::Duration;
+
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -23,8 +25,10 @@ use super::names::{collection_name, document_id};
 use super::schema;
 use super::store::{self, Collection, Document};
 use super::{MAX_DOCUMENT_BYTES, MAX_DOCUMENT_DEPTH};
+use crate::cache::{CacheKey, EntryOptions, invalidation};
 use crate::http::preconditions::{self, Requirement};
 use crate::http::problem::{ApiError, FieldError, kind};
+use crate::tenancy::TenantContext;
 
 /// The id of the document a 201 created, as a response extension: the
 /// handler, which knows the URL, turns it into `Location`.
@@ -167,8 +171,53 @@ pub async fn create<'c>(
     Ok(document_response(StatusCode::CREATED, &doc, None))
 }
 
+/// How long a document read is served from the cache. Writes invalidate
+/// it before they answer (cache::invalidation), so this bounds only what a
+/// crashed writer left, until the outbox dispatcher's invalidation.
+const DOCUMENT_CACHE: EntryOptions =
+    EntryOptions::new(Duration::from_secs(30), Duration::from_secs(300));
+
+/// A document as the cache keeps it (with what its ETag derives from).
+#[derive(serde::Serialize, serde::Deserialize, Clone)]
+struct CachedDocument {
+    id: String,
+    data: Value,
+    version: i64,
+    created_us: i64,
+    created_at: String,
+    updated_at: String,
+}
+
+impl From<Document> for CachedDocument {
+    fn from(d: Document) -> Self {
+        Self {
+            id: d.id,
+            data: d.data,
+            version: d.version,
+            created_us: d.created_us,
+            created_at: d.created_at,
+            updated_at: d.updated_at,
+        }
+    }
+}
+
+impl From<CachedDocument> for Document {
+    fn from(d: CachedDocument) -> Self {
+        Self {
+            id: d.id,
+            data: d.data,
+            version: d.version,
+            created_us: d.created_us,
+            created_at: d.created_at,
+            updated_at: d.updated_at,
+        }
+    }
+}
+
+/// `GET …/documents/{id}`: from the cache (key and tags per tenant,
+/// collection and id; see cache::invalidation), else the database.
 pub async fn get(
-    pool: &PgPool,
+    ctx: &TenantContext,
     collection: &str,
     id: &str,
     method: &Method,
@@ -178,8 +227,26 @@ pub async fn get(
     if !super::names::is_document_id(id) {
         return Err(ApiError::NotFound);
     }
-    let coll = store::get_collection(pool, collection).await?;
-    let doc = store::find_document(pool, coll.id, id, false).await?;
+    let tenant = ctx.tenant_id();
+    let key = CacheKey::tenant(tenant, "document")
+        .id(collection)
+        .id(id)
+        .build();
+    let tags = invalidation::document_tags(tenant, collection, id);
+    let pool = ctx.pool();
+    let found = ctx
+        .cache()
+        .get_or_create(&key, &tags, DOCUMENT_CACHE, || async {
+            let coll = store::get_collection(pool, collection).await?;
+            let doc = store::find_document(pool, coll.id, id, false).await?;
+            doc.map(CachedDocument::from).ok_or(ApiError::NotFound)
+        })
+        .await;
+    let doc = match found {
+        Ok(doc) => Some(Document::from(doc)),
+        Err(ApiError::NotFound) => None,
+        Err(error) => return Err(error),
+    };
     check(method, headers, &doc, Requirement::Optional)?;
     let doc = doc.ok_or(ApiError::NotFound)?;
     Ok(document_response(StatusCode::OK, &doc, None))

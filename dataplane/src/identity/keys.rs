@@ -22,13 +22,15 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use super::ts;
+use crate::cache::{CacheKey, EntryOptions, HybridCache, invalidation};
+use crate::events::{self, Event, types};
 use crate::http::HttpContext;
 use crate::http::auth::{
     CredentialId, KEY_ID_LEN, Principal, StoredApiKey, generate_api_key, is_role_name,
 };
-use crate::events::{self, Event, types};
 use crate::http::extract::{Json, Path, Query};
 use crate::http::idempotency::{self, Idempotent};
 use crate::http::pagination::{Page, PageParams};
@@ -41,54 +43,71 @@ const LAST_USED_GRANULARITY_SECONDS: i64 = 60;
 /// Longest key name (as the table's CHECK).
 const MAX_NAME_LEN: usize = 200;
 
-/// A key row as authentication needs it.
-pub struct FoundKey {
-    pub stored: StoredApiKey,
-    /// `last_used_at` is older than a minute (or unset).
-    pub last_used_stale: bool,
-}
+/// How long an API-key row may be served from the cache. Revocation does
+/// not wait for it: the entry is revalidated against its tags' generations
+/// in Redis on every use (see `cache::EntryOptions::revalidate`), so this
+/// only bounds the case where the revoking replica could not reach Redis.
+const KEY_CACHE: EntryOptions =
+    EntryOptions::new(Duration::from_secs(5), Duration::from_secs(60)).revalidated();
 
-/// The key `key_id` of the tenant whose pool this is, if it exists.
-pub async fn lookup(
-    pool: &PgPool,
-    tenant: &str,
-    key_id: &str,
-) -> Result<Option<FoundKey>, ApiError> {
-    let row: Option<KeyRow> = sqlx::query_as(
-        r#"SELECT subject, role, secret_hash,
-                  extract(epoch FROM expires_at)::float8 AS expires,
-                  revoked_at IS NOT NULL AS revoked,
-                  last_used_at IS NULL
-                    OR last_used_at < now() - make_interval(secs => $2) AS stale
-             FROM api_keys WHERE id = $1"#,
-    )
-    .bind(key_id)
-    .bind(LAST_USED_GRANULARITY_SECONDS as f64)
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.map(|row| FoundKey {
-        stored: StoredApiKey {
-            tenant: tenant.to_string(),
-            // A key minted by a caller who is not a member (a JWT caller,
-            // or another member-less key) acts as itself.
-            subject: row.subject.unwrap_or_else(|| format!("key:{key_id}")),
-            role: row.role,
-            secret_hash: row.secret_hash,
-            expires_at: row.expires.map(epoch_to_system_time),
-            revoked: row.revoked,
-        },
-        last_used_stale: row.stale,
-    }))
-}
-
-#[derive(sqlx::FromRow)]
-struct KeyRow {
+/// A key row as authentication needs it (what the cache holds).
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
+pub struct KeyRecord {
     subject: Option<String>,
     role: String,
     secret_hash: Vec<u8>,
     expires: Option<f64>,
     revoked: bool,
-    stale: bool,
+}
+
+impl KeyRecord {
+    pub fn into_stored(self, tenant: &str, key_id: &str) -> StoredApiKey {
+        StoredApiKey {
+            tenant: tenant.to_string(),
+            // A key minted by a caller who is not a member (a JWT caller,
+            // or another member-less key) acts as itself.
+            subject: self.subject.unwrap_or_else(|| format!("key:{key_id}")),
+            role: self.role,
+            secret_hash: self.secret_hash,
+            expires_at: self.expires.map(epoch_to_system_time),
+            revoked: self.revoked,
+        }
+    }
+}
+
+/// The key `key_id` of the tenant whose pool this is, if it exists.
+pub async fn lookup(pool: &PgPool, key_id: &str) -> Result<Option<KeyRecord>, ApiError> {
+    Ok(sqlx::query_as(
+        r#"SELECT subject, role, secret_hash,
+                  extract(epoch FROM expires_at)::float8 AS expires,
+                  revoked_at IS NOT NULL AS revoked
+             FROM api_keys WHERE id = $1"#,
+    )
+    .bind(key_id)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// [`lookup`] through the cache (tags in `cache::invalidation`); a missing
+/// key is not cached.
+pub async fn lookup_cached(
+    cache: &HybridCache,
+    tenant_id: Uuid,
+    pool: &PgPool,
+    key_id: &str,
+) -> Result<Option<KeyRecord>, ApiError> {
+    let key = CacheKey::tenant(tenant_id, "api-key").id(key_id).build();
+    let tags = invalidation::api_key_tags(tenant_id, key_id);
+    let found = cache
+        .get_or_create(&key, &tags, KEY_CACHE, || async {
+            lookup(pool, key_id).await?.ok_or(ApiError::NotFound)
+        })
+        .await;
+    match found {
+        Ok(record) => Ok(Some(record)),
+        Err(ApiError::NotFound) => Ok(None),
+        Err(error) => Err(error),
+    }
 }
 
 fn epoch_to_system_time(seconds: f64) -> SystemTime {

@@ -50,6 +50,7 @@ pub struct TenantContext {
     principal: Principal,
     permissions: Permissions,
     pool: PgPool,
+    cache: crate::cache::HybridCache,
 }
 
 impl std::fmt::Debug for TenantContext {
@@ -89,6 +90,12 @@ impl TenantContext {
     /// the request; `pool().begin()` for transactions.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The two-level cache (keys built with the tenant's id:
+    /// `CacheKey::tenant(ctx.tenant_id(), …)`).
+    pub fn cache(&self) -> &crate::cache::HybridCache {
+        &self.cache
     }
 
     /// 403 problem unless the caller's role grants `action` on `resource`.
@@ -147,6 +154,9 @@ impl std::ops::DerefMut for OwnerConnection {
         &mut self.conn
     }
 }
+
+/// How often a process refreshes an API key's `last_used_at`.
+pub(crate) const KEY_TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Role name → permissions, per tenant, for a short time.
 pub(crate) struct RoleCache {
@@ -296,13 +306,19 @@ pub async fn authenticate(
                 state_gate(&tenant)?;
             }
             let pool = tenancy.pools.pool(&tenant)?;
-            let Some(found) = keys::lookup(&pool, &tenant.name, key.key_id).await? else {
+            let found = keys::lookup_cached(&tenancy.cache, tenant.id, &pool, key.key_id).await?;
+            let Some(found) = found else {
                 return Err(ApiError::NotFound);
             };
-            let principal =
-                verify_api_key(&key, Some(&found.stored), std::time::SystemTime::now())?;
+            let stored = found.into_stored(&tenant.name, key.key_id);
+            let principal = verify_api_key(&key, Some(&stored), std::time::SystemTime::now())?;
             state_gate(&tenant)?;
-            if found.last_used_stale {
+            // The cached row does not say when the key was last used: this
+            // process refreshes it at most once per interval per key (the
+            // UPDATE itself skips a fresh one).
+            let touch = format!("{}:{}", tenant.id, key.key_id);
+            if tenancy.key_touches.get(&touch).is_none() {
+                tenancy.key_touches.insert(touch, ());
                 keys::touch_later(pool.clone(), key.key_id.to_string());
             }
             (principal, pool)
@@ -313,11 +329,13 @@ pub async fn authenticate(
         .roles
         .permissions(tenant.id, &pool, &principal.role)
         .await?;
+    crate::cache::invalidation::set_tenant(tenant.id);
     Ok(TenantContext {
         tenant,
         principal,
         permissions,
         pool,
+        cache: tenancy.cache.clone(),
     })
 }
 

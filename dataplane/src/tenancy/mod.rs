@@ -45,6 +45,7 @@ pub use catalog::{TenantInfo, TenantResolver};
 pub use context::{OwnerConnection, TenantContext};
 pub use pools::TenantPools;
 
+use crate::cache::HybridCache;
 pub use crate::http::authz::{Action, Permissions, Resource};
 use crate::http::problem::ApiError;
 use strata_db::TenantState;
@@ -100,6 +101,12 @@ pub struct Tenancy {
     pub resolver: Arc<TenantResolver>,
     pub pools: Arc<TenantPools>,
     pub(crate) roles: Arc<context::RoleCache>,
+    /// The two-level cache (API-key rows here; handlers reach it through
+    /// [`TenantContext::cache`]). Disabled unless [`Tenancy::with_cache`].
+    pub cache: HybridCache,
+    /// When this process last refreshed each key's `last_used_at` (the
+    /// cached key row does not say).
+    pub(crate) key_touches: Arc<moka::sync::Cache<String, ()>>,
 }
 
 /// A tenant that may serve requests, and a pool into its database.
@@ -121,7 +128,21 @@ impl Tenancy {
             )),
             roles: Arc::new(context::RoleCache::new(settings.roles_ttl)),
             pools: Arc::new(TenantPools::new(settings)),
+            cache: HybridCache::disabled(),
+            key_touches: Arc::new(
+                moka::sync::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_live(context::KEY_TOUCH_INTERVAL)
+                    .build(),
+            ),
         }
+    }
+
+    /// Uses `cache` for what tenancy caches (API-key rows) and hands it to
+    /// handlers.
+    pub fn with_cache(mut self, cache: HybridCache) -> Self {
+        self.cache = cache;
+        self
     }
 
     /// The tenant by name if it exists (any state but detached), without
