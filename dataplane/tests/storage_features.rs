@@ -686,3 +686,119 @@ async fn antivirus_with_the_real_clamd() {
     )
     .await;
 }
+
+/// The data plane binary with its storage on `root` (fs), a short lease
+/// and the sweeper every second.
+fn dataplane(
+    catalog_url: &str,
+    root: &std::path::Path,
+    port: u16,
+) -> strata_tests::process::Running {
+    strata_tests::process::Running::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_strata-dataplane"))
+            .env("STRATA_CATALOG_URL", catalog_url)
+            .env("STRATA_DATAPLANE_ADDR", format!("127.0.0.1:{port}"))
+            .env("STRATA_STORAGE_BACKEND", "fs")
+            .env("STRATA_STORAGE_ROOT", root)
+            .env("STRATA_UPLOAD_LEASE_SECONDS", "5")
+            .env("STRATA_SWEEP_INTERVAL_SECONDS", "1")
+            .env("STRATA_TENANT_CACHE_TTL_MS", "100")
+            .env("STRATA_LOG", "warn"),
+    )
+}
+
+#[tokio::test]
+async fn sigkill_during_uploads_then_restart_leaves_usage_equal_to_stored() {
+    use tokio::io::AsyncWriteExt;
+    with_tenants("storage-kill", &["stk"], move |catalog_url, catalog, tenants| async move {
+        let root = tempfile::tempdir().expect("tempdir");
+        let port = strata_tests::process::free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let mut first = dataplane(&catalog_url, root.path(), port);
+        first.wait_ready(&format!("{base}/readyz"), Duration::from_secs(30)).await;
+        let client = Client::new(&base);
+        let t = &tenants[0];
+        let admin = client.accept_invitation(t).await;
+        let bucket = create_bucket(&catalog, t.id, "killed", json!({"quota_bytes": 100_000_000})).await;
+        for i in 0..3 {
+            let reply = client.send("PUT", &obj(&t.name, "killed", &format!("done/{i}")), Some(&admin), Body::Raw(None, bytes(10_000, i)), &[]).await;
+            assert_eq!(reply.status, 201, "{}", reply.text);
+        }
+        // Four uploads in flight: half their bytes sent, then the process dies.
+        let mut open = Vec::new();
+        for i in 0..4 {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+            let head = format!(
+                "PUT {} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\n",
+                obj(&t.name, "killed", &format!("inflight/{i}")));
+            stream.write_all(head.as_bytes()).await.expect("head");
+            stream.write_all(&bytes(500_000, i)).await.expect("half");
+            open.push(stream);
+        }
+        let pool = support::app_state(&catalog_url).tenancy.open(&t.name).await.expect("tenant").pool;
+        let count = |sql: &'static str| {
+            let pool = pool.clone();
+            async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await.expect("count") }
+        };
+        for _ in 0..100 {
+            if count("SELECT count(*) FROM reservations").await == 4 && count("SELECT count(*) FROM blob_intents").await == 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(count("SELECT count(*) FROM reservations").await, 4);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        first.child.kill().expect("SIGKILL");
+        let _ = first.child.wait();
+        drop(open);
+
+        // Restarted, its sweeper reclaims what the dead process held.
+        let mut second = dataplane(&catalog_url, root.path(), port);
+        second.wait_ready(&format!("{base}/readyz"), Duration::from_secs(30)).await;
+        let mut clean = false;
+        for _ in 0..100 {
+            if count("SELECT count(*) FROM reservations").await == 0 && count("SELECT count(*) FROM blob_intents").await == 0 {
+                clean = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(clean, "the sweeper released reservations and intents");
+        for row in [bucket, uuid::Uuid::nil()] {
+            let usage: (i64, i64, i64, i64) = sqlx::query_as(
+                "SELECT bytes, objects, reserved_bytes, reserved_objects FROM bucket_usage WHERE bucket_id = $1")
+                .bind(row).fetch_one(&pool).await.expect("usage");
+            let stored: (i64, i64) = sqlx::query_as("SELECT coalesce(sum(size), 0)::bigint, count(*) FROM objects")
+                .fetch_one(&pool).await.expect("stored");
+            assert_eq!(usage, (stored.0, stored.1, 0, 0), "usage of {row}");
+            assert_eq!(stored, (30_000, 3));
+        }
+        // No orphaned bytes: the backend holds exactly the referenced blobs.
+        let backend = strata_storage::connect(&strata_storage::StorageArgs {
+            backend: strata_storage::BackendKind::Fs,
+            root: root.path().to_path_buf(),
+            s3_endpoint: None,
+            s3_region: "x".into(),
+            s3_bucket: "x".into(),
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
+        })
+        .await
+        .expect("fs");
+        let prefix = strata_db::catalog::backend_prefix(t.id, bucket);
+        let listed = backend.list(&prefix, None, 1000).await.expect("list");
+        let referenced: Vec<String> = sqlx::query_scalar("SELECT b->>'key' FROM objects, jsonb_array_elements(blobs) b ORDER BY 1")
+            .fetch_all(&pool).await.expect("blobs");
+        let mut keys: Vec<String> = listed.iter().map(|b| b.key.as_str().to_string()).collect();
+        keys.sort();
+        assert_eq!(keys, referenced);
+        // What the killed puts staged is the backend's to clean (older than
+        // twice the lease in the sweeper; at once here).
+        backend.sweep_partial(Duration::ZERO).await.expect("partial");
+        // The service works on.
+        let reply = client.send("PUT", &obj(&t.name, "killed", "after"), Some(&admin), Body::Raw(None, bytes(10, 1)), &[]).await;
+        assert_eq!(reply.status, 201, "{}", reply.text);
+        drop(second);
+    })
+    .await;
+}
