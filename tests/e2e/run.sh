@@ -30,12 +30,20 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)
 cd "$ROOT"
+: "${KUBECONFIG:?KUBECONFIG must name the e2e cluster}"
+E2E_KUBECONFIG=$KUBECONFIG
+# .stack/env sets KUBECONFIG to the stack's API server: keep ours.
 # shellcheck source=/dev/null
 [[ -f .stack/env ]] && source .stack/env
-
-: "${KUBECONFIG:?KUBECONFIG must name the e2e cluster}"
-[[ -s $KUBECONFIG ]] || { echo "e2e: KUBECONFIG=$KUBECONFIG is not a file" >&2; exit 1; }
+KUBECONFIG=$E2E_KUBECONFIG
 export KUBECONFIG
+[[ -s $KUBECONFIG ]] || { echo "e2e: KUBECONFIG=$KUBECONFIG is not a file" >&2; exit 1; }
+# Never the stack's own API server: an operator in it would reconcile the
+# Tenants of `cargo test`, and the cleanup deletes a namespace.
+if [[ $(cd "$(dirname "$KUBECONFIG")" && pwd -P) == "$ROOT/.stack/kube" ]]; then
+	echo "e2e: KUBECONFIG is the stack's API server; use the node's (hack/stack.sh node-kubeconfig) or kind's" >&2
+	exit 1
+fi
 HOST=${STRATA_E2E_HOST:?STRATA_E2E_HOST must be the address pods reach the stack at}
 ACCESS=${STRATA_E2E_SERVICE_ACCESS:-clusterip}
 NS=${STRATA_E2E_NAMESPACE:-strata-e2e}
@@ -61,7 +69,7 @@ PF_PID=""
 
 k() { kubectl --request-timeout=30s "$@"; }
 kn() { k -n "$NS" "$@"; }
-say() { printf '[e2e %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+say() { printf '[e2e %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 psql_admin() { "$STRATA_PG_BIN_DIR/psql" "$STRATA_DATABASE_URL" -v ON_ERROR_STOP=1 -tAqc "$1"; }
 # with_host URL: the same URL with its host:port replaced by $HOST and the same port.
 with_host() { sed -E "s#@127\.0\.0\.1:#@$HOST:#; s#^(redis|http)://127\.0\.0\.1:#\1://$HOST:#" <<<"$1"; }
@@ -373,7 +381,7 @@ upgrade_rolls() {
 		done >"$TMP/roll-requests"
 	) &
 	local prober=$!
-	helm upgrade "$RELEASE" "$CHART" -n "$NS" --reuse-values --set logLevel=info,strata=debug \
+	helm upgrade "$RELEASE" "$CHART" -n "$NS" --reuse-values --set 'logLevel=info\,strata=debug' \
 		--set dataplane.podAnnotations.e2e/upgraded=yes --wait --timeout 5m >"$TMP/upgrade.out" ||
 		{ touch "$TMP/stop"; wait "$prober"; cat "$TMP/upgrade.out"; return 1; }
 	kn rollout status "deployment/$RELEASE-operator" --timeout=120s >/dev/null || return 1
