@@ -428,6 +428,24 @@ impl Dispatcher {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
+            // The backup of the writers' own invalidation (cache::invalidation):
+            // an event whose writer crashed before invalidating still drops
+            // what it made stale, on every replica (at least once).
+            let mut tags: Vec<_> = rows
+                .iter()
+                .flat_map(|r| {
+                    crate::cache::invalidation::tags_for_event(
+                        tenant.id,
+                        &r.topic,
+                        &r.aggregate_id,
+                        // The outbox payload is {version, etag, data}.
+                        &r.payload["data"],
+                    )
+                })
+                .collect();
+            tags.sort();
+            tags.dedup();
+            self.inner.tenancy.cache.invalidate_tags(&tags).await;
             let now = now_us();
             let m = metrics();
             for row in &rows {
