@@ -802,3 +802,112 @@ async fn sigkill_during_uploads_then_restart_leaves_usage_equal_to_stored() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_client_that_goes_away_leaves_nothing() {
+    use tokio::io::AsyncWriteExt;
+    with_tenants("storage-gone", &["stg"], move |catalog_url, catalog, tenants| async move {
+        let tb = backend(Store::Fs).await;
+        let state = app_state(&catalog_url, tb.backend.clone(), None, settings());
+        let server = Server::start(state.clone(), 1 << 20).await;
+        let client = Client::new(&server.base);
+        let t = &tenants[0];
+        let admin = client.accept_invitation(t).await;
+        let bucket = create_bucket(&catalog, t.id, "gone", json!({"quota_bytes": 10_000_000})).await;
+        let pool = state.tenancy.open(&t.name).await.expect("tenant").pool;
+        let addr = server.base.trim_start_matches("http://").to_string();
+        for (i, framing) in ["Content-Length: 1000000", "Transfer-Encoding: chunked"].iter().enumerate() {
+            let mut stream = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+            let head = format!(
+                "PUT {} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\n{framing}\r\n\r\n",
+                obj(&t.name, "gone", &format!("half{i}")));
+            stream.write_all(head.as_bytes()).await.expect("head");
+            let half = bytes(300_000, 1);
+            if i == 0 {
+                stream.write_all(&half).await.expect("half");
+            } else {
+                stream.write_all(&storage_support::chunked(&half, 50_000)[..250_000]).await.expect("half");
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            drop(stream);
+        }
+        let mut clean = false;
+        for _ in 0..50 {
+            let (reservations, intents): (i64, i64) = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM reservations), (SELECT count(*) FROM blob_intents)")
+                .fetch_one(&pool).await.expect("counts");
+            if (reservations, intents) == (0, 0) {
+                clean = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(clean, "reservations and intents released at once, no sweeper needed");
+        let usage: (i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT bytes, objects, reserved_bytes, reserved_objects FROM bucket_usage WHERE bucket_id = $1")
+            .bind(bucket).fetch_one(&pool).await.expect("usage");
+        assert_eq!(usage, (0, 0, 0, 0));
+        let prefix = strata_db::catalog::backend_prefix(t.id, bucket);
+        assert!(tb.backend.list(&prefix, None, 10).await.expect("list").is_empty(), "no blob left");
+        assert_eq!(client.get(&obj(&t.name, "gone", "half0"), &admin).await.status, 404);
+        drop(tb);
+    })
+    .await;
+}
+
+/// Peak resident memory of a process (`VmHWM`), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmHWM")
+}
+
+#[tokio::test]
+async fn large_bodies_stream_in_bounded_memory() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    with_tenants("storage-large", &["stl"], move |catalog_url, catalog, tenants| async move {
+        let root = tempfile::tempdir().expect("tempdir");
+        let port = strata_tests::process::free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let mut process = dataplane(&catalog_url, root.path(), port);
+        process.wait_ready(&format!("{base}/readyz"), Duration::from_secs(30)).await;
+        let client = Client::new(&base);
+        let t = &tenants[0];
+        let admin = client.accept_invitation(t).await;
+        create_bucket(&catalog, t.id, "large", json!({})).await;
+        let before = peak_rss_kib(process.child.id());
+        const SIZE: usize = 128 << 20;
+        let path = obj(&t.name, "large", "big.bin");
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        stream.write_all(format!(
+            "PUT {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nContent-Type: application/octet-stream\r\nContent-Length: {SIZE}\r\nConnection: close\r\n\r\n").as_bytes()).await.expect("head");
+        let chunk = bytes(1 << 20, 3);
+        for _ in 0..(SIZE >> 20) {
+            stream.write_all(&chunk).await.expect("chunk");
+        }
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.expect("answer");
+        assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+        // Download, counting bytes without keeping them.
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nConnection: close\r\n\r\n").as_bytes()).await.expect("get");
+        let mut total = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = stream.read(&mut buf).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        assert!(total > SIZE && total < SIZE + 4096, "{total}");
+        let grown = peak_rss_kib(process.child.id()).saturating_sub(before);
+        eprintln!("peak RSS before {before} KiB, grew by {grown} KiB for 128 MiB up and down");
+        assert!(grown < 64 * 1024, "peak RSS grew by {grown} KiB while streaming 128 MiB each way");
+        drop(process);
+    })
+    .await;
+}
