@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -89,14 +89,6 @@ struct PartRow {
     blob_key: String,
     size: i64,
     etag: String,
-}
-
-#[derive(Debug, Serialize)]
-struct UploadSummary {
-    upload_id: Uuid,
-    key: String,
-    content_type: String,
-    initiated_us: i64,
 }
 
 fn upload_view(row: &UploadRow, parts: Option<&[PartRow]>) -> Value {
@@ -646,14 +638,4 @@ pub async fn stale_uploads(
     .bind(limit)
     .fetch_all(pool)
     .await?)
-}
-
-#[allow(dead_code)]
-fn summary(row: &UploadRow) -> UploadSummary {
-    UploadSummary {
-        upload_id: row.id,
-        key: row.key.clone(),
-        content_type: row.content_type.clone(),
-        initiated_us: row.created_us,
-    }
 }

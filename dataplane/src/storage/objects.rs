@@ -8,7 +8,7 @@
 //! is deleted after the commit; a crash in between leaves it to the
 //! sweeper, never a row without its bytes.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -760,9 +760,6 @@ pub fn copy_source(value: &HeaderValue) -> Result<(String, ObjectKey), ApiError>
     let key = ObjectKey::from_raw_path(key).map_err(|m| bad(&format!("the source key {m}")))?;
     Ok((bucket.to_string(), key))
 }
-
-/// How long writes wait between renewals (documentation only).
-pub const RENEW_EVERY: Duration = Duration::from_secs(100);
 
 #[cfg(test)]
 mod tests {
