@@ -499,3 +499,77 @@ async fn two_hundred_concurrent_gets_of_a_cold_document_read_the_database_once_p
     )
     .await;
 }
+
+#[tokio::test]
+async fn the_outbox_drops_what_a_writer_that_never_invalidated_left_cached() {
+    with_tenants(
+        "gateway",
+        &["cb"],
+        |catalog_url, _catalog, tenants| async move {
+            let tenant = &tenants[0];
+            let redis_url = env("STRATA_REDIS_URL");
+            let settings = [
+                ("STRATA_REDIS_URL", redis_url.as_str()),
+                ("STRATA_RATE_LIMIT_CREDENTIAL_RPS", "0"),
+                ("STRATA_DISPATCH_SWEEP_SECONDS", "1"),
+            ];
+            let (a_proc, a) = dataplane(&catalog_url, &settings).await;
+            let owner = a.accept_invitation(tenant).await;
+            let base = format!("/v1/tenants/{}/collections", tenant.name);
+            assert_eq!(
+                a.json("POST", &base, &owner, json!({"name": "notes"}))
+                    .await
+                    .status,
+                201
+            );
+            let doc = format!("{base}/notes/documents/n1");
+            assert_eq!(
+                a.json("PUT", &doc, &owner, json!({"v": 1})).await.status,
+                201
+            );
+            assert_eq!(a.get(&doc, &owner).await.json["data"]["v"], 1);
+            // A writer that committed and died before invalidating: the change
+            // and its event, straight into the tenant database.
+            let names = strata_operator::placement::TenantNames::for_tenant(tenant.id);
+            let url = strata_tests::with_database(
+                &env("STRATA_DATAPLANE_DATABASE_URL"),
+                names.database.as_str(),
+            );
+            let db = sqlx::PgPool::connect(&url).await.expect("tenant db");
+            let mut tx = db.begin().await.expect("tx");
+            sqlx::query(
+                "UPDATE documents SET data = '{\"v\": 2}', version = version + 1 \
+             WHERE id = 'n1' AND collection_id = (SELECT id FROM collections WHERE name = 'notes')",
+            )
+            .execute(&mut *tx)
+            .await
+            .expect("update");
+            strata_dataplane::events::record(
+                &mut tx,
+                strata_dataplane::events::Event::new("document.updated", "x/n1")
+                    .data(json!({"collection": "notes", "id": "n1"})),
+            )
+            .await
+            .expect("event");
+            tx.commit().await.expect("commit");
+            // Still cached; the dispatcher's sweep publishes the event and its
+            // invalidation within a few seconds.
+            let started = std::time::Instant::now();
+            loop {
+                let read = a.get(&doc, &owner).await;
+                if read.json["data"]["v"] == 2 {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(15),
+                    "the outbox never invalidated: {}",
+                    read.text
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            println!("stale for {:?} after the commit", started.elapsed());
+            a_proc.terminate(Duration::from_secs(20)).await;
+        },
+    )
+    .await;
+}
