@@ -228,11 +228,16 @@ node_stop() { # NAME [timeout]
 	pid=$(read_pidfile "$pidfile")
 	if pid_alive "$pid"; then
 		kill -TERM "$pid" 2>/dev/null || true
+		# pid_alive, not kill -0: an exited process stays a zombie until
+		# its adoptive parent reaps it, which can take long in a container.
 		for ((i = 0; i < ${2:-30} * 10; i++)); do
-			kill -0 "$pid" 2>/dev/null || break
+			pid_alive "$pid" || break
 			sleep 0.1
 		done
-		kill -KILL "$pid" 2>/dev/null || true
+		if pid_alive "$pid"; then
+			warn "node: $1 (pid $pid) still running after ${2:-30}s; sending SIGKILL"
+			kill -KILL "$pid" 2>/dev/null || true
+		fi
 	fi
 	rm -f "$pidfile"
 }
@@ -364,6 +369,24 @@ node_up() {
 	node_log "ready after $((SECONDS - started))s: KUBECONFIG=$NODE_KUBECONFIG (pods reach the stack's services at $NODE_IP)"
 }
 
+# The kubelet's own iptables chains (kube-proxy --cleanup leaves them):
+# KUBE-FIREWALL with its INPUT/OUTPUT jumps, and the canary and hint chains.
+node_iptables_clean() {
+	local cmd table chain
+	for cmd in iptables ip6tables; do
+		have "$cmd" || continue
+		for chain in INPUT OUTPUT; do
+			while "$cmd" -w -t filter -D "$chain" -j KUBE-FIREWALL 2>/dev/null; do :; done
+		done
+		for table in filter nat mangle; do
+			for chain in KUBE-FIREWALL KUBE-KUBELET-CANARY KUBE-IPTABLES-HINT; do
+				"$cmd" -w -t "$table" -F "$chain" 2>/dev/null || continue
+				"$cmd" -w -t "$table" -X "$chain" 2>/dev/null || warn "node: cannot delete $cmd $table chain $chain"
+			done
+		done
+	done
+}
+
 # node_umount_under DIR: unmount everything mounted below DIR, deepest first.
 node_umount_under() {
 	local dir=$1 m
@@ -391,6 +414,7 @@ node_down() {
 	if [[ -n $bin ]]; then
 		"$bin" kube-proxy --cleanup >>"$NODE_DIR/kube-proxy.log" 2>&1 || warn "node: kube-proxy --cleanup failed (see $NODE_DIR/kube-proxy.log)"
 	fi
+	node_iptables_clean
 	node_stop kube-scheduler
 	node_stop forward
 	if load_controlplane; then
