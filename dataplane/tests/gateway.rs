@@ -573,3 +573,80 @@ async fn the_outbox_drops_what_a_writer_that_never_invalidated_left_cached() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn redis_killed_under_load_fails_no_request_and_caching_recovers() {
+    with_tenants("gateway", &["ck"], |catalog_url, _catalog, tenants| async move {
+        let tenant = &tenants[0];
+        let mut redis = PrivateRedis::start().await;
+        let settings = [
+            ("STRATA_REDIS_URL", redis.url.as_str()),
+            ("STRATA_RATE_LIMIT_CREDENTIAL_RPS", "0"),
+            ("STRATA_RATE_LIMIT_TENANT_RPS", "0"),
+        ];
+        let (proc_a, a) = dataplane(&catalog_url, &settings).await;
+        let owner = a.accept_invitation(tenant).await;
+        let base = format!("/v1/tenants/{}/collections", tenant.name);
+        assert_eq!(a.json("POST", &base, &owner, json!({"name": "load"})).await.status, 201);
+        let docs: Vec<String> = (0..20).map(|i| format!("{base}/load/documents/d{i}")).collect();
+        for doc in &docs {
+            assert_eq!(a.json("PUT", doc, &owner, json!({"x": 1})).await.status, 201);
+        }
+        let hits = |client: Client| async move {
+            metric(&client, "strata_cache_lookups_total", &["level=\"l1\"", "kind=\"document\"", "outcome=\"hit\""]).await
+        };
+        // Load: 8 clients reading the 20 documents in a loop, while Redis
+        // is killed and, later, started again.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut load = tokio::task::JoinSet::new();
+        for worker in 0..8usize {
+            let (c, docs, owner, stop) = (a.clone(), docs.clone(), owner.clone(), stop.clone());
+            load.spawn(async move {
+                let (mut ok, mut failed) = (0u64, Vec::new());
+                let mut n = worker;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let reply = c.get(&docs[n % docs.len()], &owner).await;
+                    if reply.status == 200 {
+                        ok += 1;
+                    } else {
+                        failed.push(reply.status);
+                    }
+                    n += 1;
+                }
+                (ok, failed)
+            });
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before_outage = hits(a.clone()).await;
+        assert!(before_outage > 0.0, "L1 serves before the outage");
+        redis.stop();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let during = hits(a.clone()).await;
+        redis.restart().await;
+        // Back: the subscriber reconnects (backoff up to 5 s) and L1 hits
+        // resume.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let recovered = loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = hits(a.clone()).await;
+            if now > during + 100.0 {
+                break now;
+            }
+            assert!(std::time::Instant::now() < deadline, "L1 hits did not resume after Redis came back");
+        };
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut ok, mut failed) = (0, Vec::new());
+        while let Some(result) = load.join_next().await {
+            let (o, f) = result.expect("worker");
+            ok += o;
+            failed.extend(f);
+        }
+        println!(
+            "{ok} reads, {} failed; L1 hits: {before_outage} before, {during} after the outage, {recovered} after recovery",
+            failed.len()
+        );
+        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        proc_a.terminate(Duration::from_secs(20)).await;
+    })
+    .await;
+}
