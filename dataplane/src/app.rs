@@ -129,6 +129,8 @@ pub fn api_router(routes: Router, max_body_bytes: usize, gateway: Gateway) -> Ro
         // Inside finish_problems, so a 429 gets its request id too.
         .layer(middleware::from_fn_with_state(gateway, rate_limits))
         .layer(middleware::from_fn(finish_problems))
+        // Brotli for JSON answers (and problems) to clients that prefer it.
+        .layer(middleware::from_fn(crate::http::compression::compress_json))
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod events;
 pub mod gateway;
 pub mod http;
 pub mod identity;
+pub mod media;
 pub mod openapi;
 pub mod storage;
 pub mod tenancy;

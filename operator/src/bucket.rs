@@ -54,6 +54,7 @@ pub const TENANT_STORAGE_TABLES: &[(&str, &str)] = &[
     ("uploads", "id"),
     ("reservations", "id"),
     ("blob_intents", "blob_key"),
+    ("variants", "source_key, variant"),
     ("objects", "key"),
 ];
 

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod authz;
+pub mod compression;
 pub mod db_error;
 pub mod extract;
 pub mod idempotency;

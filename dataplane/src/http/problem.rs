@@ -89,6 +89,10 @@ kinds! {
         "The body's Content-Type is missing or not one the endpoint accepts.");
     VALIDATION_FAILED = ("validation-failed", UNPROCESSABLE_ENTITY, "Validation failed",
         "The body is well-formed but invalid; `errors` lists each field by JSON pointer.");
+    INVALID_IMAGE = ("invalid-image", UNPROCESSABLE_ENTITY, "Invalid image",
+        "The object to render is not an image in a supported format (JPEG, PNG, GIF, WebP), or is truncated or corrupt.");
+    IMAGE_TOO_LARGE = ("image-too-large", UNPROCESSABLE_ENTITY, "Image too large",
+        "The object to render exceeds the transform limits (bytes, width, height or pixel area, read from its header before decoding).");
     MALWARE_DETECTED = ("malware-detected", UNPROCESSABLE_ENTITY, "Malware detected",
         "The antivirus scan of the upload found malware; nothing was stored.");
     PRECONDITION_REQUIRED = ("precondition-required", PRECONDITION_REQUIRED, "Precondition required",

@@ -104,6 +104,8 @@ const API_KEY_SCHEME: &str = "apiKey";
         storage_api::routes::upload_part,
         storage_api::routes::complete_upload,
         storage_api::routes::abort_upload,
+        crate::media::routes::render,
+        crate::media::routes::sign_url,
     ),
     components(schemas(Problem, FieldError)),
     tags(

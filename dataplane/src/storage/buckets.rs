@@ -40,6 +40,10 @@ pub struct BucketInfo {
     pub allowed_content_types: Vec<String>,
     pub lifecycle: Vec<LifecycleRule>,
     pub antivirus_scan: bool,
+    /// Compressible uploads are stored Brotli-compressed (issue 11).
+    pub compression: bool,
+    /// `GET …/render/{key}` serves image transforms (issue 11).
+    pub image_transforms: bool,
     /// `false` while the operator empties the bucket (`deleting`): reads
     /// work, writes are refused.
     pub writable: bool,
@@ -105,6 +109,8 @@ struct Row {
     allowed_content_types: Vec<String>,
     lifecycle: serde_json::Value,
     antivirus_scan: bool,
+    compression: bool,
+    image_transforms: bool,
     state: String,
     tenant_quota_bytes: Option<i64>,
     tenant_quota_objects: Option<i64>,
@@ -127,6 +133,8 @@ impl From<Row> for BucketInfo {
             allowed_content_types: row.allowed_content_types,
             lifecycle,
             antivirus_scan: row.antivirus_scan,
+            compression: row.compression,
+            image_transforms: row.image_transforms,
             writable: row.state == "ready",
             tenant_quota_bytes: row.tenant_quota_bytes,
             tenant_quota_objects: row.tenant_quota_objects,
@@ -137,7 +145,7 @@ impl From<Row> for BucketInfo {
 const SELECT: &str = r#"
     SELECT b.id, b.tenant_id, b.name, b.backend_prefix, b.public, b.quota_bytes,
            b.quota_objects, b.max_object_size, b.allowed_content_types, b.lifecycle,
-           b.antivirus_scan, b.state,
+           b.antivirus_scan, b.compression, b.image_transforms, b.state,
            CASE WHEN jsonb_typeof(t.quotas -> 'storageBytes') = 'number'
                 THEN (t.quotas ->> 'storageBytes')::numeric::bigint END AS tenant_quota_bytes,
            CASE WHEN jsonb_typeof(t.quotas -> 'objects') = 'number'
@@ -247,6 +255,8 @@ mod tests {
             allowed_content_types: vec![],
             lifecycle: vec![],
             antivirus_scan: false,
+            compression: false,
+            image_transforms: false,
             writable: true,
             tenant_quota_bytes: None,
             tenant_quota_objects: None,

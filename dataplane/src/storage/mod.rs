@@ -92,6 +92,8 @@ pub struct StorageState {
     pub buckets: Arc<BucketResolver>,
     pub scanner: Option<Arc<dyn Scanner>>,
     pub settings: Arc<StorageSettings>,
+    /// Image transforms: limits, permits, single flights (issue 11).
+    pub media: Arc<crate::media::Media>,
 }
 
 impl StorageState {
@@ -106,6 +108,7 @@ impl StorageState {
             buckets: Arc::new(BucketResolver::new(catalog, settings.bucket_ttl)),
             scanner,
             settings: Arc::new(settings),
+            media: Arc::new(crate::media::Media::default()),
         }
     }
 

@@ -283,6 +283,7 @@ pub async fn upload_part(
             declared_len,
             max_size,
             check_head: part_number == 1,
+            compress: false,
         },
         &mut reservation,
         body,
@@ -466,6 +467,8 @@ pub async fn complete(
         cache_control: upload_row.cache_control.clone(),
         content_disposition: upload_row.content_disposition.clone(),
         owner: upload_row.owner.clone(),
+        content_encoding: None,
+        stored_size: None,
     };
     let unused: Vec<PartRow> = stored
         .iter()
@@ -485,7 +488,12 @@ pub async fn complete(
         Some(old) => {
             quota::adjust(&mut tx, &bucket, -unused_bytes - old.size, 0, false).await?;
             let row = store::replace(&mut tx, &bucket, &new).await?;
-            (row, false, old.blobs.0.clone())
+            let mut doomed = old.blobs.0.clone();
+            // The old version's rendered variants go with it.
+            doomed.extend(
+                crate::media::variants::remove_for_source(&mut tx, &bucket, &old.key).await?,
+            );
+            (row, false, doomed)
         }
     };
     doomed.extend(blob_refs(&unused));

@@ -226,7 +226,10 @@ pub async fn commit_version(
                 }
                 let row = store::replace(&mut tx, bucket, &new).await?;
                 store::doom_blobs(&mut tx, bucket.id, &old.blobs).await?;
-                break (row, false, Some(old));
+                // The old version's rendered variants go with it.
+                let variants =
+                    crate::media::variants::remove_for_source(&mut tx, bucket, &old.key).await?;
+                break (row, false, Some((old, variants)));
             }
         }
     };
@@ -234,8 +237,9 @@ pub async fn commit_version(
     store::clear_intents(&mut tx, bucket.id, &new_blobs).await?;
     tx.commit().await?;
     reservation.settled();
-    if let Some(old) = replaced {
+    if let Some((old, variants)) = replaced {
         delete_blobs(state, access, &old.blobs).await;
+        delete_blobs(state, access, &variants).await;
     }
     Ok((row, created))
 }
@@ -306,6 +310,8 @@ pub async fn put(
             declared_len,
             max_size,
             check_head: true,
+            compress: bucket.compression
+                && crate::http::compression::compressible(&meta.content_type.essence),
         },
         &mut reservation,
         body,
@@ -331,12 +337,15 @@ pub async fn put(
         etag: store::new_etag(&ingested.sha256, version_id),
         blobs: vec![BlobRef {
             key: ingested.blob.as_str().to_string(),
-            size: ingested.size,
+            // The blob's own size (what ranges over blobs count).
+            size: ingested.stored.map_or(ingested.size, |(_, stored)| stored),
         }],
         user_metadata: meta.user_metadata,
         cache_control: meta.cache_control,
         content_disposition: meta.content_disposition,
         owner: access.actor.clone(),
+        content_encoding: ingested.stored.map(|(encoding, _)| encoding.to_string()),
+        stored_size: ingested.stored.map(|(_, stored)| stored),
     };
     match commit_version(state, &access, method, headers, new, &mut reservation).await {
         Ok((row, created)) => Ok(object_response(
@@ -487,6 +496,9 @@ pub async fn copy(
         cache_control: source.cache_control.clone(),
         content_disposition: source.content_disposition.clone(),
         owner: access.actor.clone(),
+        // The blobs are copied byte for byte: stored the same way.
+        content_encoding: source.content_encoding.clone(),
+        stored_size: source.stored_size,
     };
     let result = match failure {
         Some(error) => Err(error),
@@ -527,7 +539,7 @@ pub async fn read(
         Err(ApiError::NotModified { .. }) => {
             // 304 carries the headers a 200 would (RFC 9110 §15.4.5).
             let mut response = StatusCode::NOT_MODIFIED.into_response();
-            super::serving::object_headers(response.headers_mut(), &row);
+            super::serving::not_modified_headers(response.headers_mut(), &row, headers);
             response.headers_mut().remove(header::CONTENT_TYPE);
             return Ok(response);
         }
@@ -550,22 +562,26 @@ pub async fn delete(
         .await?
         .ok_or(ApiError::NotFound)?;
     check_preconditions(method, headers, Some(&row))?;
-    remove_locked(&mut tx, &bucket, &row).await?;
+    let variants = remove_locked(&mut tx, &bucket, &row).await?;
     tx.commit().await?;
     delete_blobs(state, &access, &row.blobs).await;
+    delete_blobs(state, &access, &variants).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Deletes a locked row: usage, outbox, and its blobs marked for deletion
-/// (the caller deletes them after the commit). Shared with lifecycle expiry.
+/// Deletes a locked row: usage, outbox, its rendered variants, and its
+/// blobs marked for deletion (the caller deletes them after the commit;
+/// the variants' blobs are returned for that). Shared with lifecycle
+/// expiry (whose leftovers the sweeper deletes).
 pub async fn remove_locked(
     conn: &mut sqlx::PgConnection,
     bucket: &BucketInfo,
     row: &ObjectRow,
-) -> Result<(), ApiError> {
+) -> Result<Vec<BlobRef>, ApiError> {
     store::delete(conn, bucket, row).await?;
     super::quota::adjust(conn, bucket, -row.size, -1, false).await?;
-    store::doom_blobs(conn, bucket.id, &row.blobs).await
+    store::doom_blobs(conn, bucket.id, &row.blobs).await?;
+    crate::media::variants::remove_for_source(conn, bucket, &row.key).await
 }
 
 /// `GET …/objects` query.

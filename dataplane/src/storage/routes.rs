@@ -71,6 +71,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             "/v1/tenants/{tenant}/buckets/{bucket}/uploads/{upload}/parts/{part}",
             put(upload_part),
         )
+        // Image transforms (issue 11).
+        .merge(crate::media::routes::routes())
         .route(
             "/v1/tenants/{tenant}/signing-keys/rotate",
             post(rotate_signing_keys).layer(json()),
@@ -129,6 +131,7 @@ async fn get_bucket(
     )
     .await?;
     let usage = super::quota::bucket_usage(&access.pool, access.bucket.id).await?;
+    let stored_bytes = crate::media::variants::stored_bytes(&access.pool, access.bucket.id).await?;
     let b = &access.bucket;
     Ok(axum::Json(serde_json::json!({
         "name": b.name,
@@ -139,7 +142,11 @@ async fn get_bucket(
         "max_object_size": b.max_object_size,
         "allowed_content_types": b.allowed_content_types,
         "antivirus_scan": b.antivirus_scan,
-        "usage": {"bytes": usage.bytes, "objects": usage.objects},
+        "compression": b.compression,
+        "image_transforms": b.image_transforms,
+        // `bytes` is what quotas count (what users sent, and variants);
+        // `stored_bytes` what the blobs hold (compressed where stored so).
+        "usage": {"bytes": usage.bytes, "objects": usage.objects, "stored_bytes": stored_bytes},
     }))
     .into_response())
 }

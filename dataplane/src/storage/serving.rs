@@ -9,11 +9,12 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::{StreamExt, TryStreamExt};
-use strata_storage::{Backend, BlobKey, ByteRange};
+use strata_storage::{Backend, BlobKey, ByteRange, ByteStream};
 
 use super::buckets::BucketInfo;
 use super::content_type;
 use super::store::ObjectRow;
+use crate::http::compression::{self, AcceptEncoding, Choice};
 use crate::http::preconditions::{EntityTag, set_validators};
 use crate::http::problem::{ApiError, kind};
 
@@ -124,6 +125,19 @@ pub fn stream_blobs(
     start: u64,
     end: u64,
 ) -> Result<Body, ApiError> {
+    Ok(Body::from_stream(blob_stream(
+        backend, bucket, row, start, end,
+    )?))
+}
+
+/// [`stream_blobs`] as a [`ByteStream`] (offsets count stored bytes).
+pub fn blob_stream(
+    backend: Arc<dyn Backend>,
+    bucket: &BucketInfo,
+    row: &ObjectRow,
+    start: u64,
+    end: u64,
+) -> Result<ByteStream, ApiError> {
     let mut segments = Vec::new();
     let mut offset = 0u64;
     for blob in row.blobs.iter() {
@@ -156,7 +170,7 @@ pub fn stream_blobs(
             }
         })
         .try_flatten();
-    Ok(Body::from_stream(stream))
+    Ok(Box::pin(stream))
 }
 
 fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
@@ -209,6 +223,39 @@ pub fn object_headers(headers: &mut HeaderMap, row: &ObjectRow) {
     }
 }
 
+/// Whether an object has representations that differ by coding (so its
+/// answers vary on `Accept-Encoding`), and whether its blobs hold Brotli.
+fn codings(row: &ObjectRow) -> (bool, bool) {
+    let stored_br = row.content_encoding.as_deref() == Some("br");
+    let essence = compression::essence_of(&row.content_type);
+    (stored_br || compression::compressible(&essence), stored_br)
+}
+
+/// The coding a GET of `row` would be answered with (issue 11): Brotli for
+/// compressible types of at least [`compression::MIN_SIZE`] bytes (any
+/// size when stored compressed) to clients that prefer it, never for a
+/// `Range` (identity bytes) unless the client refuses identity.
+pub fn negotiate(row: &ObjectRow, request_headers: &HeaderMap, ranged: bool) -> Choice {
+    let (varies, stored_br) = codings(row);
+    let size = row.size.max(0) as u64;
+    let eligible = varies && (stored_br || size >= compression::MIN_SIZE) && !ranged;
+    AcceptEncoding::from_headers(request_headers).choose(eligible)
+}
+
+/// The headers of a 304: the validators of the representation the client
+/// would have got (weak when Brotli) and `Vary`.
+pub fn not_modified_headers(headers: &mut HeaderMap, row: &ObjectRow, request_headers: &HeaderMap) {
+    object_headers(headers, row);
+    let ranged = request_headers.contains_key(header::RANGE);
+    if codings(row).0 {
+        compression::vary_accept_encoding(headers);
+        if negotiate(row, request_headers, ranged) == Choice::Brotli {
+            compression::mark_compressed(headers);
+            headers.remove(header::CONTENT_ENCODING);
+        }
+    }
+}
+
 /// GET or HEAD of an object whose preconditions passed.
 pub fn respond(
     backend: Arc<dyn Backend>,
@@ -218,25 +265,74 @@ pub fn respond(
     request_headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let size = row.size.max(0) as u64;
+    let stored_size = row
+        .stored_size
+        .unwrap_or_else(|| row.blobs.iter().map(|b| b.size.max(0)).sum())
+        .max(0) as u64;
+    let (varies, stored_br) = codings(row);
     let last_modified = httpdate::fmt_http_date(row.modified());
     let range = if if_range_holds(request_headers, &row.entity_tag(), &last_modified) {
         parse_range(request_headers.get(header::RANGE), size)
     } else {
         RangeRequest::Full
     };
-    let (status, start, end) = match range {
-        RangeRequest::Full => (StatusCode::OK, 0, size),
-        RangeRequest::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
-        RangeRequest::Unsatisfiable => return Ok(unsatisfiable(size)),
+    let mut choice = negotiate(row, request_headers, range != RangeRequest::Full);
+    // Compressing on the fly takes a permit of the wire budget; without
+    // one the identity bytes go out (if the client takes them).
+    let mut permit = None;
+    if choice == Choice::Brotli && !stored_br {
+        permit = compression::try_permit();
+        if permit.is_none() && negotiate(row, request_headers, true) == Choice::Identity {
+            choice = Choice::Identity;
+        }
+    }
+    let brotli = match choice {
+        Choice::Brotli => true,
+        Choice::Identity => false,
+        Choice::NotAcceptable => {
+            return Err(ApiError::NotAcceptable(
+                "Accept-Encoding refuses identity and br".into(),
+            ));
+        }
     };
-    let body = if method == Method::HEAD || start == end {
+    // Brotli answers are whole: a Range is ignored (RFC 9110 allows it).
+    let (status, start, end) = match (brotli, range) {
+        (true, _) | (false, RangeRequest::Full) => (StatusCode::OK, 0, size),
+        (false, RangeRequest::Partial { start, end }) => (StatusCode::PARTIAL_CONTENT, start, end),
+        (false, RangeRequest::Unsatisfiable) => return Ok(unsatisfiable(size)),
+    };
+    let body = if method == Method::HEAD || (start == end && !brotli) {
         Body::empty()
+    } else if brotli && stored_br {
+        Body::from_stream(blob_stream(backend, bucket, row, 0, stored_size)?)
+    } else if brotli {
+        let stream = blob_stream(backend, bucket, row, 0, size)?;
+        Body::from_stream(compression::encode(
+            stream,
+            compression::WIRE_QUALITY,
+            Some(size),
+            permit,
+        ))
+    } else if stored_br {
+        // Decompressed on the fly; a range is cut from the identity bytes.
+        let stream = blob_stream(backend, bucket, row, 0, stored_size)?;
+        Body::from_stream(compression::slice(compression::decode(stream), start, end))
     } else {
         stream_blobs(backend, bucket, row, start, end)?
     };
     let mut response = (status, body).into_response();
     let headers = response.headers_mut();
     object_headers(headers, row);
+    if varies {
+        compression::vary_accept_encoding(headers);
+    }
+    if brotli {
+        compression::mark_compressed(headers);
+        if stored_br {
+            insert(headers, header::CONTENT_LENGTH, &stored_size.to_string());
+        }
+        return Ok(response);
+    }
     insert(headers, header::CONTENT_LENGTH, &(end - start).to_string());
     if status == StatusCode::PARTIAL_CONTENT {
         insert(

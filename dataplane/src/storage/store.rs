@@ -35,12 +35,16 @@ pub struct ObjectRow {
     pub cache_control: Option<String>,
     pub content_disposition: Option<String>,
     pub owner: String,
+    /// `br` when the blobs hold the bytes Brotli-compressed (issue 11).
+    pub content_encoding: Option<String>,
+    /// What the blobs hold (compressed size), when it differs from `size`.
+    pub stored_size: Option<i64>,
     pub created_us: i64,
     pub modified_us: i64,
 }
 
 pub const COLUMNS: &str = "key, version_id, size, content_type, sha256, etag, blobs, \
-    user_metadata, cache_control, content_disposition, owner, \
+    user_metadata, cache_control, content_disposition, owner, content_encoding, stored_size, \
     (extract(epoch FROM created_at) * 1000000)::bigint AS created_us, \
     (extract(epoch FROM modified_at) * 1000000)::bigint AS modified_us";
 
@@ -143,6 +147,9 @@ pub struct NewObject {
     pub cache_control: Option<String>,
     pub content_disposition: Option<String>,
     pub owner: String,
+    /// `br` when the blobs hold the bytes compressed, with their size.
+    pub content_encoding: Option<String>,
+    pub stored_size: Option<i64>,
 }
 
 /// Inserts the row; `None` when the key exists (someone else created it
@@ -155,8 +162,9 @@ pub async fn insert(
 ) -> Result<Option<ObjectRow>, ApiError> {
     let sql = format!(
         "INSERT INTO objects (bucket_id, key, version_id, size, content_type, sha256, etag,
-                              blobs, user_metadata, cache_control, content_disposition, owner)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                              blobs, user_metadata, cache_control, content_disposition, owner,
+                              content_encoding, stored_size)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
          ON CONFLICT (bucket_id, key) DO NOTHING
          RETURNING {COLUMNS}"
     );
@@ -178,7 +186,8 @@ pub async fn replace(
     let sql = format!(
         "UPDATE objects SET version_id = $3, size = $4, content_type = $5, sha256 = $6,
                 etag = $7, blobs = $8, user_metadata = $9, cache_control = $10,
-                content_disposition = $11, owner = $12, modified_at = now()
+                content_disposition = $11, owner = $12, content_encoding = $13,
+                stored_size = $14, modified_at = now()
           WHERE bucket_id = $1 AND key = $2
          RETURNING {COLUMNS}"
     );
@@ -207,6 +216,8 @@ fn bind_new<'q>(
         .bind(&new.cache_control)
         .bind(&new.content_disposition)
         .bind(&new.owner)
+        .bind(&new.content_encoding)
+        .bind(new.stored_size)
 }
 
 pub async fn delete(

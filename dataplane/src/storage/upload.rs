@@ -39,8 +39,11 @@ pub const RESERVE_STEP: i64 = 8 << 20;
 #[derive(Debug)]
 pub struct Ingested {
     pub blob: BlobKey,
+    /// What the client sent (quotas, `size`, `sha256` count this).
     pub size: i64,
     pub sha256: [u8; 32],
+    /// `Some(("br", stored bytes))` when the blob holds the body compressed.
+    pub stored: Option<(&'static str, i64)>,
 }
 
 /// One upload's parameters.
@@ -56,6 +59,9 @@ pub struct IngestRequest<'a> {
     /// Check the first bytes against the declared type (not for parts
     /// after the first).
     pub check_head: bool,
+    /// Store the body Brotli-compressed (a bucket with `compression` and a
+    /// compressible type): the backend gets the encoder's output.
+    pub compress: bool,
 }
 
 fn too_large(limit: u64) -> ApiError {
@@ -163,10 +169,19 @@ pub async fn ingest(
         scan.then_some(to_scanner),
         failure.clone(),
     );
-    let backend_stream: ByteStream = Box::pin(ReceiverStream::new(backend_rx));
-    let put = state
-        .backend
-        .put(&request.blob, backend_stream, request.declared_len);
+    let mut backend_stream: ByteStream = Box::pin(ReceiverStream::new(backend_rx));
+    let mut size_hint = request.declared_len;
+    if request.compress {
+        // Streaming, bounded memory; the size is known only at the end.
+        backend_stream = crate::http::compression::encode(
+            backend_stream,
+            crate::http::compression::STORED_QUALITY,
+            request.declared_len,
+            None,
+        );
+        size_hint = None;
+    }
+    let put = state.backend.put(&request.blob, backend_stream, size_hint);
     let scanning = async {
         if scan {
             Some(state.scan(Box::pin(ReceiverStream::new(scanner_rx))).await)
@@ -180,7 +195,12 @@ pub async fn ingest(
     let pump_error = failure.lock().unwrap_or_else(|e| e.into_inner()).take();
     let outcome = match (pumped, stored) {
         (Ok(summary), Ok(size)) if pump_error.is_none() => {
-            if size != summary.size as u64 {
+            if request.compress {
+                Ok(Summary {
+                    stored: Some(size as i64),
+                    ..summary
+                })
+            } else if size != summary.size as u64 {
                 Err(ApiError::internal(anyhow::anyhow!(
                     "backend stored {size} bytes of {}",
                     summary.size
@@ -231,12 +251,15 @@ pub async fn ingest(
         blob: request.blob,
         size: summary.size,
         sha256: summary.sha256,
+        stored: summary.stored.map(|stored| ("br", stored)),
     })
 }
 
 struct Summary {
     size: i64,
     sha256: [u8; 32],
+    /// Bytes the backend stored, when they differ (compressed).
+    stored: Option<i64>,
 }
 
 /// Reads the body and feeds the channels; every check happens here.
@@ -339,6 +362,7 @@ async fn pump(
         Ok(()) => Ok(Summary {
             size: size as i64,
             sha256: hasher.finalize().into(),
+            stored: None,
         }),
         Err(error) => {
             let kind = error.kind();

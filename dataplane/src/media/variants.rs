@@ -1,0 +1,182 @@
+//! Rendered variants: one blob per (source version, canonical parameters)
+//! under `<bucket prefix>/v/<variant>`, where `<variant>` is the hex
+//! SHA-256 of the source's strong ETag and the canonical string — so a
+//! changed source can never serve an old variant, whatever the timing of
+//! the cleanup. A row in `variants` records each one (size counted in the
+//! bucket's and the tenant's usage) and is removed, with its blob, in the
+//! transaction that replaces or deletes the source.
+
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool};
+use strata_storage::BlobKey;
+use uuid::Uuid;
+
+use crate::http::problem::ApiError;
+use crate::storage::buckets::BucketInfo;
+use crate::storage::store::BlobRef;
+
+/// A stored variant.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct VariantRow {
+    pub blob_key: String,
+    pub size: i64,
+    pub content_type: String,
+    pub width: i32,
+    pub height: i32,
+}
+
+/// The variant id of (source ETag, canonical parameters).
+pub fn variant_id(source_etag: &str, canonical: &str) -> String {
+    let mut hash = Sha256::new();
+    hash.update((source_etag.len() as u64).to_be_bytes());
+    hash.update(source_etag.as_bytes());
+    hash.update(canonical.as_bytes());
+    hex::encode(hash.finalize())
+}
+
+/// `<prefix>/v/<variant>`.
+pub fn blob_key(bucket: &BucketInfo, variant: &str) -> BlobKey {
+    BlobKey::from_segments(
+        bucket
+            .backend_prefix
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .chain(["v", variant]),
+    )
+}
+
+pub async fn find(
+    pool: &PgPool,
+    bucket: Uuid,
+    source_key: &str,
+    variant: &str,
+) -> Result<Option<VariantRow>, ApiError> {
+    Ok(sqlx::query_as(
+        "SELECT blob_key, size, content_type, width, height FROM variants
+          WHERE bucket_id = $1 AND source_key = $2 AND variant = $3",
+    )
+    .bind(bucket)
+    .bind(source_key)
+    .bind(variant)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// What [`record`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// The row is in and its bytes counted.
+    Stored,
+    /// Someone else recorded the same variant first (same bytes).
+    AlreadyThere,
+    /// The source changed meanwhile, or the quota is full: the blob must
+    /// go.
+    Discard,
+}
+
+/// Records a stored variant if its source is still the version it was
+/// rendered from (the object row is locked against a concurrent write,
+/// which removes variants under the same lock) and the usage fits.
+#[allow(clippy::too_many_arguments)]
+pub async fn record(
+    pool: &PgPool,
+    bucket: &BucketInfo,
+    source_key: &str,
+    source_etag: &str,
+    variant: &str,
+    params: &str,
+    blob: &BlobKey,
+    rendered: &super::transform::Rendered,
+) -> Result<Recorded, ApiError> {
+    let mut tx = pool.begin().await?;
+    let current: Option<String> =
+        sqlx::query_scalar("SELECT etag FROM objects WHERE bucket_id = $1 AND key = $2 FOR SHARE")
+            .bind(bucket.id)
+            .bind(source_key)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if current.as_deref() != Some(source_etag) {
+        return Ok(Recorded::Discard);
+    }
+    let size = rendered.bytes.len() as i64;
+    let inserted = sqlx::query(
+        "INSERT INTO variants (bucket_id, source_key, variant, source_etag, params, blob_key,
+                               size, content_type, width, height)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (bucket_id, source_key, variant) DO NOTHING",
+    )
+    .bind(bucket.id)
+    .bind(source_key)
+    .bind(variant)
+    .bind(source_etag)
+    .bind(params)
+    .bind(blob.as_str())
+    .bind(size)
+    .bind(rendered.content_type)
+    .bind(rendered.width as i32)
+    .bind(rendered.height as i32)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !inserted {
+        crate::storage::upload::clear_intent(&mut *tx, bucket.id, blob.as_str()).await?;
+        tx.commit().await?;
+        return Ok(Recorded::AlreadyThere);
+    }
+    // Variants count against storage use; a full quota means "serve it,
+    // but do not keep it".
+    if crate::storage::quota::adjust(&mut tx, bucket, size, 0, true)
+        .await
+        .is_err()
+    {
+        return Ok(Recorded::Discard);
+    }
+    crate::storage::upload::clear_intent(&mut *tx, bucket.id, blob.as_str()).await?;
+    tx.commit().await?;
+    Ok(Recorded::Stored)
+}
+
+/// Removes every variant of `source_key` inside the caller's transaction
+/// (the one that replaces or deletes the source): rows, usage, and their
+/// blobs marked for deletion (returned for deletion after the commit; the
+/// sweeper deletes them if the process dies first).
+pub async fn remove_for_source(
+    conn: &mut PgConnection,
+    bucket: &BucketInfo,
+    source_key: &str,
+) -> Result<Vec<BlobRef>, ApiError> {
+    let removed: Vec<(String, i64)> = sqlx::query_as(
+        "DELETE FROM variants WHERE bucket_id = $1 AND source_key = $2 RETURNING blob_key, size",
+    )
+    .bind(bucket.id)
+    .bind(source_key)
+    .fetch_all(&mut *conn)
+    .await?;
+    if removed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let bytes: i64 = removed.iter().map(|(_, size)| size).sum();
+    crate::storage::quota::adjust(conn, bucket, -bytes, 0, false).await?;
+    let blobs: Vec<BlobRef> = removed
+        .into_iter()
+        .filter(|(key, _)| bucket.owns_blob(key))
+        .map(|(key, size)| BlobRef { key, size })
+        .collect();
+    crate::storage::store::doom_blobs(conn, bucket.id, &blobs).await?;
+    Ok(blobs)
+}
+
+/// What a bucket's blobs hold: objects as stored (compressed where they
+/// are) plus variants — the "storage use" beside the quota's byte count.
+pub async fn stored_bytes(pool: &PgPool, bucket: Uuid) -> Result<i64, ApiError> {
+    let (objects, variants): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT coalesce(sum(coalesce(stored_size, size)), 0)::bigint
+                   FROM objects WHERE bucket_id = $1),
+                (SELECT coalesce(sum(size), 0)::bigint FROM variants WHERE bucket_id = $1)",
+    )
+    .bind(bucket)
+    .fetch_one(pool)
+    .await?;
+    Ok(objects + variants)
+}
