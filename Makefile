@@ -104,7 +104,7 @@ node-down: ## Stop the node and remove what it put on the host
 .PHONY: e2e
 e2e: images node-up ## End-to-end tests: the chart with the images just built, on the local node (tests/e2e)
 	$(STACK) node-import "$$(hack/image.sh dir)/strata-operator.tar" "$$(hack/image.sh dir)/strata-dataplane.tar"
-	KUBECONFIG="$$($(STACK) node-kubeconfig)" STRATA_E2E_HOST=10.244.0.1 tests/e2e/run.sh
+	KUBECONFIG="$$($(STACK) node-kubeconfig)" STRATA_E2E_HOST=10.244.0.1 STRATA_E2E_HOST_PROCS=1 tests/e2e/run.sh
 
 .PHONY: e2e-kind
 e2e-kind: images stack-up ## The same e2e suite on a kind cluster from kind-config.yaml (needs Docker and kind)

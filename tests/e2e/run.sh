@@ -25,6 +25,9 @@
 #                             on the local node) or port-forward (kind)
 #   STRATA_E2E_NAMESPACE      release namespace (default strata-e2e)
 #   STRATA_E2E_KEEP=1         leave everything in place after a failure
+#   STRATA_E2E_HOST_PROCS=1   the pods' processes are this host's (the local
+#                             node): check their uid, capabilities and
+#                             read-only root in /proc too
 # and the stack's variables from .stack/env (sourced when present).
 set -euo pipefail
 
@@ -244,6 +247,26 @@ pods_hardened() {
 		got=$(jq -r --arg img "$want" '[.items[] | select(.spec.containers[0].image == $img and (.status.containerStatuses[0].imageID | length > 0))] | length' <<<"$pods")
 		((got == 2)) || { say "image $want: $got pods run it, want 2"; return 1; }
 	done
+	# On the local node the containers are host processes: check what the
+	# kernel says, not only what the spec asks for.
+	if [[ ${STRATA_E2E_HOST_PROCS:-} == 1 ]]; then
+		local name pid n=0
+		for name in strata-operator strata-dataplane; do
+			for pid in $(pgrep -f "^/usr/local/bin/$name( |$)"); do
+				# Only this release's containers (their cgroup is a kubepods one).
+				grep -q kubepods "/proc/$pid/cgroup" 2>/dev/null || continue
+				[[ $(awk '/^Uid:/ {print $2 $3 $4 $5}' "/proc/$pid/status") == 65532655326553265532 ]] ||
+					{ say "$name (pid $pid) does not run as 65532"; return 1; }
+				awk '$5 == "/" { split($6, o, ","); if (o[1] != "ro") exit 1 }' "/proc/$pid/mountinfo" ||
+					{ say "$name (pid $pid): root filesystem is not mounted read-only"; return 1; }
+				[[ $(awk '/^CapEff:/ {print $2}' "/proc/$pid/status") == 0000000000000000 ]] ||
+					{ say "$name (pid $pid) has capabilities"; return 1; }
+				n=$((n + 1))
+			done
+		done
+		((n >= 4)) || { say "found $n container processes on the host, want 4"; return 1; }
+		say "on the host: $n container processes run as 65532, no capabilities, root filesystem read-only"
+	fi
 	kn get pods -o wide | sed 's/^/    /'
 }
 
