@@ -57,4 +57,4 @@ stop() {
 }
 trap stop EXIT
 
-STRATA_E2E_HOST=$host STRATA_E2E_SERVICE_ACCESS=port-forward tests/e2e/run.sh
+STRATA_E2E_HOST=$host STRATA_E2E_SERVICE_ACCESS=nodeport tests/e2e/run.sh

@@ -22,7 +22,8 @@
 #   STRATA_E2E_HOST           address at which pods reach the stack's services
 #                             (the local node: 10.244.0.1; kind: the Docker network's gateway)
 #   STRATA_E2E_SERVICE_ACCESS clusterip (default: the host routes Service IPs, as
-#                             on the local node) or port-forward (kind)
+#                             on the local node) or nodeport (kind: the Service
+#                             is a NodePort, reached at the node's address)
 #   STRATA_E2E_NAMESPACE      release namespace (default strata-e2e)
 #   STRATA_E2E_KEEP=1         leave everything in place after a failure
 #   STRATA_E2E_HOST_PROCS=1   the pods' processes are this host's (the local
@@ -49,6 +50,7 @@ if [[ $(cd "$(dirname "$KUBECONFIG")" && pwd -P) == "$ROOT/.stack/kube" ]]; then
 fi
 HOST=${STRATA_E2E_HOST:?STRATA_E2E_HOST must be the address pods reach the stack at}
 ACCESS=${STRATA_E2E_SERVICE_ACCESS:-clusterip}
+[[ $ACCESS == clusterip || $ACCESS == nodeport ]] || { echo "e2e: STRATA_E2E_SERVICE_ACCESS must be clusterip or nodeport" >&2; exit 1; }
 NS=${STRATA_E2E_NAMESPACE:-strata-e2e}
 RELEASE=strata
 PLATFORM_DB=strata_e2e
@@ -68,7 +70,6 @@ BUCKET=e2e-files-$SUFFIX
 TMP=$(mktemp -d)
 STARTED=$SECONDS
 declare -a TIMINGS=()
-PF_PID=""
 
 k() { kubectl --request-timeout=30s "$@"; }
 kn() { k -n "$NS" "$@"; }
@@ -93,7 +94,6 @@ dump_state() {
 
 cleanup() {
 	local status=$?
-	[[ -n $PF_PID ]] && kill "$PF_PID" 2>/dev/null
 	if ((status != 0)); then
 		dump_state
 		if [[ ${STRATA_E2E_KEEP:-} == 1 ]]; then
@@ -152,11 +152,13 @@ service_url() {
 		port=$(kn get service "$RELEASE-dataplane" -o jsonpath='{.spec.ports[0].port}')
 		API_BASE="http://$ip:$port"
 	else
-		# kind: the host cannot route Service IPs; port-forward to the Service.
-		[[ -n $PF_PID ]] && kill "$PF_PID" 2>/dev/null
-		kn port-forward "service/$RELEASE-dataplane" 38080:8080 >"$TMP/port-forward.log" 2>&1 &
-		PF_PID=$!
-		API_BASE="http://127.0.0.1:38080"
+		# kind: the host cannot route Service IPs, but reaches the node's
+		# address (the Docker network), where kube-proxy serves the NodePort.
+		local node port
+		node=$(k get nodes -o jsonpath='{.items[0].status.addresses[?(@.type=="InternalIP")].address}')
+		port=$(kn get service "$RELEASE-dataplane" -o jsonpath='{.spec.ports[0].nodePort}')
+		[[ -n $node && -n $port ]] || { say "no node address or NodePort"; return 1; }
+		API_BASE="http://$node:$port"
 	fi
 	until_ok 30 "the data plane Service at $API_BASE" curl -fsS "$API_BASE/healthz"
 }
@@ -210,6 +212,8 @@ secrets() {
 		--set storage.s3.region="$STRATA_S3_REGION"
 		--set storage.s3.bucket="$STRATA_S3_BUCKET"
 	)
+	[[ $ACCESS == nodeport ]] && HELM_VALUES+=(--set dataplane.service.type=NodePort)
+	return 0
 }
 
 install() {
