@@ -353,6 +353,7 @@ node_up() {
 	mkdir -p "$NODE_DIR"
 	node_install
 	bin=$(node_bin) || die "node: building strata-node failed"
+	echo "$bin" >"$NODE_DIR/bin"
 	node_network_up
 	node_cgroups_up
 	node_controlplane_up
@@ -400,8 +401,19 @@ node_umount_under() {
 node_down() {
 	node_require_root
 	[[ -d $NODE_DIR ]] || { node_log "not set up"; return 0; }
-	local bin
-	bin=$(node_bin 2>/dev/null) || bin=""
+	# The binary node_up ran (never a new build on the way down).
+	local bin="" n running=0
+	[[ -f $NODE_DIR/bin ]] && bin=$(<"$NODE_DIR/bin")
+	[[ -x $bin ]] || bin=""
+	for n in forward containerd kube-scheduler kube-proxy kubelet; do
+		pid_alive "$(read_pidfile "$NODE_DIR/$n.pid")" && running=1
+	done
+	ip link show "$NODE_BRIDGE" >/dev/null 2>&1 && running=1
+	[[ -f $NODE_KUBE_STATE/controlplane.pid ]] && running=1
+	if ((!running)); then
+		node_log "not running"
+		return 0
+	fi
 	# Node pieces before the API server (else its shutdown waits 60 s).
 	node_stop kubelet
 	if [[ -n $bin && -S $NODE_CTRD_SOCK ]] && pid_alive "$(read_pidfile "$NODE_DIR/containerd.pid")"; then
