@@ -7,6 +7,10 @@
 #   hack/image.sh [build]   build both images (fast when nothing changed)
 #   hack/image.sh refs      print the image references, one per line
 #   hack/image.sh dir       print the output directory
+#   hack/image.sh push REGISTRY   push both images as REGISTRY/<name>:<tag>
+#                           with crane (built once from the Go module proxy
+#                           into $STRATA_CACHE; your ~/.docker/config.json
+#                           credentials apply), e.g. push ghcr.io/acme
 #
 # Output in $STRATA_IMAGE_DIR (default $CARGO_TARGET_DIR/images, outside the
 # clone): <name>.oci/ (OCI image layout) and <name>.tar (that layout plus a
@@ -87,12 +91,35 @@ PY
 	echo "image.sh: done in $((SECONDS - started))s" >&2
 }
 
+CRANE_VERSION=v0.20.6
+
+crane() {
+	local dir=${STRATA_CACHE:-$HOME/.cache/strata}/crane-$CRANE_VERSION
+	if [[ ! -x $dir/crane ]]; then
+		echo "image.sh: building crane $CRANE_VERSION into $dir (once)" >&2
+		GOBIN=$dir GOFLAGS=-mod=mod go install "github.com/google/go-containerregistry/cmd/crane@$CRANE_VERSION" >&2
+	fi
+	"$dir/crane" "$@"
+}
+
+push() {
+	local registry=${1:?usage: hack/image.sh push REGISTRY (e.g. ghcr.io/acme)} name
+	for name in "${COMPONENTS[@]}"; do
+		[[ -d $OUT/$name.oci ]] || { echo "image.sh: no $OUT/$name.oci; run hack/image.sh build first" >&2; exit 1; }
+		crane push "$OUT/$name.oci" "$registry/$name:$TAG"
+	done
+}
+
 case ${1:-build} in
 build) build ;;
+push)
+	shift
+	push "$@"
+	;;
 refs) for name in "${COMPONENTS[@]}"; do ref "$name"; done ;;
 dir) echo "$OUT" ;;
 *)
-	echo "usage: hack/image.sh [build|refs|dir]" >&2
+	echo "usage: hack/image.sh [build|refs|dir|push REGISTRY]" >&2
 	exit 2
 	;;
 esac
