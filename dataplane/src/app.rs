@@ -189,6 +189,12 @@ mod tests {
             .expect("response");
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         assert_eq!(response.headers()["x-request-id"], "req-42");
+        assert!(
+            response.headers()["server-timing"]
+                .to_str()
+                .is_ok_and(|v| v.starts_with("app;dur=")),
+            "Server-Timing on every answer"
+        );
         assert_eq!(
             response.headers()[header::CONTENT_TYPE],
             "application/problem+json"

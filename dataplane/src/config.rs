@@ -118,9 +118,10 @@ impl ObjectArgs {
 /// The two-level cache (in-process L1, Redis L2 when --redis-url is set).
 #[derive(Args, Debug, Clone)]
 pub struct CacheArgs {
-    /// `off` makes every read go to the database (benchmarks, debugging).
+    /// `off` makes every read go to the database; `l2` skips the
+    /// in-process level (benchmarks, debugging).
     #[arg(long = "cache", env = "STRATA_CACHE", default_value = "on",
-          value_parser = ["on", "off"])]
+          value_parser = ["on", "l2", "off"])]
     pub cache: String,
     /// L1 size bound, in MiB of encoded values.
     #[arg(long, env = "STRATA_CACHE_L1_MIB", default_value_t = 64,
@@ -142,7 +143,8 @@ impl CacheArgs {
         registry: &mut prometheus_client::registry::Registry,
     ) -> anyhow::Result<HybridCache> {
         let settings = CacheSettings {
-            enabled: self.cache == "on",
+            enabled: self.cache != "off",
+            l1_enabled: self.cache == "on",
             l1_max_bytes: self.cache_l1_mib << 20,
             redis_timeout: Duration::from_millis(self.cache_redis_timeout_ms),
             ..CacheSettings::default()

@@ -78,6 +78,9 @@ return gens
 pub struct CacheSettings {
     /// Off: every call runs its factory (the `--cache off` switch).
     pub enabled: bool,
+    /// Off: no in-process level, every read goes to Redis first (the
+    /// `--cache l2` switch, for measuring L2 alone).
+    pub l1_enabled: bool,
     /// L1 bound, in bytes of encoded values.
     pub l1_max_bytes: u64,
     /// Values larger than this are not cached at all.
@@ -95,6 +98,7 @@ impl Default for CacheSettings {
     fn default() -> Self {
         Self {
             enabled: true,
+            l1_enabled: true,
             l1_max_bytes: 64 << 20,
             max_value_bytes: 1 << 20,
             redis_timeout: Duration::from_millis(50),
@@ -510,7 +514,7 @@ impl HybridCache {
 
     fn l1_lookup<T: Clone + 'static>(&self, key: &CacheKey) -> L1Lookup<T> {
         let shared = &self.shared;
-        if !shared.l1_usable.load(Ordering::Acquire) {
+        if !shared.settings.l1_enabled || !shared.l1_usable.load(Ordering::Acquire) {
             return L1Lookup::Miss;
         }
         let Some(entry) = shared.l1.get(key.as_str()) else {
@@ -584,7 +588,7 @@ impl HybridCache {
         epoch: u64,
     ) {
         let shared = &self.shared;
-        if epoch != shared.epoch.load(Ordering::Acquire) {
+        if !shared.settings.l1_enabled || epoch != shared.epoch.load(Ordering::Acquire) {
             return; // invalidations may have been missed while it was made
         }
         let now = Instant::now();

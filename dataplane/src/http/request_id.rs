@@ -52,6 +52,7 @@ pub fn choose(incoming: Option<&HeaderValue>) -> RequestId {
 /// Middleware (outermost): settles the id, exposes it to inner layers in the
 /// request's extensions and header, and echoes it on the response.
 pub async fn request_id(mut request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
     let id = choose(request.headers().get(&X_REQUEST_ID));
     let value = HeaderValue::from_str(id.as_str()).ok();
     if let Some(value) = &value {
@@ -65,6 +66,13 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
         response.headers_mut().insert(X_REQUEST_ID.clone(), value);
     }
     response.extensions_mut().insert(id);
+    // W3C Server-Timing: the server's own time to the response head (a
+    // streamed body's transfer not included), so clients and benchmarks
+    // can tell server time from network and queueing.
+    let millis = started.elapsed().as_secs_f64() * 1000.0;
+    if let Ok(value) = HeaderValue::from_str(&format!("app;dur={millis:.3}")) {
+        response.headers_mut().insert("server-timing", value);
+    }
     response
 }
 
