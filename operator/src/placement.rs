@@ -54,6 +54,23 @@ pub const TENANT_READ_ONLY: &[&str] = &[
     "invitations",
     "outbox",
     "idempotency_keys",
+    // Storage bookkeeping: where an object's bytes are, usage counters,
+    // reservations and signing keys. Written only through the data plane,
+    // which checks quotas and keeps every blob under the bucket's prefix;
+    // a tenant rewriting them by hand could escape its quota.
+    "objects",
+    "uploads",
+    "upload_parts",
+    "reservations",
+    "blob_intents",
+    "bucket_usage",
+    "signing_keys",
+    "variants",
+    // Webhooks: endpoints are validated (scheme, SSRF policy) by the API;
+    // deliveries and attempts are the dispatcher's record.
+    "webhook_endpoints",
+    "webhook_deliveries",
+    "webhook_attempts",
 ];
 /// Tables the data plane may read but never change.
 pub const DATAPLANE_READ_ONLY: &[&str] = &["_sqlx_migrations", "seed_history"];

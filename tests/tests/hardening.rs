@@ -173,6 +173,27 @@ async fn tenant_authored_code_never_runs_with_more_privilege() {
         .await
         .expect_err("the audit trail is read-only for the tenant");
     assert_eq!(sqlstate(&err), "42501");
+    // Storage and webhook bookkeeping too: usage counters, blob locations
+    // and endpoints change only through the data plane's checks.
+    for (table, sql) in [
+        ("bucket_usage", "UPDATE public.bucket_usage SET bytes = 0"),
+        ("objects", "UPDATE public.objects SET blobs = '[]'"),
+        ("reservations", "DELETE FROM public.reservations"),
+        ("signing_keys", "DELETE FROM public.signing_keys"),
+        ("webhook_endpoints", "DELETE FROM public.webhook_endpoints"),
+    ] {
+        let err = sqlx::query(sql)
+            .execute(&tenant)
+            .await
+            .expect_err(&format!("{table} is read-only for the tenant"));
+        assert_eq!(sqlstate(&err), "42501", "{table}: {err}");
+    }
+    for table in strata_operator::placement::TENANT_READ_ONLY {
+        sqlx::query(&format!("SELECT count(*) FROM public.{table}"))
+            .execute(&tenant)
+            .await
+            .unwrap_or_else(|e| panic!("the tenant reads {table}: {e}"));
+    }
 
     // Defence in depth: plant the trigger as the superuser (what the tenant
     // could do under the old model) and let the operator run again.
