@@ -73,7 +73,10 @@ declare -a TIMINGS=()
 
 k() { kubectl --request-timeout=30s "$@"; }
 kn() { k -n "$NS" "$@"; }
-say() { printf '[e2e %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# Messages go to fd 3 (the terminal's stderr): never swallowed by a caller's
+# redirection or captured by $(...).
+exec 3>&2
+say() { printf '[e2e %s] %s\n' "$(date +%H:%M:%S)" "$*" >&3; }
 psql_admin() { "$STRATA_PG_BIN_DIR/psql" "$STRATA_DATABASE_URL" -v ON_ERROR_STOP=1 -tAqc "$1"; }
 # with_host URL: the same URL with its host:port replaced by $HOST and the same port.
 with_host() { sed -E "s#@127\.0\.0\.1:#@$HOST:#; s#^(redis|http)://127\.0\.0\.1:#\1://$HOST:#" <<<"$1"; }
@@ -220,13 +223,28 @@ install() {
 	local t0=$SECONDS
 	helm install "$RELEASE" "$CHART" -n "$NS" "${HELM_VALUES[@]}" >"$TMP/install.out" || { cat "$TMP/install.out"; return 1; }
 	grep -q 'make images' "$TMP/install.out" || { say "NOTES do not say how to get the images"; return 1; }
-	kn wait --for=condition=Available --timeout=180s "deployment/$RELEASE-operator" "deployment/$RELEASE-dataplane" || return 1
+	until_ok 180 "both Deployments Available" deployments_available || return 1
 	say "both Deployments Available $((SECONDS - t0))s after helm install"
 	# Pod start: creation to Ready, per pod.
 	kn get pods -o json | jq -r '.items[] | "\(.metadata.name) \(.metadata.creationTimestamp) \(.status.conditions[] | select(.type=="Ready") | .lastTransitionTime)"' |
 		while read -r pod created ready; do
 			say "pod $pod ready $(($(date -d "$ready" +%s) - $(date -d "$created" +%s)))s after it was created"
 		done
+}
+
+# deployments_available: both Available; a pod stuck in a state that no
+# waiting fixes (image not there, bad config, crash loop) fails at once.
+deployments_available() {
+	local stuck
+	stuck=$(kn get pods -o json | jq -r '.items[] | .metadata.name as $p | .status.containerStatuses[]?
+		| select(.state.waiting.reason // "" | test("ErrImagePull|ImagePullBackOff|ErrImageNeverPull|CreateContainerConfigError|CrashLoopBackOff"))
+		| "\($p): \(.state.waiting.reason): \(.state.waiting.message // "")"')
+	if [[ -n $stuck ]]; then
+		say "stuck: $stuck"
+		exit 1
+	fi
+	[[ $(kn get deployment "$RELEASE-operator" "$RELEASE-dataplane" \
+		-o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Available")].status}{" "}{end}') == "True True " ]]
 }
 
 pods_hardened() {
@@ -365,6 +383,7 @@ s3_count() {
 	grep -o '<Key>' <<<"$body" | wc -l
 }
 
+bucket_gone() { ! kn get "bucket/$BUCKET" >/dev/null 2>&1; }
 objects_gone() { [[ $(s3_count "t/$TENANT_UID/") == 0 ]]; }
 
 lease_holder() { kn get lease "$RELEASE-operator" -o jsonpath='{.spec.holderIdentity}'; }
@@ -431,15 +450,16 @@ upgrade_rolls() {
 }
 
 tenant_deleted() {
-	kn delete "bucket/$BUCKET" --wait=true --timeout=120s >/dev/null || return 1
+	# Only the Tenant: its Buckets go with it.
 	kn delete "tenant/$TENANT" --wait=true --timeout=180s >/dev/null || return 1
+	until_ok 60 "bucket $BUCKET deleted with its tenant" bucket_gone || return 1
 	[[ $(psql_admin "SELECT count(*) FROM pg_database WHERE datname = '$DB_NAME'") == 0 ]] ||
 		{ say "database $DB_NAME still exists"; return 1; }
 	[[ $(psql_admin "SELECT count(*) FROM pg_roles WHERE rolname IN ('$OWNER_ROLE', '$LOGIN_ROLE')") == 0 ]] ||
 		{ say "roles $OWNER_ROLE, $LOGIN_ROLE of the tenant are left"; return 1; }
 	until_ok 60 "objects under t/$TENANT_UID/ removed" objects_gone || return 1
 	kn get secret "$TENANT-database" >/dev/null 2>&1 && { say "the tenant's credentials Secret is left"; return 1; }
-	say "database $DB_NAME, roles, objects and Secrets gone"
+	say "bucket, database $DB_NAME, roles, objects and Secrets gone"
 }
 
 uninstall_clean() {
@@ -467,5 +487,5 @@ step "Bucket Ready" bucket_ready
 step "tenant API through the Service: document, vector search, object" tenant_api
 step "leading operator pod deleted, the other takes over and reconciles" leader_failover
 step "helm upgrade rolls without errors" upgrade_rolls
-step "Tenant deleted: database, roles, objects gone" tenant_deleted
+step "Tenant deleted: its Bucket, database, roles, objects gone" tenant_deleted
 step "helm uninstall leaves nothing but the CRDs" uninstall_clean
