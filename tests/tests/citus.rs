@@ -107,7 +107,25 @@ async fn provisioning_on_citus_distributes_and_colocates_tenant_tables() {
         docs_coloc, emb_coloc,
         "documents and embeddings are colocated"
     );
-    for reference in ["roles", "config", "collections"] {
+    // Object metadata is distributed by bucket, everything a write to one
+    // bucket touches on the same shard group.
+    let (objects_method, objects_coloc) = method("objects").expect("objects is distributed");
+    assert_eq!(objects_method, "h");
+    for table in [
+        "uploads",
+        "upload_parts",
+        "reservations",
+        "blob_intents",
+        "bucket_usage",
+        "variants",
+    ] {
+        assert_eq!(
+            method(table),
+            Some(("h".to_string(), objects_coloc)),
+            "{table} is distributed by bucket and colocated with objects"
+        );
+    }
+    for reference in ["roles", "config", "collections", "signing_keys"] {
         assert_eq!(
             method(reference).map(|m| m.0).as_deref(),
             Some("n"),
