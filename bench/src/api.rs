@@ -207,7 +207,7 @@ async fn once(ctx: &Ctx, scenario: Scenario, side: Side, rng: &mut StdRng) -> an
     };
     if side == Side::DirectAsApi {
         // What `TenantContext` reads per request (roles are cached).
-        keys::lookup(pool, TENANT, &ctx.key_id)
+        keys::lookup(pool, &ctx.key_id)
             .await
             .map_err(api_err)?
             .context("key")?;

@@ -56,7 +56,7 @@ async fn retries_are_safe() {
             *statuses.entry(r.status).or_default() += 1;
         }
         assert!(statuses.keys().all(|s| [201, 409].contains(s)), "{statuses:?}");
-        assert!(statuses.get(&201).is_some(), "{statuses:?}");
+        assert!(statuses.contains_key(&201), "{statuses:?}");
         for r in replies.iter().filter(|r| r.status == 409) {
             let problem = checked.problem(r, 409, "conflict");
             assert!(problem["detail"].as_str().expect("detail").contains("Idempotency-Key"));

@@ -145,13 +145,9 @@ pub async fn run<'c>(
                     return Err(bad_id());
                 }
                 check_data(&coll, compiled.as_ref(), data, "/data").map_err(|e| at(i, e))?;
-                let (doc, status) = match store::insert_document(&mut tx, &coll, id, data).await?
-                {
+                let (doc, status) = match store::insert_document(&mut tx, &coll, id, data).await? {
                     Some(doc) => (doc, 201),
-                    None => (
-                        store::update_document(&mut tx, &coll, id, data).await?,
-                        200,
-                    ),
+                    None => (store::update_document(&mut tx, &coll, id, data).await?, 200),
                 };
                 results.push(
                     json!({"op": "upsert", "id": doc.id, "version": doc.version, "status": status}),

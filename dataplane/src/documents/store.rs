@@ -296,8 +296,8 @@ pub async fn insert_document(
         .fetch_optional(&mut *conn)
         .await?;
     if let Some(doc) = &row {
-        let mut event = document_event(types::DOCUMENT_CREATED, coll, id, doc.version)
-            .etag(&doc.etag());
+        let mut event =
+            document_event(types::DOCUMENT_CREATED, coll, id, doc.version).etag(&doc.etag());
         event.data["fields"] = json!(events::event::field_names(data));
         events::record(conn, event).await?;
     }

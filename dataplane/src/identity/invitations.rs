@@ -127,17 +127,11 @@ pub async fn accept(
         "invitation:{}",
         hash.iter().map(|b| format!("{b:02x}")).collect::<String>()
     );
-    let mut run = match idempotency::begin(
-        &handle.pool,
-        scope,
-        idempotency_key,
-        idempotency::ttl(),
-    )
-    .await?
-    {
-        Ok(run) => run,
-        Err(replay) => return Ok(replay),
-    };
+    let mut run =
+        match idempotency::begin(&handle.pool, scope, idempotency_key, idempotency::ttl()).await? {
+            Ok(run) => run,
+            Err(replay) => return Ok(replay),
+        };
     let mut tx = sqlx::Acquire::begin(run.db()).await?;
     let inv: Option<Invitation> = sqlx::query_as(
         r#"SELECT id, email, role, created_by, token_hash,

@@ -23,8 +23,8 @@ use serde_json::json;
 
 use super::keys::{actor, audit, check_grantable};
 use super::ts;
-use crate::http::HttpContext;
 use crate::events::{self, Event, types};
+use crate::http::HttpContext;
 use crate::http::extract::{Json, Path, Query};
 use crate::http::idempotency::{self, Idempotent};
 use crate::http::pagination::{Page, PageParams};
