@@ -503,7 +503,9 @@ fn status_notes(status: StatusCode) -> Option<&'static str> {
     Some(match status.as_u16() {
         401 => "The response has `WWW-Authenticate: Bearer realm=\"strata\"`.",
         405 => "The response has `Allow`.",
-        429 => "The response has `Retry-After` (seconds). Every rate-limited response, 429 or not, has the IETF `RateLimit-Policy` header (each limit: `\"credential\";q=200;w=1` is 200 requests per second) and `RateLimit` (the limit closest to refusing: `r` requests remaining, `t` seconds until it is whole again).",
+        429 => {
+            "The response has `Retry-After` (seconds). Every rate-limited response, 429 or not, has the IETF `RateLimit-Policy` header (each limit: `\"credential\";q=200;w=1` is 200 requests per second) and `RateLimit` (the limit closest to refusing: `r` requests remaining, `t` seconds until it is whole again)."
+        }
         503 => "The response may have `Retry-After` (seconds).",
         _ => return None,
     })
