@@ -214,9 +214,28 @@ impl From<CachedDocument> for Document {
     }
 }
 
+/// `GET …/documents/{id}` straight from the database.
+pub async fn get(
+    pool: &PgPool,
+    collection: &str,
+    id: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let collection = collection_name(collection)?;
+    if !super::names::is_document_id(id) {
+        return Err(ApiError::NotFound);
+    }
+    let coll = store::get_collection(pool, collection).await?;
+    let doc = store::find_document(pool, coll.id, id, false).await?;
+    check(method, headers, &doc, Requirement::Optional)?;
+    let doc = doc.ok_or(ApiError::NotFound)?;
+    Ok(document_response(StatusCode::OK, &doc, None))
+}
+
 /// `GET …/documents/{id}`: from the cache (key and tags per tenant,
 /// collection and id; see cache::invalidation), else the database.
-pub async fn get(
+pub async fn get_cached(
     ctx: &TenantContext,
     collection: &str,
     id: &str,

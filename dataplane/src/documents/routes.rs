@@ -372,7 +372,7 @@ async fn get_document(
     headers: HeaderMap,
 ) -> Result<Response, crate::http::ApiError> {
     ctx.require(Resource::Documents, Action::Read)?;
-    crud::get(&ctx, &p.collection, &p.id, &method, &headers).await
+    crud::get_cached(&ctx, &p.collection, &p.id, &method, &headers).await
 }
 
 #[utoipa::path(
