@@ -151,8 +151,6 @@ node_containerd_up() {
 version = 2
 root = "$NODE_CTRD_DIR/root"
 state = "$NODE_CTRD_DIR/state"
-# The VM's root lacks CAP_SYS_RESOURCE: without this every sandbox fails with
-# "can't get final child's PID from pipe: EOF".
 [grpc]
   address = "$NODE_CTRD_SOCK"
 [ttrpc]
@@ -163,6 +161,8 @@ state = "$NODE_CTRD_DIR/state"
   address = ""
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$NODE_PAUSE_IMAGE"
+  # The VM's root lacks CAP_SYS_RESOURCE: without this every sandbox fails
+  # with "can't get final child's PID from pipe: EOF".
   restrict_oom_score_adj = true
   enable_selinux = false
   [plugins."io.containerd.grpc.v1.cri".containerd]
@@ -178,7 +178,7 @@ state = "$NODE_CTRD_DIR/state"
 [plugins."io.containerd.internal.v1.opt"]
   path = "$NODE_CTRD_DIR/opt"
 EOF
-	node_start containerd "" containerd --config "$NODE_CTRD_DIR/config.toml"
+	node_start containerd containerd --config "$NODE_CTRD_DIR/config.toml"
 	wait_for "containerd" 30 "$(read_pidfile "$NODE_DIR/containerd.pid")" node_ctr version ||
 		fail_with_log containerd "$NODE_DIR/containerd.log" "containerd did not answer on $NODE_CTRD_SOCK"
 }
@@ -207,11 +207,11 @@ node_import() {
 	done
 }
 
-# node_start NAME PIDFILE_CHECK COMMAND...: start a node process in the
-# background (logs in .stack/node/NAME.log) unless it already runs.
+# node_start NAME COMMAND...: start a node process in the background (logs
+# in .stack/node/NAME.log) unless it already runs.
 node_start() {
 	local name=$1
-	shift 2
+	shift
 	local pidfile=$NODE_DIR/$name.pid pid
 	pid=$(read_pidfile "$pidfile")
 	if pid_alive "$pid"; then
@@ -300,7 +300,7 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 nodeStatusReportFrequency: 10s
 EOF
-	node_start kubelet "" "$bin" kubelet --config "$NODE_DIR/kubelet.yaml" \
+	node_start kubelet "$bin" kubelet --config "$NODE_DIR/kubelet.yaml" \
 		--kubeconfig "$NODE_KUBE_STATE/kubelet.kubeconfig" --root-dir "$run" --cert-dir "$run/pki" \
 		--hostname-override "$NODE_NAME" --node-ip "$NODE_IP" --v=1
 }
@@ -320,12 +320,12 @@ nodePortAddresses: [$NODE_IP/32]
 # Leave the host's conntrack table size alone.
 conntrack: {maxPerCore: 0}
 EOF
-	node_start kube-proxy "" "$bin" kube-proxy --config "$NODE_DIR/kube-proxy.yaml" --v=1
+	node_start kube-proxy "$bin" kube-proxy --config "$NODE_DIR/kube-proxy.yaml" --v=1
 }
 
 node_scheduler_up() {
 	local bin=$1 kc=$NODE_KUBE_STATE/kube-scheduler.kubeconfig
-	node_start kube-scheduler "" "$bin" kube-scheduler --kubeconfig "$kc" \
+	node_start kube-scheduler "$bin" kube-scheduler --kubeconfig "$kc" \
 		--authentication-kubeconfig "$kc" --authorization-kubeconfig "$kc" \
 		--leader-elect=false --bind-address 127.0.0.1 --secure-port 57259 \
 		--cert-dir "$NODE_DIR/scheduler-certs" --v=1
@@ -338,7 +338,7 @@ node_forward_up() {
 	for p in "$PG_PORT" "$REDIS_PORT" "$S3_PORT" "$CLAMD_PORT"; do
 		maps+=(--map "$NODE_IP:$p=127.0.0.1:$p")
 	done
-	node_start forward "" "$bin" forward "${maps[@]}"
+	node_start forward "$bin" forward "${maps[@]}"
 }
 
 node_ready() {
