@@ -88,7 +88,7 @@ struct Inner {
     wake: Notify,
     sweep_now: Notify,
     /// Per tenant: when gauges and maintenance last ran here.
-    upkeep: Mutex<HashMap<String, (Instant, Instant)>>,
+    upkeep: Mutex<HashMap<String, (Option<Instant>, Option<Instant>)>>,
 }
 
 #[derive(Default)]
@@ -622,17 +622,18 @@ impl Dispatcher {
         let now = Instant::now();
         let (gauges, maintain) = {
             let mut map = self.inner.upkeep.lock().unwrap_or_else(|e| e.into_inner());
-            let entry = map
-                .entry(tenant.name.clone())
-                .or_insert((now - GAUGES_EVERY, now));
-            let gauges = now.duration_since(entry.0) >= GAUGES_EVERY;
-            // The first run of a tenant on this replica maintains too.
-            let maintain = entry.1 == now || now.duration_since(entry.1) >= MAINTENANCE_EVERY;
+            // `None`: never done on this replica (the first run does both).
+            let entry = map.entry(tenant.name.clone()).or_insert((None, None));
+            let due = |last: Option<Instant>, every: Duration| {
+                last.is_none_or(|at| now.duration_since(at) >= every)
+            };
+            let gauges = due(entry.0, GAUGES_EVERY);
+            let maintain = due(entry.1, MAINTENANCE_EVERY);
             if gauges {
-                entry.0 = now;
+                entry.0 = Some(now);
             }
             if maintain {
-                entry.1 = now + Duration::from_nanos(1);
+                entry.1 = Some(now);
             }
             (gauges, maintain)
         };
