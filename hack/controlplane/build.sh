@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Builds strata-controlplane (or, with the argument "node", strata-node: the
-# kubelet, kube-proxy and kube-scheduler of hack/lib/node.sh, from node/)
+# kubelet, kube-proxy and kube-scheduler of hack/lib/node.sh, from node/; or
+# "forward", strata-forward, the TCP relay of node.sh and tests/e2e/kind.sh)
 # into a cache outside the repository and prints the binary's path on
 # stdout. A no-op when that exact build already exists.
 #
-#   build.sh [controlplane|node]
+#   build.sh [controlplane|node|forward]
 #   STRATA_CACHE   cache root (default: $HOME/.cache/strata)
 #
 # The cache key is the pinned k8s.io/kubernetes version plus a hash of go.mod,
@@ -18,8 +19,9 @@ cd "$here"
 case "${1:-controlplane}" in
   controlplane) name=strata-controlplane target=. ;;
   node) name=strata-node target=./node ;;
+  forward) name=strata-forward target=./forward ;;
   *)
-    echo "usage: build.sh [controlplane|node]" >&2
+    echo "usage: build.sh [controlplane|node|forward]" >&2
     exit 2
     ;;
 esac
@@ -31,7 +33,7 @@ if [[ -z "$k8s_version" ]]; then
 fi
 
 shopt -s nullglob
-sources=(go.mod go.sum *.go node/*.go)
+sources=(go.mod go.sum *.go node/*.go forward/*.go)
 shopt -u nullglob
 hash="$(
   for f in "${sources[@]}"; do

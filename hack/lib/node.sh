@@ -4,7 +4,7 @@
 # from pods, ServiceAccount tokens, and the deployment, replicaset,
 # node-lifecycle, endpointslice and root-CA controllers), kube-scheduler,
 # kubelet and kube-proxy (strata-node, from the same Go module), Debian's
-# containerd, runc and CNI plugins, and TCP relays that let pods reach the
+# containerd, runc and CNI plugins, and TCP relays (strata-forward) that let pods reach the
 # stack's loopback-only services. Sourced by hack/stack.sh (node-up,
 # node-down, node-status); needs root.
 #
@@ -334,11 +334,12 @@ node_scheduler_up() {
 # Relays from the pod network's gateway to the stack's services (which
 # listen on 127.0.0.1 only): pods use 10.244.0.1:<the same port>.
 node_forward_up() {
-	local bin=$1 maps=() p
+	local bin maps=() p
+	bin=$("$ROOT/hack/controlplane/build.sh" forward) || die "node: building strata-forward failed"
 	for p in "$PG_PORT" "$REDIS_PORT" "$S3_PORT" "$CLAMD_PORT"; do
 		maps+=(--map "$NODE_IP:$p=127.0.0.1:$p")
 	done
-	node_start forward "$bin" forward "${maps[@]}"
+	node_start forward "$bin" "${maps[@]}"
 }
 
 node_ready() {
@@ -357,7 +358,7 @@ node_up() {
 	node_network_up
 	node_cgroups_up
 	node_controlplane_up
-	node_forward_up "$bin"
+	node_forward_up
 	node_containerd_up
 	node_pause_image
 	node_scheduler_up "$bin"

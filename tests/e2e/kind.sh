@@ -40,12 +40,12 @@ done
 # network's gateway (reachable from the kind node, not from elsewhere).
 host=${STRATA_E2E_HOST:-$(docker network inspect kind -f '{{range .IPAM.Config}}{{.Gateway}} {{end}}' | tr ' ' '\n' | grep -m1 -E '^[0-9]+\.')}
 [[ -n $host ]] || { echo "e2e-kind: cannot find the kind network's IPv4 gateway" >&2; exit 1; }
-node_bin=$(hack/controlplane/build.sh node)
+forward_bin=$(hack/controlplane/build.sh forward)
 maps=()
 for port in "${STRATA_PG_PORT:-55432}" "${STRATA_REDIS_PORT:-56379}" "${STRATA_S3_PORT:-53900}"; do
 	maps+=(--map "$host:$port=127.0.0.1:$port")
 done
-"$node_bin" forward "${maps[@]}" &
+"$forward_bin" "${maps[@]}" &
 forward=$!
 stop() {
 	local status=$?

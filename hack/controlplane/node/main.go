@@ -7,7 +7,6 @@
 //	strata-node kube-proxy     --config ...
 //	strata-node kube-scheduler --kubeconfig ... --leader-elect=false
 //	strata-node cri-reset      --endpoint unix:///path/containerd.sock
-//	strata-node forward        --map 10.244.0.1:55432=127.0.0.1:55432 ...
 //
 // Each subcommand is the upstream command as its own main package builds it
 // (same flags, same logging and metrics registration); running them as
@@ -17,8 +16,7 @@
 // cri-reset stops and removes every pod sandbox through the CRI, as the
 // kubelet does when it deletes a pod, so that the CNI plugins tear down what
 // they set up on the host (veth pairs, network namespaces, IP reservations,
-// masquerade rules) before containerd stops. forward relays TCP from the
-// pod network's gateway address to the stack's loopback-only services.
+// masquerade rules) before containerd stops.
 package main
 
 import (
@@ -38,7 +36,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: strata-node kubelet|kube-proxy|kube-scheduler|cri-reset|forward [flags]")
+		fmt.Fprintln(os.Stderr, "usage: strata-node kubelet|kube-proxy|kube-scheduler|cri-reset [flags]")
 		os.Exit(2)
 	}
 	var cmd *cobra.Command
@@ -49,12 +47,6 @@ func main() {
 		cmd = kubeproxy.NewProxyCommand()
 	case "kube-scheduler":
 		cmd = scheduler.NewSchedulerCommand()
-	case "forward":
-		if err := forward(os.Args[2:]); err != nil {
-			fmt.Fprintf(os.Stderr, "strata-node forward: %v\n", err)
-			os.Exit(1)
-		}
-		return
 	case "cri-reset":
 		if err := criReset(os.Args[2:]); err != nil {
 			fmt.Fprintf(os.Stderr, "strata-node cri-reset: %v\n", err)
@@ -62,7 +54,7 @@ func main() {
 		}
 		return
 	default:
-		fmt.Fprintf(os.Stderr, "strata-node: unknown component %q (kubelet, kube-proxy, kube-scheduler, cri-reset, forward)\n", os.Args[1])
+		fmt.Fprintf(os.Stderr, "strata-node: unknown component %q (kubelet, kube-proxy, kube-scheduler, cri-reset)\n", os.Args[1])
 		os.Exit(2)
 	}
 	cmd.SetArgs(os.Args[2:])

@@ -1,3 +1,9 @@
+// Command strata-forward relays TCP connections: for each --map
+// LISTEN=TARGET it accepts on LISTEN and connects each client to TARGET.
+// The stack's services listen on 127.0.0.1 only, which pods cannot reach:
+// hack/lib/node.sh maps them onto the pod network's gateway address, and
+// tests/e2e/kind.sh onto the kind network's gateway. Standard library and
+// pflag only, so it builds in seconds.
 package main
 
 import (
@@ -16,12 +22,15 @@ import (
 	"github.com/spf13/pflag"
 )
 
-// forward relays TCP connections from LISTEN to TARGET for each
-// --map LISTEN=TARGET: the stack's services listen on 127.0.0.1 only, which
-// pods cannot reach; node.sh maps them onto the pod network's gateway
-// address, where only pods and the host can connect.
+func main() {
+	if err := forward(os.Args[1:]); err != nil {
+		fmt.Fprintf(os.Stderr, "strata-forward: %v\n", err)
+		os.Exit(1)
+	}
+}
+
 func forward(args []string) error {
-	fs := pflag.NewFlagSet("forward", pflag.ContinueOnError)
+	fs := pflag.NewFlagSet("strata-forward", pflag.ContinueOnError)
 	maps := fs.StringArray("map", nil, "LISTEN=TARGET, e.g. 10.244.0.1:55432=127.0.0.1:55432 (repeatable)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -46,7 +55,7 @@ func forward(args []string) error {
 			return err
 		}
 		listeners = append(listeners, ln)
-		fmt.Fprintf(os.Stderr, "strata-node forward: %s -> %s\n", listen, target)
+		fmt.Fprintf(os.Stderr, "strata-forward: %s -> %s\n", listen, target)
 		wg.Go(func() { serve(ctx, ln, target) })
 	}
 	<-ctx.Done()
@@ -78,7 +87,7 @@ func relay(ctx context.Context, in net.Conn, target string) {
 	d := net.Dialer{Timeout: 5 * time.Second}
 	out, err := d.DialContext(ctx, "tcp", target)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "strata-node forward: %s: %v\n", target, err)
+		fmt.Fprintf(os.Stderr, "strata-forward: %s: %v\n", target, err)
 		return
 	}
 	defer out.Close()
