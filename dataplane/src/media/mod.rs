@@ -12,8 +12,9 @@
 //!
 //! A render is: authorise → resolve the source row → `format=auto` from
 //! `Accept` → variant id from the source's strong ETag and the canonical
-//! parameters → `If-None-Match` (304 before any work) → a stored variant,
-//! else one flight per variant id in this process: a transform permit
+//! parameters → `If-None-Match` (304 before any work) → one flight per
+//! variant id in this process, which serves the stored variant if there is
+//! one, else takes a transform permit
 //! (none free → 503 + `Retry-After`), the source's bytes (at most
 //! `max_source_bytes`), the transform on a blocking thread under the time
 //! budget, the blob and its row (only if the source is still that
@@ -215,7 +216,7 @@ pub async fn render(
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let params = requested.resolve(accept);
     let canonical = params.canonical();
-    let variant = variants::variant_id(&row.etag, &canonical);
+    let variant = variants::variant_id(&row.key, &row.etag, &canonical);
     let etag = variant_tag(&variant);
     match preconditions::check(
         &Method::GET,
@@ -232,18 +233,7 @@ pub async fn render(
         }
         Err(error) => return Err(error),
     }
-    let (bytes, content_type) =
-        match variants::find(&access.pool, access.bucket.id, key.as_str(), &variant).await? {
-            Some(stored) if access.bucket.owns_blob(&stored.blob_key) => {
-                let blob = strata_storage::BlobKey::from_stored(stored.blob_key.clone());
-                match read_all(storage, &blob, stored.size.max(0) as u64 + 1).await {
-                    Ok(bytes) => (bytes, stored.content_type),
-                    // A lost blob is re-rendered (and re-stored) below.
-                    Err(_) => produce(storage, &access, &row, &params, &variant).await?,
-                }
-            }
-            _ => produce(storage, &access, &row, &params, &variant).await?,
-        };
+    let (bytes, content_type) = produce(storage, &access, &row, &params, &variant).await?;
     let mut response = (StatusCode::OK, bytes).into_response();
     let out = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&content_type) {
@@ -318,6 +308,12 @@ struct Job {
 
 impl Job {
     async fn run(self) -> Result<Arc<Rendered>, Failure> {
+        // Looked up inside the flight: a request that missed the variant
+        // just before another flight stored it and left must not render
+        // it a second time.
+        if let Some(stored) = self.stored().await? {
+            return Ok(stored);
+        }
         let media = self.storage.media.clone();
         let settings = media.settings.clone();
         let Ok(permit) = media.permits.clone().try_acquire_owned() else {
@@ -359,6 +355,39 @@ impl Job {
             tracing::warn!(%error, "keeping a rendered variant failed; served without it");
         }
         Ok(rendered)
+    }
+
+    /// The stored variant, if there is one whose blob can be read (a lost
+    /// blob is re-rendered and re-stored).
+    async fn stored(&self) -> Result<Option<Arc<Rendered>>, Failure> {
+        let found = variants::find(&self.pool, self.bucket.id, &self.row.key, &self.variant)
+            .await
+            .map_err(Failure::from)?;
+        let Some(stored) = found else {
+            return Ok(None);
+        };
+        let content_type = match stored.content_type.as_str() {
+            "image/jpeg" => "image/jpeg",
+            "image/png" => "image/png",
+            "image/webp" => "image/webp",
+            _ => return Ok(None),
+        };
+        if !self.bucket.owns_blob(&stored.blob_key) {
+            return Ok(None);
+        }
+        let blob = strata_storage::BlobKey::from_stored(stored.blob_key.clone());
+        match read_all(&self.storage, &blob, stored.size.max(0) as u64 + 1).await {
+            Ok(bytes) => Ok(Some(Arc::new(Rendered {
+                bytes: bytes.to_vec(),
+                width: stored.width.max(0) as u32,
+                height: stored.height.max(0) as u32,
+                content_type,
+            }))),
+            Err(error) => {
+                tracing::warn!(%error, "a stored variant cannot be read; rendering it again");
+                Ok(None)
+            }
+        }
     }
 
     async fn store(&self, rendered: &Rendered) -> Result<(), ApiError> {

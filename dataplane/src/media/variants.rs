@@ -1,8 +1,9 @@
 //! Rendered variants: one blob per (source version, canonical parameters)
 //! under `<bucket prefix>/v/<variant>`, where `<variant>` is the hex
-//! SHA-256 of the source's strong ETag and the canonical string — so a
-//! changed source can never serve an old variant, whatever the timing of
-//! the cleanup. A row in `variants` records each one (size counted in the
+//! SHA-256 of the source's key, its strong ETag and the canonical string
+//! — so a changed source can never serve an old variant, whatever the
+//! timing of the cleanup, and two objects with the same bytes never share
+//! a blob. A row in `variants` records each one (size counted in the
 //! bucket's and the tenant's usage) and is removed, with its blob, in the
 //! transaction that replaces or deletes the source.
 
@@ -25,9 +26,14 @@ pub struct VariantRow {
     pub height: i32,
 }
 
-/// The variant id of (source ETag, canonical parameters).
-pub fn variant_id(source_etag: &str, canonical: &str) -> String {
+/// The variant id of (source key, source ETag, canonical parameters).
+/// The key is part of it: two objects with the same bytes (the same ETag)
+/// must not share a blob, whose removal with one source would take the
+/// other's variant (and whose flight would record only one of them).
+pub fn variant_id(source_key: &str, source_etag: &str, canonical: &str) -> String {
     let mut hash = Sha256::new();
+    hash.update((source_key.len() as u64).to_be_bytes());
+    hash.update(source_key.as_bytes());
     hash.update((source_etag.len() as u64).to_be_bytes());
     hash.update(source_etag.as_bytes());
     hash.update(canonical.as_bytes());
