@@ -1117,7 +1117,7 @@ async fn outbox(api: &Checked, a: &Tenant, key: &str) {
     let admin = admin_on(a).await;
     let rows = |admin: sqlx::PgPool, prefix: String| async move {
         let rows: Vec<(String, String, Value)> = sqlx::query_as(
-            "SELECT topic, aggregate_id, payload FROM outbox \
+            "SELECT topic, aggregate_id, jsonb_build_object('version', payload -> 'version') FROM outbox \
              WHERE topic LIKE 'vector.%' AND starts_with(aggregate_id, $1) ORDER BY id",
         )
         .bind(prefix)

@@ -88,8 +88,12 @@ struct Inner {
     wake: Notify,
     sweep_now: Notify,
     /// Per tenant: when gauges and maintenance last ran here.
-    upkeep: Mutex<HashMap<String, (Option<Instant>, Option<Instant>)>>,
+    upkeep: Mutex<HashMap<String, Upkeep>>,
 }
+
+/// When this replica last refreshed a tenant's gauges and maintained it
+/// (`None`: never; the first run does both).
+type Upkeep = (Option<Instant>, Option<Instant>);
 
 #[derive(Default)]
 struct Schedule {
@@ -622,7 +626,6 @@ impl Dispatcher {
         let now = Instant::now();
         let (gauges, maintain) = {
             let mut map = self.inner.upkeep.lock().unwrap_or_else(|e| e.into_inner());
-            // `None`: never done on this replica (the first run does both).
             let entry = map.entry(tenant.name.clone()).or_insert((None, None));
             let due = |last: Option<Instant>, every: Duration| {
                 last.is_none_or(|at| now.duration_since(at) >= every)
