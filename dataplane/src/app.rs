@@ -91,6 +91,8 @@ pub fn router(state: AppState, registry: Arc<Registry>, max_body_bytes: usize) -
         .merge(api_router(api, max_body_bytes, state.http.gateway.clone()))
         // Object bodies: any type, streamed, longer than the API's limits.
         .merge(crate::storage::router(state.clone(), max_body_bytes))
+        // Per-route body limits and timeouts from the policy table.
+        .layer(middleware::from_fn(crate::gateway::policy::enforce))
         // A successful write drops what it made stale, on every replica,
         // before its answer leaves (cache::invalidation).
         .layer(middleware::from_fn_with_state(

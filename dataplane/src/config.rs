@@ -22,17 +22,26 @@ use crate::tenancy::TenancySettings;
 #[command(
     name = "strata-dataplane",
     version,
-    about = "Serves Strata's database and storage APIs"
+    about = "Serves Strata's database and storage APIs",
+    subcommand_negates_reqs = true
 )]
 pub struct Config {
+    /// What to do; without one, `serve`.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     #[command(flatten)]
     pub log: LogArgs,
     /// Address to serve the API, probes and metrics on.
     #[arg(long, env = "STRATA_DATAPLANE_ADDR", default_value = "127.0.0.1:28080")]
     pub listen: SocketAddr,
     /// Connection string of the platform catalog database (read access suffices).
-    #[arg(long, env = "STRATA_CATALOG_URL", hide_env_values = true)]
-    pub catalog_url: String,
+    #[arg(
+        long,
+        env = "STRATA_CATALOG_URL",
+        hide_env_values = true,
+        required = true
+    )]
+    pub catalog_url: Option<String>,
     /// Redis for the shared (L2) cache and rate limits.
     #[arg(long, env = "STRATA_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
@@ -58,6 +67,19 @@ pub struct Config {
     pub storage: strata_storage::StorageArgs,
     #[command(flatten)]
     pub objects: ObjectArgs,
+}
+
+/// Subcommands; none means `serve` (so existing invocations keep working).
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Serve the APIs (the default).
+    Serve,
+    /// Print the per-route policy table (gateway::policy) and exit.
+    Routes {
+        /// Tab-separated columns instead of aligned ones.
+        #[arg(long)]
+        tsv: bool,
+    },
 }
 
 /// The storage API's limits, workers and antivirus (see `storage`).

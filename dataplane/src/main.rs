@@ -6,7 +6,7 @@ use clap::Parser;
 use prometheus_client::registry::Registry;
 use sqlx::postgres::PgPoolOptions;
 use strata_dataplane::app::{AppState, router};
-use strata_dataplane::config::Config;
+use strata_dataplane::config::{Command, Config};
 use strata_dataplane::http::HttpContext;
 use strata_dataplane::http::auth::{Authenticator, JwtVerifier};
 use strata_dataplane::tenancy::Tenancy;
@@ -15,6 +15,12 @@ use strata_servicekit::shutdown_signal;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
+    if let Some(Command::Routes { tsv }) = config.command {
+        print!("{}", strata_dataplane::gateway::policy::render(tsv));
+        return Ok(());
+    }
+    // Required by clap unless a subcommand is given.
+    let catalog_url = config.catalog_url.clone().unwrap_or_default();
     config.log.init();
     strata_servicekit::install_crypto_provider();
     // Lazy: the process starts (and /healthz answers) while the database is
@@ -22,7 +28,7 @@ async fn main() -> anyhow::Result<()> {
     let catalog = PgPoolOptions::new()
         .max_connections(8)
         .acquire_timeout(Duration::from_secs(3))
-        .connect_lazy(&config.catalog_url)
+        .connect_lazy(&catalog_url)
         .context("invalid --catalog-url")?;
     let redis = match &config.redis_url {
         Some(url) => {
@@ -63,11 +69,8 @@ async fn main() -> anyhow::Result<()> {
     let cache = config
         .cache
         .build(redis.clone(), config.redis_url.as_deref(), &mut registry)?;
-    let tenancy = Tenancy::new(
-        catalog.clone(),
-        config.tenancy.settings(&config.catalog_url)?,
-    )
-    .with_cache(cache);
+    let tenancy =
+        Tenancy::new(catalog.clone(), config.tenancy.settings(&catalog_url)?).with_cache(cache);
     // The backend must answer at startup: a misconfigured store fails here
     // rather than on the first upload.
     let backend = strata_storage::connect(&config.storage)

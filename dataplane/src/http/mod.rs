@@ -44,6 +44,12 @@ pub async fn finish_problems(request: Request, next: Next) -> Response {
     finish(response, id)
 }
 
+/// [`finish_problems`] for a response made outside that layer (the
+/// gateway's own refusals).
+pub fn finish_problem(response: Response, id: Option<RequestId>) -> Response {
+    finish(response, id)
+}
+
 fn is_problem_json(response: &Response) -> bool {
     response
         .headers()
