@@ -28,7 +28,7 @@ types! {
     COLLECTION_CREATED = ("collection.created", "`<collection id>`",
         "`name`, `version`");
     COLLECTION_UPDATED = ("collection.updated", "`<collection id>`",
-        "`name`, `version`, `changed` (the settings sent: `schema`, `indexed_fields`, `require_if_match`)");
+        "`name`, `version`");
     COLLECTION_DELETED = ("collection.deleted", "`<collection id>`",
         "`name`, `version` (the last); its documents and vectors go without events of their own");
     DOCUMENT_CREATED = ("document.created", "`<collection id>/<document id>`",
