@@ -14,6 +14,9 @@ use strata_operator::{leader::LeaderElector, metrics::Metrics};
 use strata_servicekit::{ReadinessCheck, probe_router, shutdown_signal};
 use tokio_util::sync::CancellationToken;
 
+/// How long the controllers may take to finish after SIGTERM.
+const CONTROLLER_DRAIN: Duration = Duration::from_secs(10);
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -133,9 +136,24 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Both futures are moved into the select: when `lost` wins, `controller`
     // is dropped before the branch runs, and with it the kube-runtime
     // Controller, whose reconcile tasks are aborted (not awaited) on drop.
+    // After SIGTERM the controllers finish their running reconciles; a
+    // controller whose watch never became ready (the signal came during its
+    // first list) may wait for it forever, so the wait is bounded. Dropping
+    // the controllers aborts what still runs: every reconcile is crash-safe.
+    let drained = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(CONTROLLER_DRAIN).await;
+        }
+    };
     let stepped_down = tokio::select! {
         () = controller => None,
         down = lost => Some(down),
+        () = drained => {
+            tracing::warn!(after = ?CONTROLLER_DRAIN, "controllers still running after shutdown; stopping them");
+            None
+        }
     };
     metrics.leader.set(0);
     if let Some(down) = stepped_down {
