@@ -253,8 +253,14 @@ pods_hardened() {
 	# Two of each, all Running and Ready, no restarts.
 	jq -e '[.items[] | select(.metadata.labels["app.kubernetes.io/component"] == "operator")] | length == 2' <<<"$pods" >/dev/null || { say "not 2 operator pods"; return 1; }
 	jq -e '[.items[] | select(.metadata.labels["app.kubernetes.io/component"] == "dataplane")] | length == 2' <<<"$pods" >/dev/null || { say "not 2 data plane pods"; return 1; }
-	jq -e 'all(.items[]; .status.phase == "Running" and all(.status.containerStatuses[]; .ready and .restartCount == 0))' <<<"$pods" >/dev/null ||
-		{ say "a pod is not Running/Ready or restarted"; return 1; }
+	if ! jq -e 'all(.items[]; .status.phase == "Running" and all(.status.containerStatuses[]; .ready and .restartCount == 0))' <<<"$pods" >/dev/null; then
+		local p
+		for p in $(jq -r '.items[] | select(any(.status.containerStatuses[]; .restartCount > 0)) | .metadata.name' <<<"$pods"); do
+			say "pod $p restarted; its previous run ended with: $(kn logs "$p" --previous --tail=4 2>&1 | tr '\n' ' ')"
+		done
+		say "a pod is not Running/Ready or restarted"
+		return 1
+	fi
 	# Non-root, read-only root filesystem, nothing extra: as admitted and run.
 	jq -e 'all(.items[]; .spec.securityContext.runAsNonRoot == true and .spec.securityContext.runAsUser == 65532
 		and all(.spec.containers[]; .securityContext.readOnlyRootFilesystem == true
