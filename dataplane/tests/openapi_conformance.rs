@@ -138,6 +138,7 @@ async fn scenario(catalog_url: String, catalog: strata_db::Catalog, tenants: Vec
         None,
         storage_support::settings(),
     );
+    let events_state = state.clone();
     let server = Server::start(state, 10 << 20).await;
     let spec = Spec::new(Client::new(&server.base));
     let tenant = &tenants[0];
@@ -759,6 +760,8 @@ async fn scenario(catalog_url: String, catalog: strata_db::Catalog, tenants: Vec
         .await;
     drop(store);
 
+    events(&spec, &events_state, t, key).await;
+
     // Every documented operation was called at least once.
     let called = spec.called.lock().expect("lock").clone();
     for (path, item) in spec.doc["paths"].as_object().expect("paths") {
@@ -769,4 +772,146 @@ async fn scenario(catalog_url: String, catalog: strata_db::Catalog, tenants: Vec
             );
         }
     }
+}
+
+/// Webhooks, deliveries, dead letters, backlog and replay (docs/events.md).
+async fn events(spec: &Spec, state: &strata_dataplane::app::AppState, t: &str, key: Option<&str>) {
+    use strata_dataplane::events::{Dispatcher, EventSettings};
+    // A local endpoint (nothing listens there: every attempt fails).
+    strata_dataplane::events::settings::install(EventSettings {
+        allow_http: true,
+        allow_private: true,
+        ..EventSettings::default()
+    });
+    let hooks = "/v1/tenants/{tenant}/webhooks";
+    let hook = "/v1/tenants/{tenant}/webhooks/{id}";
+    let tv = &[("tenant", t)];
+    let made = spec
+        .call(
+            "POST",
+            hooks,
+            tv,
+            key,
+            Body::Json(json!({"url": "http://127.0.0.1:9/hook", "event_types": ["document.*"]})),
+            &[],
+            201,
+        )
+        .await;
+    let id = made.json["id"].as_str().expect("id").to_string();
+    let at = &[("tenant", t), ("id", id.as_str())];
+    spec.call(
+        "POST",
+        hooks,
+        tv,
+        key,
+        Body::Json(json!({"url": "https://127.0.0.1/"})),
+        &[],
+        201,
+    )
+    .await;
+    spec.call("GET", hooks, tv, key, Body::None, &[], 200).await;
+    spec.call("GET", hook, at, key, Body::None, &[], 200).await;
+    spec.call(
+        "PATCH",
+        hook,
+        at,
+        key,
+        Body::Json(json!({"description": "ci"})),
+        &[],
+        200,
+    )
+    .await;
+    spec.call(
+        "POST",
+        "/v1/tenants/{tenant}/webhooks/{id}/rotate-secret",
+        at,
+        key,
+        Body::Json(json!({"overlap_seconds": 60})),
+        &[],
+        200,
+    )
+    .await;
+    // One attempt each, then dead.
+    let dispatcher = Dispatcher::new(
+        state.tenancy.clone(),
+        state.catalog.clone(),
+        None,
+        None,
+        EventSettings {
+            max_attempts: 1,
+            webhook_timeout: std::time::Duration::from_secs(1),
+            allow_http: true,
+            allow_private: true,
+            ..EventSettings::default()
+        },
+    )
+    .expect("dispatcher");
+    dispatcher.run_tenant(t).await.expect("fan out");
+    dispatcher.run_tenant(t).await.expect("deliver");
+    let deliveries = "/v1/tenants/{tenant}/webhooks/{id}/deliveries?state=dead";
+    let listed = spec
+        .call("GET", deliveries, at, key, Body::None, &[], 200)
+        .await;
+    let items = listed.json["items"].as_array().expect("items").clone();
+    assert!(items.len() >= 2, "{}", listed.text);
+    let delivery = items[0]["id"].to_string();
+    let one = &[
+        ("tenant", t),
+        ("id", id.as_str()),
+        ("delivery", delivery.as_str()),
+    ];
+    spec.call(
+        "GET",
+        "/v1/tenants/{tenant}/webhooks/{id}/deliveries/{delivery}",
+        one,
+        key,
+        Body::None,
+        &[],
+        200,
+    )
+    .await;
+    spec.call(
+        "POST",
+        "/v1/tenants/{tenant}/webhooks/{id}/deliveries/{delivery}/replay",
+        one,
+        key,
+        Body::None,
+        &[],
+        202,
+    )
+    .await;
+    spec.call(
+        "GET",
+        "/v1/tenants/{tenant}/events/backlog",
+        tv,
+        key,
+        Body::None,
+        &[],
+        200,
+    )
+    .await;
+    spec.call(
+        "GET",
+        "/v1/tenants/{tenant}/events/dead",
+        tv,
+        key,
+        Body::None,
+        &[],
+        200,
+    )
+    .await;
+    let event = items[1]["event_id"].as_str().expect("event id").to_string();
+    let ev = &[("tenant", t), ("event", event.as_str())];
+    spec.call(
+        "POST",
+        "/v1/tenants/{tenant}/events/{event}/replay",
+        ev,
+        key,
+        Body::None,
+        &[],
+        202,
+    )
+    .await;
+    spec.call("DELETE", hook, at, key, Body::None, &[], 204)
+        .await;
 }
