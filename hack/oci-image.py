@@ -181,7 +181,7 @@ def main():
     for layer in (base_layer(args.binary, mtime), app_layer(args.binary, args.name, mtime)):
         raw = layer.tar()
         gz = io.BytesIO()
-        with gzip.GzipFile(fileobj=gz, mode="wb", mtime=0, compresslevel=9) as z:
+        with gzip.GzipFile(fileobj=gz, mode="wb", mtime=0, compresslevel=6) as z:
             z.write(raw)
         layers.append((raw, gz.getvalue()))
 
