@@ -83,6 +83,12 @@ pub fn router(state: AppState, registry: Arc<Registry>, max_body_bytes: usize) -
         .merge(crate::documents::routes())
         .merge(crate::vectors::routes())
         .merge(crate::events::routes())
+        // Whole answers of the rows that opt in (gateway::policy), inside
+        // the rate limits and problem layers, outside JSON negotiation.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::gateway::output_cache::output_cache,
+        ))
         .with_state(state.clone());
     Router::new()
         .merge(probes)

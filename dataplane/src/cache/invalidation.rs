@@ -16,7 +16,7 @@
 //!
 //! | event | tags bumped | cached entries it drops |
 //! | --- | --- | --- |
-//! | `collection.*` | `collection:<name>` | the collection's settings, its documents, lists and searches |
+//! | `collection.*` | `collection:<name>`, `collections` | the collection's settings, its documents, lists and searches; lists of collections |
 //! | `document.*` | `document:<collection>:<id>`, `documents:<collection>` | that document; the collection's lists |
 //! | `vector.*` | `vectors:<collection>` | the collection's search results |
 //! | `key.revoked` | `api-key:<id>` | the key's row (revalidated: refused at once everywhere) |
@@ -116,6 +116,8 @@ pub fn tags_for_event(tenant: Uuid, kind: &str, aggregate_id: &str, data: &Value
             if let Some(name) = text(data, "name") {
                 tags.push(Tag::tenant(tenant, "collection", [name]));
             }
+            // Lists of collections (the output cache's `collections`).
+            tags.push(Tag::tenant(tenant, "collections", []));
         }
         "document" => {
             if let Some(collection) = text(data, "collection") {

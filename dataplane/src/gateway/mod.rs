@@ -13,6 +13,7 @@
 //!   here, per client IP, before any work.
 
 pub mod client_ip;
+pub mod output_cache;
 pub mod policy;
 pub mod ratelimit;
 
