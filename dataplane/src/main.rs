@@ -19,8 +19,11 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", strata_dataplane::gateway::policy::render(tsv));
         return Ok(());
     }
-    // Required by clap unless a subcommand is given.
-    let catalog_url = config.catalog_url.clone().unwrap_or_default();
+    // Required by clap unless a subcommand is given (`serve` names it).
+    let catalog_url = config
+        .catalog_url
+        .clone()
+        .context("--catalog-url (STRATA_CATALOG_URL) is required")?;
     config.log.init();
     strata_servicekit::install_crypto_provider();
     // Lazy: the process starts (and /healthz answers) while the database is
