@@ -656,6 +656,18 @@ async fn scenario(catalog_url: String, catalog: strata_db::Catalog, tenants: Vec
         200,
     )
     .await;
+    // A signed render URL (the render itself needs a bucket with image
+    // transforms; dataplane/tests/transforms.rs).
+    spec.call(
+        "POST",
+        "/v1/tenants/{tenant}/buckets/{bucket}/render-urls",
+        b,
+        key,
+        Body::Json(json!({"key": "docs/a.bin", "transform": {"w": 100}})),
+        &[],
+        200,
+    )
+    .await;
     spec.call(
         "POST",
         "/v1/tenants/{tenant}/signing-keys/rotate",
