@@ -656,8 +656,19 @@ async fn scenario(catalog_url: String, catalog: strata_db::Catalog, tenants: Vec
         200,
     )
     .await;
-    // A signed render URL (the render itself needs a bucket with image
-    // transforms; dataplane/tests/transforms.rs).
+    // This bucket has no image transforms: a render is refused, as
+    // documented (renders themselves: dataplane/tests/transforms.rs).
+    spec.call(
+        "GET",
+        "/v1/tenants/{tenant}/buckets/{bucket}/render/{key}?w=100",
+        o,
+        key,
+        Body::None,
+        &[],
+        403,
+    )
+    .await;
+    // A signed render URL.
     spec.call(
         "POST",
         "/v1/tenants/{tenant}/buckets/{bucket}/render-urls",
