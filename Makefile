@@ -89,6 +89,14 @@ bench: stack-up build ## Run the benchmarks in bench/ (see bench/README.md)
 bench-api: stack-up ## REST API vs the same queries sent directly (release builds; bench/README.md)
 	$(CARGO) build --release -p strata-dataplane -p strata-bench && source $(ENV) && $(CARGO) run --release -q -p strata-bench --bin api-bench
 
+.PHONY: bench-storage
+bench-storage: stack-up ## Object PUT/GET through the API vs straight to S3 (release builds; bench/README.md)
+	$(CARGO) build --release -p strata-dataplane -p strata-bench && source $(ENV) && $(CARGO) run --release -q -p strata-bench --bin storage-bench
+
+.PHONY: bench-cache
+bench-cache: stack-up ## Document GET with L1 hit, L2 hit and cache off (release builds; bench/README.md)
+	$(CARGO) build --release -p strata-dataplane -p strata-bench && source $(ENV) && $(CARGO) run --release -q -p strata-bench --bin cache-bench
+
 .PHONY: images
 images: ## Container images of the operator and data plane, no Docker needed (hack/image.sh; docs/shipping.md)
 	hack/image.sh build

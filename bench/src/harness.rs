@@ -1,0 +1,254 @@
+//! Shared by `storage-bench` and `cache-bench` (included with `#[path]`):
+//! one tenant provisioned in a catalog of its own, release data plane
+//! processes on that catalog, latency percentiles, `/proc` readings, and
+//! the cleanup that leaves nothing behind (also on failure and Ctrl-C).
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use strata_db::{Catalog, TenantState};
+use strata_operator::host::{LocalHost, TenantHost};
+use strata_operator::placement::TenantNames;
+use strata_operator::provision::{self, TenantInput};
+use strata_tests::operator_support::{drop_tenant_storage, provision_local, test_catalog};
+use strata_tests::process::{Running, free_port};
+use strata_tests::{env, repo_root, unique, with_database};
+use uuid::Uuid;
+
+/// What the benchmark body gets.
+pub struct Setup {
+    pub catalog: Catalog,
+    pub catalog_name: String,
+    pub tenant: Uuid,
+    pub tenant_name: String,
+    /// The admin's invitation token (accept it once for an API key).
+    pub invite: String,
+    pub dataplane_bin: PathBuf,
+}
+
+/// The release data plane binary, which must have been built.
+pub fn dataplane_bin() -> anyhow::Result<PathBuf> {
+    let target: PathBuf =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo_root().join("target"), Into::into);
+    let bin = target.join("release/strata-dataplane");
+    anyhow::ensure!(
+        bin.exists(),
+        "{} not built: run `cargo build --release -p strata-dataplane -p strata-bench`",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+/// Provisions tenant `name` in a fresh catalog, runs `body` in a task (so
+/// a failure, a panic or Ctrl-C still reaches the cleanup), then drops the
+/// tenant database, roles, files and catalog and checks nothing is left.
+pub async fn with_tenant<F, Fut>(name: &str, body: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Setup) -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let dataplane_bin = dataplane_bin()?;
+    let (catalog_db, catalog) = test_catalog().await;
+    let host = LocalHost {
+        dir: std::env::temp_dir().join(unique("strata-bench-")),
+    };
+    let input = TenantInput {
+        id: Uuid::new_v4(),
+        name: name.into(),
+        namespace: "bench".into(),
+        spec: serde_json::from_value(
+            json!({"displayName": "bench", "adminEmail": "bench@example.com"}),
+        )?,
+        rotation: Default::default(),
+    };
+    let tenant = input.id;
+    let names = TenantNames::for_tenant(tenant);
+    let host_dir = host.dir.clone();
+    let catalog_name = catalog_db.name.clone();
+    println!(
+        "tenant {name} ({tenant}, database {}), catalog {catalog_name}",
+        names.database.as_str()
+    );
+    let tenant_name = name.to_string();
+    let mut work = tokio::spawn(async move {
+        provision_local(&catalog, &host, &input)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        catalog.set_state(tenant, TenantState::Ready).await?;
+        let invite = host
+            .read_secret(&provision::invite_secret_name(&tenant_name))
+            .await?
+            .and_then(|s| s.get("token").map(str::to_string))
+            .context("invite token")?;
+        body(Setup {
+            catalog,
+            catalog_name,
+            tenant,
+            tenant_name,
+            invite,
+            dataplane_bin,
+        })
+        .await
+    });
+    let result = tokio::select! {
+        r = &mut work => match r {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => Err(anyhow::anyhow!("benchmark panicked")),
+            Err(e) => Err(e.into()),
+        },
+        _ = tokio::signal::ctrl_c() => {
+            work.abort();
+            // Dropping the task's future stops the data plane processes.
+            let _ = (&mut work).await;
+            Err(anyhow::anyhow!("interrupted"))
+        }
+    };
+    drop_tenant_storage(tenant).await;
+    let _ = std::fs::remove_dir_all(&host_dir);
+    let catalog_name = catalog_db.name.clone();
+    drop(catalog_db);
+    let admin = PgPool::connect(&env("STRATA_DATABASE_URL")).await?;
+    let left: Vec<String> = sqlx::query_scalar(
+        "SELECT datname::text FROM pg_database WHERE datname = ANY($1) \
+         UNION ALL SELECT rolname::text FROM pg_roles WHERE rolname = ANY($2)",
+    )
+    .bind(vec![names.database.as_str().to_string(), catalog_name])
+    .bind(vec![
+        names.role.as_str().to_string(),
+        names.owner.as_str().to_string(),
+    ])
+    .fetch_all(&admin)
+    .await?;
+    admin.close().await;
+    anyhow::ensure!(left.is_empty(), "left behind: {left:?}");
+    result
+}
+
+/// A data plane process on the benchmark's catalog.
+pub struct Dataplane {
+    pub process: Running,
+    pub pid: u32,
+    /// `http://127.0.0.1:<port>`.
+    pub root: String,
+}
+
+/// Starts the release data plane on `catalog_name` with `envs` on top of
+/// this process's environment (the stack's), and waits for `/readyz`.
+pub async fn start_dataplane(
+    setup: &Setup,
+    label: &str,
+    envs: &[(&str, String)],
+) -> anyhow::Result<Dataplane> {
+    let port = free_port();
+    let mut command = Command::new(&setup.dataplane_bin);
+    command
+        .env(
+            "STRATA_CATALOG_URL",
+            with_database(&env("STRATA_DATAPLANE_DATABASE_URL"), &setup.catalog_name),
+        )
+        .env("STRATA_DATAPLANE_ADDR", format!("127.0.0.1:{port}"))
+        .env("STRATA_LOG", "warn");
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    let mut process = Running::spawn(&mut command);
+    let pid = process.child.id();
+    let root = format!("http://127.0.0.1:{port}");
+    println!("data plane ({label}) pid {pid} on 127.0.0.1:{port}");
+    process
+        .wait_ready(&format!("{root}/readyz"), Duration::from_secs(60))
+        .await;
+    Ok(Dataplane { process, pid, root })
+}
+
+/// Accepts the admin invitation: `Bearer sk_…` for the admin's API key.
+pub async fn accept_invite(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+) -> anyhow::Result<String> {
+    let accepted: Value = http
+        .post(format!("{base}/invitations/accept"))
+        .json(&json!({"token": token, "subject": "bench"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let key = accepted["key"]["key"]
+        .as_str()
+        .context("no key in the invitation answer")?;
+    Ok(format!("Bearer {key}"))
+}
+
+/// Peak resident set (`VmHWM`) of `pid`, KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+/// Current resident set (`VmRSS`) of `pid`, KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// `USER_HZ`, the unit of `utime`/`stime`.
+pub const CLOCK_TICKS: f64 = 100.0;
+
+/// utime + stime of a process (all its threads), in clock ticks.
+pub fn cpu_ticks(pid: &str) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+/// The 1-minute load average.
+pub fn load() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN)
+}
+
+/// The `p` quantile (0..=1) of `values`, sorted in place.
+pub fn percentile(values: &mut [f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_unstable_by(f64::total_cmp);
+    let i = ((values.len() as f64 - 1.0) * p).round() as usize;
+    values[i]
+}
+
+/// The median of a few values.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    percentile(&mut values, 0.5)
+}
