@@ -19,6 +19,12 @@ pub async fn open(admin_url: &str, database: &str) -> anyhow::Result<Catalog> {
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(admin.clone())
         .await?;
+    // Replicas starting together would race on CREATE DATABASE and on the
+    // grants ("tuple concurrently updated"): one at a time, under a session
+    // lock held on the admin connection until the catalog is ready.
+    sqlx::query("SELECT pg_advisory_lock(hashtext('strata.platform-setup'))")
+        .execute(&admin_pool)
+        .await?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(db.as_str())
@@ -30,8 +36,11 @@ pub async fn open(admin_url: &str, database: &str) -> anyhow::Result<Catalog> {
             .await
         {
             Ok(_) => tracing::info!(database = %db, "created platform database"),
-            // Another replica created it first.
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            // Another replica created it first: 42P04 when it had
+            // committed, 23505 (pg_database's unique name index) when both
+            // ran at the same moment.
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {}
             Err(e) => return Err(e.into()),
         }
     }
@@ -42,7 +51,6 @@ pub async fn open(admin_url: &str, database: &str) -> anyhow::Result<Catalog> {
     ))
     .execute(&admin_pool)
     .await?;
-    admin_pool.close().await;
     let pool: PgPool = PgPoolOptions::new()
         .max_connections(8)
         .acquire_timeout(Duration::from_secs(5))
@@ -54,6 +62,8 @@ pub async fn open(admin_url: &str, database: &str) -> anyhow::Result<Catalog> {
         .await?;
     let version = migrations::run(&migrations::PLATFORM, &pool).await?;
     grant_dataplane_read(&pool, &db).await?;
+    // Ends the session, and with it the setup lock.
+    admin_pool.close().await;
     tracing::info!(database = %db, schema_version = version, "platform catalog ready");
     Ok(Catalog::new(pool))
 }
