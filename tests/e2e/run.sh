@@ -444,7 +444,9 @@ upgrade_rolls() {
 	failures=$(grep -c fail "$TMP/roll-requests" || true)
 	rs_after=$(kn get rs -o jsonpath='{range .items[?(@.status.replicas>0)]}{.metadata.name}{"\n"}{end}' | sort)
 	[[ $rs_before != "$rs_after" ]] || { say "no new ReplicaSets: nothing rolled"; return 1; }
-	kn get pods -o json | jq -e 'all(.items[]; .status.phase == "Running" and all(.status.containerStatuses[]; .ready and .restartCount == 0))' >/dev/null ||
+	# Old pods still terminating (the data plane's preStop sleep) are not
+	# Ready by design; every pod that stays must be Ready and never restarted.
+	kn get pods -o json | jq -e '[.items[] | select(.metadata.deletionTimestamp == null)] | length > 0 and all(.[]; .status.phase == "Running" and all(.status.containerStatuses[]; .ready and .restartCount == 0))' >/dev/null ||
 		{ say "after the upgrade a pod is not Ready or restarted"; return 1; }
 	key_after=$(kn get secret "$RELEASE-cursor-key" -o jsonpath='{.data.cursorKey}')
 	[[ $key_before == "$key_after" ]] || { say "helm upgrade changed the cursor key"; return 1; }
