@@ -21,7 +21,7 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use governor::clock::{Clock, DefaultClock};
@@ -29,6 +29,8 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter as Gcra};
 use uuid::Uuid;
+
+use crate::cache::Breaker;
 
 use crate::http::auth::{CredentialId, Principal};
 use crate::http::problem::ApiError;
@@ -265,9 +267,8 @@ struct Inner {
     redis: Option<redis::aio::ConnectionManager>,
     script: redis::Script,
     local: LocalLimiter,
-    /// Redis is skipped until this instant (ms since `epoch`).
-    redis_open_at_ms: AtomicU64,
-    epoch: Instant,
+    /// Open after a Redis failure: Redis is left alone for a while.
+    breaker: Breaker,
     checks: AtomicU64,
 }
 
@@ -275,12 +276,11 @@ impl RateLimiter {
     pub fn new(settings: RateLimitSettings, redis: Option<redis::aio::ConnectionManager>) -> Self {
         Self {
             inner: Arc::new(Inner {
+                breaker: Breaker::new(settings.redis_retry_after),
                 settings,
                 redis,
                 script: redis::Script::new(GCRA_SCRIPT),
                 local: LocalLimiter::default(),
-                redis_open_at_ms: AtomicU64::new(0),
-                epoch: Instant::now(),
                 checks: AtomicU64::new(0),
             }),
         }
@@ -353,14 +353,10 @@ impl RateLimiter {
         self.inner.local.check(limits)
     }
 
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
     /// `None` when Redis is not configured, failed, or its circuit is open.
     async fn check_redis(&self, limits: &[Limit]) -> Option<Decision> {
         let mut redis = self.inner.redis.clone()?;
-        if self.now_ms() < self.inner.redis_open_at_ms.load(Ordering::Relaxed) {
+        if !self.inner.breaker.allows() {
             return None;
         }
         let mut invocation = self.inner.script.prepare_invoke();
@@ -378,11 +374,7 @@ impl RateLimiter {
                     Ok(Err(error)) => error.to_string(),
                     Ok(Ok(_)) => "unexpected answer".to_string(),
                 };
-                let retry = u64::try_from(self.inner.settings.redis_retry_after.as_millis())
-                    .unwrap_or(u64::MAX);
-                self.inner
-                    .redis_open_at_ms
-                    .store(self.now_ms().saturating_add(retry), Ordering::Relaxed);
+                self.inner.breaker.trip();
                 tracing::warn!(%reason, "rate limits: Redis unavailable, limiting locally");
                 return None;
             }
