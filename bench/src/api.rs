@@ -46,15 +46,9 @@ use strata_dataplane::vectors::model::{
     DEFAULT_EF_SEARCH, SearchParams, ValidItem, VectorCollection,
 };
 use strata_dataplane::vectors::store as vstore;
-use strata_db::TenantState;
-use strata_operator::host::{LocalHost, TenantHost};
 use strata_operator::placement::TenantNames;
-use strata_operator::provision::{self, Provisioner, TenantInput};
-use strata_tests::operator_support::{
-    default_clusters, drop_tenant_storage, settings, test_catalog,
-};
 use strata_tests::process::{Running, free_port};
-use strata_tests::{env, repo_root, unique, with_database};
+use strata_tests::{env, with_database};
 use uuid::Uuid;
 
 const DOCS: usize = 10_000;
@@ -483,6 +477,9 @@ fn clustered(rng: &mut StdRng, centres: &[Vec<f32>]) -> Vec<f32> {
         .collect()
 }
 
+#[path = "harness.rs"]
+mod harness;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -501,101 +498,21 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
-    let target: std::path::PathBuf =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo_root().join("target"), Into::into);
-    let dataplane_bin = target.join("release/strata-dataplane");
-    anyhow::ensure!(
-        dataplane_bin.exists(),
-        "{} not built: run `cargo build --release -p strata-dataplane -p strata-bench`",
-        dataplane_bin.display()
-    );
-
-    let (catalog_db, catalog) = test_catalog().await;
-    let host = LocalHost {
-        dir: std::env::temp_dir().join(unique("strata-api-bench-")),
-    };
-    let input = TenantInput {
-        id: Uuid::new_v4(),
-        name: TENANT.into(),
-        namespace: "bench".into(),
-        spec: serde_json::from_value(
-            json!({"displayName": "API bench", "adminEmail": "bench@example.com"}),
-        )?,
-        rotation: Default::default(),
-    };
-    let tenant = input.id;
-    let names = TenantNames::for_tenant(tenant);
-    let host_dir = host.dir.clone();
-    let catalog_name = catalog_db.name.clone();
-    println!(
-        "tenant {TENANT} ({tenant}, database {}), catalog {catalog_name}",
-        names.database.as_str()
-    );
-    // Everything after the catalog exists runs in a task, so a failure, a
-    // panic or Ctrl-C still reaches the cleanup below.
-    let mut work = tokio::spawn(async move {
-        let cluster = provision::resolve_cluster(&default_clusters(), "default")
-            .await
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        Provisioner {
-            settings: &settings(None),
-            catalog: &catalog,
-            cluster: &cluster,
-            host: &host,
-        }
-        .provision(&input)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        catalog.set_state(tenant, TenantState::Ready).await?;
-        let token = host
-            .read_secret(&provision::invite_secret_name(TENANT))
-            .await?
-            .and_then(|s| s.get("token").map(str::to_string))
-            .context("invite token")?;
+    // Provisioning, the task that survives panics and Ctrl-C, and the
+    // check that nothing is left behind: the benchmarks' shared harness.
+    harness::with_tenant(TENANT, move |setup| async move {
         run(
-            &dataplane_bin,
-            &catalog_name,
-            tenant,
-            &token,
+            &setup.dataplane_bin,
+            &setup.catalog_name,
+            setup.tenant,
+            &setup.invite,
             seconds,
             concurrency,
             only.as_deref(),
         )
         .await
-    });
-    let result = tokio::select! {
-        r = &mut work => match r {
-            Ok(r) => r,
-            Err(e) if e.is_panic() => Err(anyhow::anyhow!("benchmark panicked")),
-            Err(e) => Err(e.into()),
-        },
-        _ = tokio::signal::ctrl_c() => {
-            work.abort();
-            // Dropping the task's future stops the data plane process.
-            let _ = (&mut work).await;
-            Err(anyhow::anyhow!("interrupted"))
-        }
-    };
-    drop_tenant_storage(tenant).await;
-    let _ = std::fs::remove_dir_all(&host_dir);
-    let catalog_name = catalog_db.name.clone();
-    drop(catalog_db);
-    // A benchmark leaves nothing behind: check.
-    let admin = PgPool::connect(&env("STRATA_DATABASE_URL")).await?;
-    let left: Vec<String> = sqlx::query_scalar(
-        "SELECT datname::text FROM pg_database WHERE datname = ANY($1) \
-         UNION ALL SELECT rolname::text FROM pg_roles WHERE rolname = ANY($2)",
-    )
-    .bind(vec![names.database.as_str().to_string(), catalog_name])
-    .bind(vec![
-        names.role.as_str().to_string(),
-        names.owner.as_str().to_string(),
-    ])
-    .fetch_all(&admin)
-    .await?;
-    admin.close().await;
-    anyhow::ensure!(left.is_empty(), "left behind: {left:?}");
-    result
+    })
+    .await
 }
 
 async fn run(
