@@ -310,6 +310,27 @@ async fn cached_pair(catalog_url: &str) -> ((Running, Client), (Running, Client)
     )
 }
 
+/// Creates `collection` with one document (`id`, `data`) through `c`, as
+/// `key`; returns the document's path.
+async fn collection_with_document(
+    c: &Client,
+    tenant: &support::Tenant,
+    key: &str,
+    collection: &str,
+    id: &str,
+    data: serde_json::Value,
+) -> String {
+    let base = format!("/v1/tenants/{}/collections", tenant.name);
+    let made = c
+        .json("POST", &base, key, json!({"name": collection}))
+        .await;
+    assert_eq!(made.status, 201, "{}", made.text);
+    let doc = format!("{base}/{collection}/documents/{id}");
+    let put = c.json("PUT", &doc, key, data).await;
+    assert_eq!(put.status, 201, "{}", put.text);
+    doc
+}
+
 /// A counter of a process's `/metrics`, summed over its label sets that
 /// contain every one of `labels`.
 async fn metric(client: &Client, name: &str, labels: &[&str]) -> f64 {
@@ -387,14 +408,8 @@ async fn a_write_on_one_process_is_read_on_the_other_within_100_ms() {
             let tenant = &tenants[0];
             let ((a_proc, a), (b_proc, b)) = cached_pair(&catalog_url).await;
             let owner = a.accept_invitation(tenant).await;
-            let base = format!("/v1/tenants/{}/collections", tenant.name);
-            let made = a
-                .json("POST", &base, &owner, json!({"name": "notes"}))
-                .await;
-            assert_eq!(made.status, 201, "{}", made.text);
-            let doc = format!("{base}/notes/documents/n1");
-            let put = a.json("PUT", &doc, &owner, json!({"v": 0})).await;
-            assert!(put.status == 201 || put.status == 200, "{}", put.text);
+            let doc =
+                collection_with_document(&a, tenant, &owner, "notes", "n1", json!({"v": 0})).await;
             let mut latencies = Vec::new();
             for v in 1..=300 {
                 // B has the current version cached.
@@ -452,18 +467,8 @@ async fn two_hundred_concurrent_gets_of_a_cold_document_read_the_database_once_p
             let tenant = &tenants[0];
             let ((a_proc, a), (b_proc, b)) = cached_pair(&catalog_url).await;
             let owner = a.accept_invitation(tenant).await;
-            let base = format!("/v1/tenants/{}/collections", tenant.name);
-            assert_eq!(
-                a.json("POST", &base, &owner, json!({"name": "hot"}))
-                    .await
-                    .status,
-                201
-            );
-            let doc = format!("{base}/hot/documents/d1");
-            assert_eq!(
-                a.json("PUT", &doc, &owner, json!({"x": 1})).await.status,
-                201
-            );
+            let doc =
+                collection_with_document(&a, tenant, &owner, "hot", "d1", json!({"x": 1})).await;
             for client in [&a, &b] {
                 let before = metric(
                     client,
@@ -515,18 +520,8 @@ async fn the_outbox_drops_what_a_writer_that_never_invalidated_left_cached() {
             ];
             let (a_proc, a) = dataplane(&catalog_url, &settings).await;
             let owner = a.accept_invitation(tenant).await;
-            let base = format!("/v1/tenants/{}/collections", tenant.name);
-            assert_eq!(
-                a.json("POST", &base, &owner, json!({"name": "notes"}))
-                    .await
-                    .status,
-                201
-            );
-            let doc = format!("{base}/notes/documents/n1");
-            assert_eq!(
-                a.json("PUT", &doc, &owner, json!({"v": 1})).await.status,
-                201
-            );
+            let doc =
+                collection_with_document(&a, tenant, &owner, "notes", "n1", json!({"v": 1})).await;
             assert_eq!(a.get(&doc, &owner).await.json["data"]["v"], 1);
             // A writer that committed and died before invalidating: the change
             // and its event, straight into the tenant database.
