@@ -534,6 +534,10 @@ async fn run(
             )
             .env("STRATA_DATAPLANE_ADDR", format!("127.0.0.1:{port}"))
             .env("STRATA_TENANT_POOL_SIZE", pool_size.to_string())
+            // The benchmark measures what a request costs, not the limits
+            // (cache-bench reports the rate limiter's own cost).
+            .env("STRATA_RATE_LIMIT_CREDENTIAL_RPS", "0")
+            .env("STRATA_RATE_LIMIT_TENANT_RPS", "0")
             .env("STRATA_JWT_HS256_SECRET", JWT_SECRET)
             .env("STRATA_LOG", "warn"),
     );
