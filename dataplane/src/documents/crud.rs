@@ -214,6 +214,34 @@ impl From<CachedDocument> for Document {
     }
 }
 
+/// The document `id` of `collection`, if both exist (checked names).
+async fn find(pool: &PgPool, collection: &str, id: &str) -> Result<Option<Document>, ApiError> {
+    let coll = store::get_collection(pool, collection).await?;
+    store::find_document(pool, coll.id, id, false).await
+}
+
+/// The answer to a GET of `doc`: preconditions first (304, 412), 404 when
+/// there is none.
+fn read_response(
+    method: &Method,
+    headers: &HeaderMap,
+    doc: Option<Document>,
+) -> Result<Response, ApiError> {
+    check(method, headers, &doc, Requirement::Optional)?;
+    let doc = doc.ok_or(ApiError::NotFound)?;
+    Ok(document_response(StatusCode::OK, &doc, None))
+}
+
+/// The checked collection name and document id of a read (a malformed id
+/// names nothing: 404).
+fn read_names<'a>(collection: &'a str, id: &str) -> Result<&'a str, ApiError> {
+    let collection = collection_name(collection)?;
+    if !super::names::is_document_id(id) {
+        return Err(ApiError::NotFound);
+    }
+    Ok(collection)
+}
+
 /// `GET …/documents/{id}` straight from the database.
 pub async fn get(
     pool: &PgPool,
@@ -222,15 +250,8 @@ pub async fn get(
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let collection = collection_name(collection)?;
-    if !super::names::is_document_id(id) {
-        return Err(ApiError::NotFound);
-    }
-    let coll = store::get_collection(pool, collection).await?;
-    let doc = store::find_document(pool, coll.id, id, false).await?;
-    check(method, headers, &doc, Requirement::Optional)?;
-    let doc = doc.ok_or(ApiError::NotFound)?;
-    Ok(document_response(StatusCode::OK, &doc, None))
+    let collection = read_names(collection, id)?;
+    read_response(method, headers, find(pool, collection, id).await?)
 }
 
 /// `GET …/documents/{id}`: from the cache (key and tags per tenant,
@@ -242,22 +263,18 @@ pub async fn get_cached(
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let collection = collection_name(collection)?;
-    if !super::names::is_document_id(id) {
-        return Err(ApiError::NotFound);
-    }
+    let collection = read_names(collection, id)?;
     let tenant = ctx.tenant_id();
     let key = CacheKey::tenant(tenant, "document")
         .id(collection)
         .id(id)
         .build();
     let tags = invalidation::document_tags(tenant, collection, id);
-    let pool = ctx.pool();
+    // A missing document is an error to the cache, so it is never cached.
     let found = ctx
         .cache()
         .get_or_create(&key, &tags, DOCUMENT_CACHE, || async {
-            let coll = store::get_collection(pool, collection).await?;
-            let doc = store::find_document(pool, coll.id, id, false).await?;
+            let doc = find(ctx.pool(), collection, id).await?;
             doc.map(CachedDocument::from).ok_or(ApiError::NotFound)
         })
         .await;
@@ -266,9 +283,7 @@ pub async fn get_cached(
         Err(ApiError::NotFound) => None,
         Err(error) => return Err(error),
     };
-    check(method, headers, &doc, Requirement::Optional)?;
-    let doc = doc.ok_or(ApiError::NotFound)?;
-    Ok(document_response(StatusCode::OK, &doc, None))
+    read_response(method, headers, doc)
 }
 
 pub async fn replace(
