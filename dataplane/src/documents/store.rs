@@ -363,20 +363,3 @@ pub async fn delete_document(
         None => Ok(false),
     }
 }
-
-/// The older way to record an event: `payload` becomes the event's
-/// `data` (and its `version`, when it has one, the aggregate's version).
-/// New code calls [`crate::events::record`] with an [`Event`].
-pub async fn outbox(
-    conn: &mut PgConnection,
-    topic: &str,
-    aggregate_id: &str,
-    payload: Value,
-) -> Result<(), ApiError> {
-    let mut event = Event::new(topic.to_string(), aggregate_id);
-    if let Some(version) = payload.get("version").and_then(Value::as_i64) {
-        event = event.version(version);
-    }
-    events::record(conn, event.data(payload)).await?;
-    Ok(())
-}

@@ -551,11 +551,13 @@ pub async fn abort_upload(
     let blobs = blob_refs(&parts);
     store::doom_blobs(&mut tx, bucket.id, &blobs).await?;
     delete_upload_rows(&mut tx, bucket.id, upload_id).await?;
-    crate::documents::store::outbox(
+    crate::events::record(
         &mut tx,
-        "upload.aborted",
-        &format!("{}/{upload_id}", bucket.id),
-        json!({"bucket": bucket.name, "parts": parts.len()}),
+        crate::events::Event::new(
+            crate::events::types::UPLOAD_ABORTED,
+            format!("{}/{upload_id}", bucket.id),
+        )
+        .data(json!({"bucket": bucket.name, "parts": parts.len()})),
     )
     .await?;
     tx.commit().await?;

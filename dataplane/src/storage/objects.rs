@@ -382,11 +382,13 @@ async fn audit_infected(access: &Access, key: &ObjectKey, error: &ApiError) {
         .bind(&detail)
         .execute(&mut *tx)
         .await?;
-        crate::documents::store::outbox(
+        crate::events::record(
             &mut tx,
-            "object.infected",
-            &format!("{}/{}", access.bucket.id, key.as_str()),
-            detail.clone(),
+            crate::events::Event::new(
+                crate::events::types::OBJECT_INFECTED,
+                format!("{}/{}", access.bucket.id, key.as_str()),
+            )
+            .data(detail.clone()),
         )
         .await?;
         tx.commit().await?;
