@@ -5,6 +5,7 @@
 //! flight is 409, keys are scoped to the credential, expire, and an error
 //! stores nothing. Needs `source .stack/env`.
 
+mod storage_support;
 mod support;
 
 use std::collections::HashMap;
@@ -242,6 +243,169 @@ async fn vectors_and_webhooks_take_keys() {
                 .get(&format!("{t}/collections/v/vectors/a"), &owner)
                 .await;
             assert_eq!(got.json["version"], 1, "upserted once");
+        },
+    )
+    .await;
+}
+
+/// The storage API's POSTs take keys too: 8 concurrent retries of a
+/// multipart create start one upload; completing with a key and retrying
+/// replays the object's answer without a second completion (the upload is
+/// gone by then); presigned and render URLs replay the very URL first
+/// issued; a signing-key rotation retried rotates once; another body with
+/// the same key is 422; presigned callers have no key scope.
+#[tokio::test]
+async fn storage_posts_take_keys() {
+    use storage_support::{Store, backend, create_bucket, settings};
+    with_tenants(
+        "idem",
+        &["is"],
+        |catalog_url, catalog, tenants| async move {
+            let tenant = &tenants[0];
+            let tb = backend(Store::Fs).await;
+            let state =
+                storage_support::app_state(&catalog_url, tb.backend.clone(), None, settings());
+            let server = Server::start(state.clone(), 1 << 20).await;
+            let api = Client::new(&server.base);
+            let owner = api.accept_invitation(tenant).await;
+            create_bucket(&catalog, tenant.id, "keyed", json!({})).await;
+            let b = format!("/v1/tenants/{}/buckets/keyed", tenant.name);
+            let uploads = format!("{b}/uploads");
+
+            let body = json!({"key": "one.bin", "content_type": "application/octet-stream"});
+            let replies = futures::future::join_all(
+                (0..8).map(|_| post(&api, &uploads, &owner, "up-1", body.clone())),
+            )
+            .await;
+            let created: Vec<&support::Reply> =
+                replies.iter().filter(|r| r.status == 201).collect();
+            assert!(
+                !created.is_empty(),
+                "{:?}",
+                replies
+                    .iter()
+                    .map(|r| (r.status, &r.text))
+                    .collect::<Vec<_>>()
+            );
+            assert!(replies.iter().all(|r| [201, 409].contains(&r.status)));
+            // Whichever answered 201 (the first, or replays of it) name one upload.
+            let ids: std::collections::BTreeSet<&str> = created
+                .iter()
+                .map(|r| r.json["upload_id"].as_str().expect("id"))
+                .collect();
+            assert_eq!(ids.len(), 1, "{ids:?}");
+            let listed = api.get(&uploads, &owner).await;
+            assert_eq!(
+                listed.json["items"].as_array().map(Vec::len),
+                Some(1),
+                "{}",
+                listed.text
+            );
+            let again = post(&api, &uploads, &owner, "up-1", body.clone()).await;
+            assert_eq!(again.status, 201);
+            assert_eq!(again.header("idempotency-replayed"), Some("true"));
+            assert_eq!(again.json["upload_id"], created[0].json["upload_id"]);
+            let other = post(&api, &uploads, &owner, "up-1", json!({"key": "two.bin"})).await;
+            assert_eq!(other.status, 422, "{}", other.text);
+
+            // Complete once; the retry is the same answer, not a 404 for the
+            // upload the first completion consumed.
+            let upload = format!(
+                "{uploads}/{}",
+                created[0].json["upload_id"].as_str().expect("id")
+            );
+            let part = api
+                .send(
+                    "PUT",
+                    &format!("{upload}/parts/1"),
+                    Some(&owner),
+                    Body::Raw(None, vec![7u8; 100]),
+                    &[],
+                )
+                .await;
+            assert_eq!(part.status, 200, "{}", part.text);
+            let parts = json!({"parts": [{"part_number": 1, "etag": part.json["etag"]}]});
+            let done = post(&api, &upload, &owner, "done-1", parts.clone()).await;
+            assert_eq!(done.status, 201, "{}", done.text);
+            let retried = post(&api, &upload, &owner, "done-1", parts.clone()).await;
+            assert_eq!((retried.status, &retried.text), (201, &done.text));
+            assert_eq!(retried.header("idempotency-replayed"), Some("true"));
+            assert_eq!(retried.header("etag"), done.header("etag"));
+            let unkeyed = api.json("POST", &upload, &owner, parts).await;
+            assert_eq!(
+                unkeyed.status, 404,
+                "without a key the retry runs again: {}",
+                unkeyed.text
+            );
+            let object = api.get(&format!("{b}/objects/one.bin"), &owner).await;
+            assert_eq!(object.status, 200);
+            assert_eq!(object.text.len(), 100);
+
+            // Presigned and render URLs: the retry gets the very URL.
+            let presign = json!({"method": "GET", "key": "one.bin", "expires_in": 60});
+            let first = post(
+                &api,
+                &format!("{b}/presign"),
+                &owner,
+                "url-1",
+                presign.clone(),
+            )
+            .await;
+            assert_eq!(first.status, 200, "{}", first.text);
+            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+            let second = post(&api, &format!("{b}/presign"), &owner, "url-1", presign).await;
+            assert_eq!(
+                second.text, first.text,
+                "same URL and expiry a second later"
+            );
+            let render = json!({"key": "one.bin", "transform": {"width": 10}});
+            let signed = post(
+                &api,
+                &format!("{b}/render-urls"),
+                &owner,
+                "render-1",
+                render.clone(),
+            )
+            .await;
+            assert_eq!(signed.status, 200, "{}", signed.text);
+            let resigned = post(
+                &api,
+                &format!("{b}/render-urls"),
+                &owner,
+                "render-1",
+                render,
+            )
+            .await;
+            assert_eq!(resigned.text, signed.text);
+
+            // Rotation retried rotates once.
+            let rotate = format!("/v1/tenants/{}/signing-keys/rotate", tenant.name);
+            let rotated = post(&api, &rotate, &owner, "rot-1", serde_json::Value::Null).await;
+            assert_eq!(rotated.status, 200, "{}", rotated.text);
+            let again = post(&api, &rotate, &owner, "rot-1", serde_json::Value::Null).await;
+            assert_eq!(again.text, rotated.text);
+            let info = state
+                .tenancy
+                .resolve(&tenant.name)
+                .await
+                .expect("resolve")
+                .expect("tenant");
+            let pool = state.tenancy.pools.pool(&info).expect("pool");
+            let active: i64 = sqlx::query_scalar("SELECT count(*) FROM signing_keys")
+                .fetch_one(&pool)
+                .await
+                .expect("keys");
+            let rotations: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM outbox WHERE topic = 'signing_key.rotated'",
+            )
+            .fetch_one(&pool)
+            .await
+            .expect("events");
+            assert_eq!(rotations, 1, "one rotation, one event");
+            assert!(
+                active <= 2,
+                "{active} keys: the presign's first key and one rotation"
+            );
         },
     )
     .await;

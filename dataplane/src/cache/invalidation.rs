@@ -21,7 +21,8 @@
 //! | `vector.*` | `vectors:<collection>` | the collection's search results |
 //! | `key.revoked` | `api-key:<id>` | the key's row (revalidated: refused at once everywhere) |
 //! | `member.*`, `invitation.accepted` | `api-keys` | every key row of the tenant (a member's keys follow their role) |
-//! | `object.*`, `upload.aborted` | `object:<bucket>:<key>`, `objects:<bucket>` | the object's metadata; the bucket's lists |
+//! | `object.*`, `upload.*` | `object:<bucket>:<key>`, `objects:<bucket>` | the object's metadata; the bucket's lists |
+//! | `bucket.*` (the operator's) | `bucket:<bucket>`, `objects:<bucket>` | the bucket's rules and what was cached under them; its lists |
 
 use std::cell::RefCell;
 
@@ -136,6 +137,15 @@ pub fn tags_for_event(tenant: Uuid, kind: &str, aggregate_id: &str, data: &Value
             tags.push(Tag::tenant(tenant, "api-key", [aggregate_id]));
         }
         "member" | "invitation" => tags.push(Tag::tenant(tenant, "api-keys", [])),
+        // The operator's `bucket.configured`/`bucket.deleted`: the
+        // bucket's rules changed (public flag, types, limits), so what was
+        // cached under them goes.
+        "bucket" => {
+            if let Some(bucket) = text(data, "bucket") {
+                tags.push(Tag::tenant(tenant, "bucket", [bucket]));
+                tags.push(Tag::tenant(tenant, "objects", [bucket]));
+            }
+        }
         "object" | "upload" => {
             if let Some(bucket) = text(data, "bucket") {
                 if let Some(key) = text(data, "key") {

@@ -58,8 +58,16 @@ types! {
         "storage API: `bucket`, `key`, `version`");
     OBJECT_INFECTED = ("object.infected", "`<bucket id>/<key>`",
         "storage API: the antivirus verdict of a refused upload");
+    UPLOAD_CREATED = ("upload.created", "`<bucket id>/<upload id>`",
+        "storage API: `bucket`, `key`, `upload`");
     UPLOAD_ABORTED = ("upload.aborted", "`<bucket id>/<upload id>`",
         "storage API: `bucket`, `parts`");
+    SIGNING_KEY_ROTATED = ("signing_key.rotated", "`<key id>`",
+        "storage API: `keyId` (the new key's id, never its secret); URLs signed with older keys work through the grace period");
+    BUCKET_CONFIGURED = ("bucket.configured", "`<bucket id>`",
+        "written by the operator, once per Bucket generation: `bucket`, `generation`, the rules (`public`, `quotaBytes`, `quotaObjects`, `maxObjectSize`, `allowedContentTypes`, `compression`, `imageTransforms`, `antivirusScan`)");
+    BUCKET_DELETED = ("bucket.deleted", "`<bucket id>`",
+        "written by the operator once the bucket's objects are gone: `bucket`");
 }
 
 /// Whether `filter` is a valid webhook filter: a type name (`a.b`) or a

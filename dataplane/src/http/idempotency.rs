@@ -563,6 +563,11 @@ pub const OPERATIONS: &[&str] = &[
     "rotateWebhookSecret",
     "replayWebhookDelivery",
     "replayEvent",
+    "presignUrl",
+    "createUpload",
+    "completeUpload",
+    "rotateSigningKeys",
+    "signRenderUrl",
 ];
 
 /// Adds the `Idempotency-Key` header and its 409/422 answers to the

@@ -193,6 +193,7 @@ async fn render(
                 bucket,
                 actor,
                 presigned: None,
+                idempotency_scope: None,
             },
             params,
         )
@@ -222,6 +223,7 @@ async fn render(
                 bucket,
                 actor: "anonymous".into(),
                 presigned: None,
+                idempotency_scope: None,
             },
             params,
         )
@@ -298,7 +300,10 @@ async fn sign_url(
     State(state): State<AppState>,
     Path(p): Path<BucketPath>,
     headers: HeaderMap,
-    Json(body): Json<SignBody>,
+    crate::http::idempotency::Idempotent {
+        key: idempotency_key,
+        inner: Json(body),
+    }: crate::http::idempotency::Idempotent<Json<SignBody>>,
 ) -> Result<Response, ApiError> {
     let access = authorize_credential(
         &state,
@@ -322,6 +327,11 @@ async fn sign_url(
             format!("must be between 1 and {} seconds", max_expiry.as_secs()),
         )]));
     }
+    // A retry with the key gets the very URL the first request issued.
+    let run = match access.begin_idempotent(idempotency_key).await? {
+        Ok(run) => run,
+        Err(replay) => return Ok(replay),
+    };
     let (key_id, secret) = crate::storage::presign::signing_key(&access.pool).await?;
     let claims = RenderClaims {
         tenant: access.tenant.name.clone(),
@@ -332,23 +342,30 @@ async fn sign_url(
         key_id,
     };
     let signature = claims.sign(&secret);
-    let mut query = form_urlencoded::Serializer::new(String::new());
-    for (name, value) in params.query_pairs() {
-        query.append_pair(name, &value);
-    }
-    query.append_pair(sign::EXPIRES, &claims.expires.to_string());
-    query.append_pair(sign::KEY_ID, &claims.key_id);
-    query.append_pair(sign::SIGNATURE, &signature);
+    // Built in a block: the serializer is not `Send`, and the handler
+    // awaits the idempotency record after this.
+    let query = {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        for (name, value) in params.query_pairs() {
+            query.append_pair(name, &value);
+        }
+        query.append_pair(sign::EXPIRES, &claims.expires.to_string());
+        query.append_pair(sign::KEY_ID, &claims.key_id);
+        query.append_pair(sign::SIGNATURE, &signature);
+        query.finish()
+    };
     let url = format!(
-        "/v1/tenants/{}/buckets/{}/render/{}?{}",
+        "/v1/tenants/{}/buckets/{}/render/{}?{query}",
         claims.tenant,
         claims.bucket,
         claims.key.url_path(),
-        query.finish()
     );
-    Ok(axum::Json(SignedRenderUrl {
-        url,
-        expires_at: claims.expires,
-    })
-    .into_response())
+    run.finish(
+        axum::Json(SignedRenderUrl {
+            url,
+            expires_at: claims.expires,
+        })
+        .into_response(),
+    )
+    .await
 }

@@ -35,6 +35,10 @@ pub struct Access {
     pub actor: String,
     /// The constraints of a presigned PUT.
     pub presigned: Option<Claims>,
+    /// The credential's `Idempotency-Key` scope
+    /// ([`crate::http::idempotency::scope_of`]); `None` for presigned and
+    /// anonymous access, which take no keys (their POSTs do not exist).
+    pub idempotency_scope: Option<String>,
 }
 
 async fn bucket_of(
@@ -88,6 +92,7 @@ pub async fn authorize(
             bucket: found,
             actor: format!("presigned:{}", claims.key_id),
             presigned: Some(claims),
+            idempotency_scope: None,
         });
     }
     if key.is_some() && action == Action::Read && (method == Method::GET || method == Method::HEAD)
@@ -112,6 +117,7 @@ pub async fn authorize(
                 bucket: found,
                 actor: "anonymous".into(),
                 presigned: None,
+                idempotency_scope: None,
             });
         }
     }
@@ -137,5 +143,24 @@ pub async fn authorize_credential(
         bucket: found,
         actor: ctx.principal().subject.clone(),
         presigned: None,
+        idempotency_scope: Some(crate::http::idempotency::scope_of(ctx.principal())),
     })
+}
+
+impl Access {
+    /// Runs a POST's write under its `Idempotency-Key`
+    /// ([`crate::http::idempotency::begin`]), scoped to this credential.
+    pub async fn begin_idempotent(
+        &self,
+        key: Option<crate::http::idempotency::Keyed>,
+    ) -> Result<Result<crate::http::idempotency::Run, axum::response::Response>, ApiError> {
+        let scope = self.idempotency_scope.clone().unwrap_or_default();
+        crate::http::idempotency::begin(
+            &self.pool,
+            scope,
+            key.filter(|_| self.idempotency_scope.is_some()),
+            crate::http::idempotency::ttl(),
+        )
+        .await
+    }
 }

@@ -160,7 +160,13 @@ fn blob_refs(parts: &[PartRow]) -> Vec<BlobRef> {
         .collect()
 }
 
-pub async fn create(access: Access, body: CreateBody) -> Result<Response, ApiError> {
+/// Starts an upload on `conn` (the request's idempotency run: plain, or
+/// the keyed transaction its record commits in).
+pub async fn create(
+    access: &Access,
+    conn: &mut sqlx::PgConnection,
+    body: CreateBody,
+) -> Result<Response, ApiError> {
     let bucket = &access.bucket;
     bucket.writable_or_conflict()?;
     let mut errors = Vec::new();
@@ -217,6 +223,7 @@ pub async fn create(access: Access, body: CreateBody) -> Result<Response, ApiErr
         )));
     }
     let id = Uuid::now_v7();
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let row: UploadRow = sqlx::query_as(&format!(
         "INSERT INTO uploads (bucket_id, id, key, content_type, user_metadata, cache_control,
                               content_disposition, owner)
@@ -230,8 +237,18 @@ pub async fn create(access: Access, body: CreateBody) -> Result<Response, ApiErr
     .bind(&meta.cache_control)
     .bind(&meta.content_disposition)
     .bind(&access.actor)
-    .fetch_one(&access.pool)
+    .fetch_one(&mut *tx)
     .await?;
+    crate::events::record(
+        &mut tx,
+        crate::events::Event::new(
+            crate::events::types::UPLOAD_CREATED,
+            format!("{}/{id}", bucket.id),
+        )
+        .data(json!({"bucket": bucket.name, "key": row.key, "upload": id})),
+    )
+    .await?;
+    tx.commit().await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(upload_view(&row, Some(&[]))),
@@ -372,14 +389,19 @@ fn unquote(tag: &str) -> &str {
         .unwrap_or(tag)
 }
 
+/// Completes an upload on `conn` (the request's idempotency run). Returns
+/// the answer and the blobs the completion made garbage: they are already
+/// recorded as doomed, and the caller discards them with [`discard`] once
+/// the run has committed — never before, or a rolled-back run would lose
+/// the bytes of the object it kept.
 pub async fn complete(
-    state: &StorageState,
-    access: Access,
+    access: &Access,
+    conn: &mut sqlx::PgConnection,
     upload: &str,
     method: &Method,
     headers: &HeaderMap,
     body: CompleteBody,
-) -> Result<Response, ApiError> {
+) -> Result<(Response, Vec<BlobRef>), ApiError> {
     let bucket = access.bucket.clone();
     let upload_id = parse_upload_id(upload)?;
     bucket.writable_or_conflict()?;
@@ -389,7 +411,7 @@ pub async fn complete(
             "list 1 to 10000 parts",
         )]));
     }
-    let mut tx = access.pool.begin().await?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let upload_row = lock_upload(&mut tx, bucket.id, upload_id, true).await?;
     let stored = parts_of(&mut tx, bucket.id, upload_id).await?;
     let by_number: HashMap<i32, &PartRow> = stored.iter().map(|p| (p.part_number, p)).collect();
@@ -500,7 +522,6 @@ pub async fn complete(
     store::doom_blobs(&mut tx, bucket.id, &doomed).await?;
     delete_upload_rows(&mut tx, bucket.id, upload_id).await?;
     tx.commit().await?;
-    discard_blobs(state, &access.pool, &bucket, &doomed).await;
     let mut response = (
         if created {
             StatusCode::CREATED
@@ -515,7 +536,13 @@ pub async fn complete(
         &row.entity_tag(),
         Some(row.modified()),
     );
-    Ok(response)
+    Ok((response, doomed))
+}
+
+/// Deletes the blobs a committed completion doomed (the sweeper deletes
+/// them later if this fails or the process dies first).
+pub async fn discard(state: &StorageState, access: &Access, doomed: &[BlobRef]) {
+    discard_blobs(state, &access.pool, &access.bucket, doomed).await;
 }
 
 async fn delete_upload_rows(

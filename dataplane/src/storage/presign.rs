@@ -262,10 +262,11 @@ fn new_key() -> (String, Vec<u8>) {
     (hex::encode(id), secret)
 }
 
-/// Retires every active key and makes a new one; returns its id.
-pub async fn rotate(pool: &PgPool) -> Result<String, ApiError> {
+/// Retires every active key and makes a new one, on `conn` (the request's
+/// idempotency run); returns its id.
+pub async fn rotate(conn: &mut sqlx::PgConnection) -> Result<String, ApiError> {
     let (id, secret) = new_key();
-    let mut tx = pool.begin().await?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     sqlx::query("UPDATE signing_keys SET retired_at = now() WHERE retired_at IS NULL")
         .execute(&mut *tx)
         .await?;
@@ -278,6 +279,12 @@ pub async fn rotate(pool: &PgPool) -> Result<String, ApiError> {
     sqlx::query("DELETE FROM signing_keys WHERE retired_at < now() - interval '30 days'")
         .execute(&mut *tx)
         .await?;
+    crate::events::record(
+        &mut tx,
+        crate::events::Event::new(crate::events::types::SIGNING_KEY_ROTATED, id.clone())
+            .data(serde_json::json!({"keyId": id})),
+    )
+    .await?;
     tx.commit().await?;
     Ok(id)
 }

@@ -15,7 +15,7 @@
 //! | POST | `signing-keys/rotate` | buckets:manage |
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::middleware;
@@ -29,6 +29,7 @@ use super::keys::key_of_path;
 use super::{multipart, objects, presign};
 use crate::app::AppState;
 use crate::http::extract::{Json, Path, Query};
+use crate::http::idempotency::{self, Idempotent};
 use crate::http::problem::ApiError;
 use crate::http::{extract::accept_json, finish_problems};
 use crate::tenancy::{Action, Resource};
@@ -113,12 +114,14 @@ struct ObjectPath {
     summary = "Get a bucket",
     description = "Its rules (as the Bucket resource set them) and its usage.",
     responses(
-        (status = 200, description = "The bucket", body = crate::openapi::storage::BucketView),
+        (status = 200, description = "The bucket", body = crate::openapi::storage::BucketView, headers(("ETag" = String, description = "A digest of the answer (strong)"))),
+        (status = 304, description = "Not modified (`If-None-Match`)"),
     ),
 )]
 async fn get_bucket(
     State(state): State<AppState>,
     Path(p): Path<BucketPath>,
+    method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let access = authorize_credential(
@@ -133,7 +136,9 @@ async fn get_bucket(
     let usage = super::quota::bucket_usage(&access.pool, access.bucket.id).await?;
     let stored_bytes = crate::media::variants::stored_bytes(&access.pool, access.bucket.id).await?;
     let b = &access.bucket;
-    Ok(axum::Json(serde_json::json!({
+    // ETag: a digest of the answer (rules and usage change it); no
+    // Last-Modified: nothing records when usage last moved.
+    let response = axum::Json(serde_json::json!({
         "name": b.name,
         "public": b.public,
         "writable": b.writable,
@@ -148,7 +153,8 @@ async fn get_bucket(
         // `stored_bytes` what the blobs hold (compressed where stored so).
         "usage": {"bytes": usage.bytes, "objects": usage.objects, "stored_bytes": stored_bytes},
     }))
-    .into_response())
+    .into_response();
+    Ok(crate::http::preconditions::conditional_json(response, &method, &headers, None).await)
 }
 
 #[utoipa::path(
@@ -160,13 +166,15 @@ async fn get_bucket(
     description = "In byte order of their keys, optionally under a prefix and grouped at a delimiter (`common_prefixes`); pages of at most 1000 entries and prefixes together.",
     params(objects::ListParams),
     responses(
-        (status = 200, description = "A page; `Link: rel=next` when there is more", body = objects::ListPage),
+        (status = 200, description = "A page; `Link: rel=next` when there is more", body = objects::ListPage, headers(("ETag" = String, description = "A digest of the page (strong)"), ("Last-Modified" = String, description = "The latest `modified_at` of the page"))),
+        (status = 304, description = "Not modified (`If-None-Match`, `If-Modified-Since`)"),
     ),
 )]
 async fn list_objects(
     State(state): State<AppState>,
     Path(p): Path<BucketPath>,
     Query(params): Query<objects::ListParams>,
+    method: Method,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
@@ -179,7 +187,15 @@ async fn list_objects(
         Action::Read,
     )
     .await?;
-    objects::list(access, &state.http.cursors, params, &uri).await
+    let response = objects::list(access, &state.http.cursors, params, &uri).await?;
+    // ETag: a digest of the page; Last-Modified: its latest object.
+    Ok(crate::http::preconditions::conditional_json(
+        response,
+        &method,
+        &headers,
+        Some("modified_at"),
+    )
+    .await)
 }
 
 #[utoipa::path(
@@ -382,7 +398,10 @@ async fn presign_url(
     State(state): State<AppState>,
     Path(p): Path<BucketPath>,
     headers: HeaderMap,
-    Json(body): Json<presign::PresignBody>,
+    Idempotent {
+        key: idempotency_key,
+        inner: Json(body),
+    }: Idempotent<Json<presign::PresignBody>>,
 ) -> Result<Response, ApiError> {
     let action = if body.method.eq_ignore_ascii_case("PUT") {
         Action::Write
@@ -398,6 +417,12 @@ async fn presign_url(
         action,
     )
     .await?;
+    // Issuing changes nothing, but a retry with the key gets the very URL
+    // (and expiry) the first request issued.
+    let run = match access.begin_idempotent(idempotency_key).await? {
+        Ok(run) => run,
+        Err(replay) => return Ok(replay),
+    };
     let url = presign::issue(
         &access.pool,
         state.storage.settings.presign_max_expiry,
@@ -406,7 +431,7 @@ async fn presign_url(
         body,
     )
     .await?;
-    Ok(axum::Json(url).into_response())
+    run.finish(axum::Json(url).into_response()).await
 }
 
 #[derive(Deserialize)]
@@ -429,13 +454,22 @@ async fn rotate_signing_keys(
     State(state): State<AppState>,
     Path(p): Path<TenantPath>,
     headers: HeaderMap,
+    Idempotent {
+        key: idempotency_key,
+        ..
+    }: Idempotent<Bytes>,
 ) -> Result<Response, ApiError> {
     let ctx =
         crate::tenancy::context::authenticate(&headers, &p.tenant, &state.http, &state.tenancy)
             .await?;
     ctx.require(Resource::Buckets, Action::Manage)?;
-    let id = presign::rotate(ctx.pool()).await?;
-    Ok(axum::Json(serde_json::json!({"key_id": id})).into_response())
+    let mut run = match idempotency::begin_for(&ctx, idempotency_key).await? {
+        Ok(run) => run,
+        Err(replay) => return Ok(replay),
+    };
+    let id = presign::rotate(run.db()).await?;
+    run.finish(axum::Json(serde_json::json!({"key_id": id})).into_response())
+        .await
 }
 
 #[derive(Deserialize)]
@@ -470,7 +504,10 @@ async fn create_upload(
     State(state): State<AppState>,
     Path(p): Path<BucketPath>,
     headers: HeaderMap,
-    Json(body): Json<multipart::CreateBody>,
+    Idempotent {
+        key: idempotency_key,
+        inner: Json(body),
+    }: Idempotent<Json<multipart::CreateBody>>,
 ) -> Result<Response, ApiError> {
     let access = authorize_credential(
         &state,
@@ -481,7 +518,12 @@ async fn create_upload(
         Action::Write,
     )
     .await?;
-    multipart::create(access, body).await
+    let mut run = match access.begin_idempotent(idempotency_key).await? {
+        Ok(run) => run,
+        Err(replay) => return Ok(replay),
+    };
+    let response = multipart::create(&access, run.db(), body).await?;
+    run.finish(response).await
 }
 
 #[utoipa::path(
@@ -602,7 +644,10 @@ async fn complete_upload(
     Path(p): Path<UploadPath>,
     method: Method,
     headers: HeaderMap,
-    Json(body): Json<multipart::CompleteBody>,
+    Idempotent {
+        key: idempotency_key,
+        inner: Json(body),
+    }: Idempotent<Json<multipart::CompleteBody>>,
 ) -> Result<Response, ApiError> {
     let access = authorize_credential(
         &state,
@@ -613,7 +658,15 @@ async fn complete_upload(
         Action::Write,
     )
     .await?;
-    multipart::complete(&state.storage, access, &p.upload, &method, &headers, body).await
+    let mut run = match access.begin_idempotent(idempotency_key).await? {
+        Ok(run) => run,
+        Err(replay) => return Ok(replay),
+    };
+    let (response, doomed) =
+        multipart::complete(&access, run.db(), &p.upload, &method, &headers, body).await?;
+    let response = run.finish(response).await?;
+    multipart::discard(&state.storage, &access, &doomed).await;
+    Ok(response)
 }
 
 #[utoipa::path(
