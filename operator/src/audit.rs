@@ -33,8 +33,10 @@ pub struct AuditEvent {
     pub dedupe_key: Option<String>,
 }
 
-pub async fn record<'e>(db: impl PgExecutor<'e>, e: &AuditEvent) -> Result<(), sqlx::Error> {
-    sqlx::query!(
+/// Records `e`; `false` when its dedupe key was recorded before (nothing
+/// is written then).
+pub async fn record<'e>(db: impl PgExecutor<'e>, e: &AuditEvent) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query!(
         r#"INSERT INTO audit_events (actor, action, target, outcome, detail, dedupe_key)
            VALUES ($1, $2, $3, $4, $5, $6)
            ON CONFLICT (dedupe_key) DO NOTHING"#,
@@ -47,5 +49,5 @@ pub async fn record<'e>(db: impl PgExecutor<'e>, e: &AuditEvent) -> Result<(), s
     )
     .execute(db)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }

@@ -358,7 +358,7 @@ async fn tenant_side(
         .execute(pool)
         .await?;
     }
-    audit::record(
+    announce(
         pool,
         &AuditEvent {
             action: "bucket.configured".into(),
@@ -383,9 +383,47 @@ async fn tenant_side(
                 record.id, record.generation
             )),
         },
+        record,
     )
     .await?;
     read_usage(pool, record.id).await
+}
+
+/// Audits a bucket change and, the first time its dedupe key is seen,
+/// announces it in the tenant's outbox (`bucket.configured` once per
+/// generation, `bucket.deleted` once), in one transaction: the data
+/// plane's dispatcher delivers it to the tenant's webhooks and drops what
+/// its caches hold under the old rules. The event carries the audit's
+/// action as its type and the audit detail, less the Kubernetes resource
+/// name, as its data (docs/events.md).
+async fn announce(
+    pool: &PgPool,
+    audit: &AuditEvent,
+    record: &BucketRecord,
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    if audit::record(&mut *tx, audit).await? {
+        let mut data = audit.detail.clone();
+        if let Some(fields) = data.as_object_mut() {
+            fields.remove("resource");
+            fields.insert("bucket".into(), record.name.clone().into());
+        }
+        let payload = json!({
+            "version": record.generation,
+            "etag": null,
+            "data": data,
+        });
+        sqlx::query!(
+            "INSERT INTO outbox (event_id, topic, aggregate_id, payload) VALUES ($1, $2, $3, $4)",
+            Uuid::now_v7(),
+            audit.action,
+            record.id.to_string(),
+            payload
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
 }
 
 /// `describe()` of the backend with the bucket's prefix after its location:
@@ -905,7 +943,7 @@ async fn empty_and_remove(
         ));
     }
     drop_usage(pool, record.id).await.map_err(db)?;
-    audit::record(
+    announce(
         pool,
         &AuditEvent {
             action: "bucket.deleted".into(),
@@ -919,6 +957,7 @@ async fn empty_and_remove(
             }),
             dedupe_key: Some(format!("bucket:deleted:{}", record.id)),
         },
+        record,
     )
     .await
     .map_err(db)?;

@@ -271,6 +271,19 @@ async fn audit_actions(db: &PgPool, bucket: Uuid) -> Vec<String> {
     .expect("audit")
 }
 
+/// The bucket's events in the tenant's outbox, in order: (type, version,
+/// the `bucket` named in the data).
+async fn outbox_events(db: &PgPool, bucket: Uuid) -> Vec<(String, Option<i64>, String)> {
+    sqlx::query_as(
+        "SELECT topic, (payload->>'version')::bigint, payload->'data'->>'bucket'
+           FROM outbox WHERE aggregate_id = $1::text AND topic LIKE 'bucket.%' ORDER BY id",
+    )
+    .bind(bucket)
+    .fetch_all(db)
+    .await
+    .expect("outbox")
+}
+
 /// Seeds `n` objects (rows and blobs), an upload with a part, a reservation
 /// and a blob intent for a bucket, with its usage and the tenant's total.
 async fn seed_objects(h: &Harness, db: &PgPool, bucket: Uuid, prefix: &str, n: i64) {
@@ -505,6 +518,22 @@ async fn example_bucket_becomes_ready_with_rules_location_and_usage() {
         ["bucket.configured", "bucket.configured"],
         "one audit entry per generation, however often it is reconciled"
     );
+    // Each generation is announced once, to the tenant's webhooks and caches.
+    assert_eq!(
+        outbox_events(&db, id).await,
+        [
+            (
+                "bucket.configured".to_string(),
+                Some(1),
+                "acme-images".to_string()
+            ),
+            (
+                "bucket.configured".to_string(),
+                Some(2),
+                "acme-images".to_string()
+            ),
+        ]
+    );
     wait_event(&ns, "acme-images", "Ready").await;
     db.close().await;
     drop_tenant_storage(Uuid::parse_str(&tenant_uid).expect("uid")).await;
@@ -686,6 +715,18 @@ async fn delete_removes_an_empty_bucket() {
     assert_eq!(
         audit_actions(&db, id).await,
         ["bucket.configured", "bucket.deleting", "bucket.deleted"]
+    );
+    let announced: Vec<String> = outbox_events(&db, id)
+        .await
+        .into_iter()
+        .map(|(topic, _, bucket)| format!("{topic} {bucket}"))
+        .collect();
+    assert_eq!(
+        announced,
+        [
+            "bucket.configured empty-bucket",
+            "bucket.deleted empty-bucket"
+        ]
     );
     db.close().await;
     drop_tenant_storage(Uuid::parse_str(&tenant_uid).expect("uid")).await;
