@@ -164,6 +164,8 @@ grep -q 'kind: ServiceMonitor' "$TMP/full.yaml" || fail "serviceMonitor.enabled=
 grep -q 'name: STRATA_REDIS_URL' "$TMP/full.yaml" || fail "redis.existingSecret rendered no STRATA_REDIS_URL"
 ! grep -q 'name: STRATA_REDIS_URL' "$TMP/default.yaml" || fail "STRATA_REDIS_URL rendered without redis.existingSecret"
 ! grep -q 'kind: ServiceMonitor' "$TMP/default.yaml" || fail "ServiceMonitor rendered by default"
+render --set database.dataplaneRole=strata_dp_prod | grep -A1 'name: STRATA_DATAPLANE_ROLE' |
+    grep -q '"strata_dp_prod"' || fail "database.dataplaneRole did not reach the operator's STRATA_DATAPLANE_ROLE"
 ! grep -q 'kind: PodDisruptionBudget' "$TMP/minimal.yaml" || fail "PDB rendered for a single data plane replica"
 ! grep -Eq 'kind: (ClusterRole|ServiceAccount)' "$TMP/minimal.yaml" || fail "RBAC rendered with rbac.create=false"
 echo "   ok  renders: defaults, everything on, single replicas without RBAC"
@@ -210,6 +212,8 @@ must_fail_schema "an unknown storage backend" "/storage/backend" --set storage.b
 must_fail_schema "a malformed digest" "/operator/image/digest" --set operator.image.digest=latest
 must_fail_schema "a misspelt key" "additional properties 'replica' not allowed" --set dataplane.replica=3
 must_fail_schema "a port out of range" "/dataplane/port" --set dataplane.port=70000
+must_fail_schema "a role name SQL would need quoting for" "/database/dataplaneRole" \
+    --set 'database.dataplaneRole=dp;drop'
 echo "   ok  values.schema.json refuses wrong types, missing required values, unknown keys"
 
 render --set dataplane.autoscaling.enabled=true --set networkPolicy.enabled=true \

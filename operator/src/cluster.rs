@@ -302,6 +302,8 @@ impl Cluster {
 pub struct Clusters {
     source: Box<dyn ClusterSource>,
     default_url: String,
+    /// The data plane's login role on the default cluster.
+    default_dataplane_role: String,
     limits: SessionLimits,
     by_key: Mutex<HashMap<[u8; 32], Arc<Cluster>>>,
 }
@@ -311,9 +313,17 @@ impl Clusters {
         Self {
             source,
             default_url,
+            default_dataplane_role: DEFAULT_DATAPLANE_ROLE.to_string(),
             limits,
             by_key: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The data plane's login role on the default cluster
+    /// (`--dataplane-role`); named clusters declare theirs in their Secret.
+    pub fn with_default_dataplane_role(mut self, role: impl Into<String>) -> Self {
+        self.default_dataplane_role = role.into();
+        self
     }
 
     /// The cluster called `name`. `Ok(None)` when nobody declared it.
@@ -321,7 +331,7 @@ impl Clusters {
         let spec = if name == DEFAULT_CLUSTER {
             ClusterSpec {
                 url: self.default_url.clone(),
-                dataplane_role: DEFAULT_DATAPLANE_ROLE.to_string(),
+                dataplane_role: self.default_dataplane_role.clone(),
                 dataplane_password: None,
             }
         } else {

@@ -47,6 +47,15 @@ pub struct DatabaseArgs {
         default_value = "strata_platform"
     )]
     pub platform_database: String,
+    /// The data plane's login role on the default cluster: the operator
+    /// creates it without a password if missing and grants it its rights
+    /// in the catalog and in every tenant database (docs/clusters.md).
+    #[arg(
+        long,
+        env = "STRATA_DATAPLANE_ROLE",
+        default_value = crate::cluster::DEFAULT_DATAPLANE_ROLE
+    )]
+    pub dataplane_role: String,
     /// Base URL of the data plane API, reported in tenant status.
     #[arg(long, env = "STRATA_API_BASE_URL")]
     pub api_base_url: Option<String>,

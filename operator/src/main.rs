@@ -82,7 +82,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }),
         db.database_url.clone(),
         db.session_limits(),
-    );
+    )
+    .with_default_dataplane_role(db.dataplane_role.clone());
     // A misconfigured backend fails here, loudly, not at the first Bucket.
     let backend = strata_storage::connect(&args.storage)
         .await

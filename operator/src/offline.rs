@@ -53,7 +53,8 @@ pub async fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
         Box::new(NoNamedClusters),
         args.db.database_url.clone(),
         args.db.session_limits(),
-    );
+    )
+    .with_default_dataplane_role(args.db.dataplane_role.clone());
     let input = TenantInput {
         id,
         name,

@@ -797,3 +797,62 @@ async fn sweeper_releases_entries_of_vanished_tenants() {
         drop_tenant_storage(id).await;
     }
 }
+
+/// `--dataplane-role` (the chart's `database.dataplaneRole`) names the data
+/// plane's role on the default cluster: a tenant provisioned with another
+/// name grants that role its rights — SET ROLE to the owner, the data
+/// tables — and the default `strata_dataplane` gets nothing there.
+#[tokio::test]
+async fn the_data_planes_role_name_is_configurable() {
+    let (_catalog_db, catalog) = test_catalog().await;
+    let host = local_host();
+    let role = unique("strata_dp_").replace('-', "_");
+    let clusters = default_clusters().with_default_dataplane_role(role.clone());
+    let cluster = provision::resolve_cluster(&clusters, "default")
+        .await
+        .expect("cluster");
+    let t = input(&unique("dprole-"), "owner@dprole.example");
+    let settings = strata_tests::operator_support::settings(None);
+    provision::Provisioner {
+        settings: &settings,
+        catalog: &catalog,
+        cluster: &cluster,
+        host: &host,
+    }
+    .provision(&t)
+    .await
+    .expect("provision");
+    let names = TenantNames::for_tenant(t.id);
+    let admin = admin_on(names.database.as_str()).await;
+    let rights = |who: &str| {
+        let admin = admin.clone();
+        let (who, owner) = (who.to_string(), names.owner.as_str().to_string());
+        async move {
+            sqlx::query_as::<_, (bool, bool)>(
+                "SELECT pg_has_role($1, $2, 'SET'),
+                        has_table_privilege($1, 'public.outbox', 'INSERT')",
+            )
+            .bind(&who)
+            .bind(&owner)
+            .fetch_one(&admin)
+            .await
+            .expect("rights")
+        }
+    };
+    assert_eq!(rights(&role).await, (true, true), "the configured role");
+    assert_eq!(
+        rights("strata_dataplane").await,
+        (false, false),
+        "the default name gets nothing in this tenant"
+    );
+    admin.close().await;
+    drop_tenant_storage(t.id).await;
+    if let Ok(server) = PgPool::connect(&env("STRATA_DATABASE_URL")).await {
+        let _ = sqlx::query(&format!("DROP OWNED BY \"{role}\""))
+            .execute(&server)
+            .await;
+        let _ = sqlx::query(&format!("DROP ROLE IF EXISTS \"{role}\""))
+            .execute(&server)
+            .await;
+    }
+}
