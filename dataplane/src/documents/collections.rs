@@ -98,9 +98,15 @@ fn some<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Value>>,
     Option::<Value>::deserialize(d).map(Some)
 }
 
+/// When a collection's own settings last changed (its documents do not
+/// count: they have their own validators).
+fn modified(c: &Collection) -> Option<std::time::SystemTime> {
+    preconditions::parse_rfc3339_utc(&c.updated_at)
+}
+
 pub fn collection_response(status: StatusCode, c: &Collection) -> Response {
     let mut response = (status, axum::Json(c.view())).into_response();
-    preconditions::set_validators(response.headers_mut(), &c.etag(), None);
+    preconditions::set_validators(response.headers_mut(), &c.etag(), modified(c));
     response
 }
 
@@ -188,7 +194,12 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let c = store::get_collection(pool, collection_name(name)?).await?;
     let tag = c.etag();
-    preconditions::check(method, headers, Some((&tag, None)), Requirement::Optional)?;
+    preconditions::check(
+        method,
+        headers,
+        Some((&tag, modified(&c))),
+        Requirement::Optional,
+    )?;
     Ok(collection_response(StatusCode::OK, &c))
 }
 
@@ -209,7 +220,12 @@ pub async fn update<'c>(
     } else {
         Requirement::Optional
     };
-    preconditions::check(&Method::PATCH, headers, Some((&tag, None)), requirement)?;
+    preconditions::check(
+        &Method::PATCH,
+        headers,
+        Some((&tag, modified(&c))),
+        requirement,
+    )?;
     if body.vector.is_some() {
         return Err(ApiError::validation(vec![FieldError::new(
             "/vector",
@@ -259,7 +275,12 @@ pub async fn delete(
     } else {
         Requirement::Optional
     };
-    preconditions::check(&Method::DELETE, headers, Some((&tag, None)), requirement)?;
+    preconditions::check(
+        &Method::DELETE,
+        headers,
+        Some((&tag, modified(&c))),
+        requirement,
+    )?;
     store::delete_collection(&mut tx, &c).await?;
     tx.commit().await?;
     Ok(c)

@@ -35,10 +35,16 @@ use crate::tenancy::TenantContext;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Created(pub String);
 
-/// The response for one document, with its ETag.
+/// When a document last changed, for `Last-Modified` and the date
+/// preconditions.
+fn modified(doc: &Document) -> Option<std::time::SystemTime> {
+    preconditions::parse_rfc3339_utc(&doc.updated_at)
+}
+
+/// The response for one document, with its ETag and Last-Modified.
 pub fn document_response(status: StatusCode, doc: &Document, location: Option<String>) -> Response {
     let mut response = (status, axum::Json(doc)).into_response();
-    preconditions::set_validators(response.headers_mut(), &doc.etag(), None);
+    preconditions::set_validators(response.headers_mut(), &doc.etag(), modified(doc));
     if status == StatusCode::CREATED {
         response.extensions_mut().insert(Created(doc.id.clone()));
     }
@@ -109,15 +115,15 @@ fn requirement(collection: &Collection) -> Requirement {
 }
 
 fn current(
-    doc: &Option<Document>,
+    doc: Option<&Document>,
 ) -> Option<(preconditions::EntityTag, Option<std::time::SystemTime>)> {
-    doc.as_ref().map(|d| (d.etag(), None))
+    doc.map(|d| (d.etag(), modified(d)))
 }
 
 fn check(
     method: &Method,
     headers: &HeaderMap,
-    doc: &Option<Document>,
+    doc: Option<&Document>,
     requirement: Requirement,
 ) -> Result<(), ApiError> {
     let current = current(doc);
@@ -158,7 +164,7 @@ pub async fn create<'c>(
     check_data(&coll, None, &body.data, "/data")?;
     // POST creates: only `If-None-Match: *` (or nothing) makes sense; an
     // If-Match names a version that cannot exist yet.
-    check(&Method::POST, headers, &None, Requirement::Optional)?;
+    check(&Method::POST, headers, None, Requirement::Optional)?;
     let create_only = headers.contains_key(header::IF_NONE_MATCH);
     let Some(doc) = store::insert_document(&mut tx, &coll, &id, &body.data).await? else {
         return Err(if create_only {
@@ -220,15 +226,16 @@ async fn find(pool: &PgPool, collection: &str, id: &str) -> Result<Option<Docume
     store::find_document(pool, coll.id, id, false).await
 }
 
-/// The answer to a GET of `doc`: preconditions first (304, 412), 404 when
-/// there is none.
+/// The answer to a GET of `doc`: 404 when there is none, whatever the
+/// preconditions (RFC 9110 §13.2.1: they are ignored when the answer
+/// without them would not be a 2xx), then preconditions (304, 412).
 fn read_response(
     method: &Method,
     headers: &HeaderMap,
     doc: Option<Document>,
 ) -> Result<Response, ApiError> {
-    check(method, headers, &doc, Requirement::Optional)?;
     let doc = doc.ok_or(ApiError::NotFound)?;
+    check(method, headers, Some(&doc), Requirement::Optional)?;
     Ok(document_response(StatusCode::OK, &doc, None))
 }
 
@@ -299,7 +306,7 @@ pub async fn replace(
     let coll = store::get_collection(&mut *tx, collection).await?;
     check_data(&coll, None, &data, "")?;
     let doc = store::find_document(&mut *tx, coll.id, id, true).await?;
-    check(&Method::PUT, headers, &doc, requirement(&coll))?;
+    check(&Method::PUT, headers, doc.as_ref(), requirement(&coll))?;
     let response = match doc {
         Some(_) => document_response(
             StatusCode::OK,
@@ -369,9 +376,11 @@ pub async fn patch<'c>(
     let id = document_id(id, "#/path/id")?;
     let mut tx = db.begin().await?;
     let coll = store::get_collection(&mut *tx, collection).await?;
-    let doc = store::find_document(&mut *tx, coll.id, id, true).await?;
-    check(&Method::PATCH, headers, &doc, requirement(&coll))?;
-    let doc = doc.ok_or(ApiError::NotFound)?;
+    // Absent: 404 before any precondition (RFC 9110 §13.2.1).
+    let doc = store::find_document(&mut *tx, coll.id, id, true)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    check(&Method::PATCH, headers, Some(&doc), requirement(&coll))?;
     let mut data = doc.data;
     merge_patch(&mut data, &patch);
     check_data(&coll, None, &data, "")?;
@@ -392,9 +401,12 @@ pub async fn delete(
     }
     let mut tx = pool.begin().await?;
     let coll = store::get_collection(&mut *tx, collection).await?;
-    let doc = store::find_document(&mut *tx, coll.id, id, true).await?;
-    check(&Method::DELETE, headers, &doc, requirement(&coll))?;
-    if doc.is_none() || !store::delete_document(&mut tx, &coll, id).await? {
+    // Absent: 404 before any precondition (RFC 9110 §13.2.1).
+    let doc = store::find_document(&mut *tx, coll.id, id, true)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    check(&Method::DELETE, headers, Some(&doc), requirement(&coll))?;
+    if !store::delete_document(&mut tx, &coll, id).await? {
         return Err(ApiError::NotFound);
     }
     tx.commit().await?;

@@ -25,6 +25,7 @@ use crate::http::HttpContext;
 use crate::http::extract::{Json, Path, Query};
 use crate::http::idempotency::{self, Idempotent};
 use crate::http::pagination::PageParams;
+use crate::http::preconditions::conditional_json;
 use crate::tenancy::{Action, Resource, TenantContext};
 
 pub fn routes() -> Router<AppState> {
@@ -142,7 +143,9 @@ async fn create_collection(
     description = "By name; pages of at most 500.",
     params(PageParams),
     responses(
-        (status = 200, description = "A page of collections; `Link: rel=next` when there is more", body = crate::http::pagination::Page<crate::openapi::documents::CollectionView>),
+        (status = 200, description = "A page of collections; `Link: rel=next` when there is more", body = crate::http::pagination::Page<crate::openapi::documents::CollectionView>, headers(("ETag" = String, description = "A digest of the page (strong)"), ("Last-Modified" = String, description = "The latest `updated_at` of the page"))),
+        (status = 304, description = "Not modified (`If-None-Match`, `If-Modified-Since`)"),
+        (status = 412, description = "A precondition does not hold"),
     ),
 )]
 async fn list_collections(
@@ -150,10 +153,13 @@ async fn list_collections(
     State(http): State<HttpContext>,
     Query(page): Query<PageParams>,
     uri: Uri,
+    method: Method,
+    headers: HeaderMap,
 ) -> Result<Response, crate::http::ApiError> {
     ctx.require(Resource::Collections, Action::Read)?;
     let page = collections::list(ctx.pool(), &http.cursors, ctx.tenant_id(), &page).await?;
-    Ok(page.into_response_for(&uri))
+    let response = page.into_response_for(&uri);
+    Ok(conditional_json(response, &method, &headers, Some("updated_at")).await)
 }
 
 #[utoipa::path(
@@ -303,8 +309,10 @@ async fn create_document(
         ("count" = Option<bool>, Query, description = "`true`: add `total`"),
     ),
     responses(
-        (status = 200, description = "A page of documents; `Link: rel=next` when there is more", body = crate::http::pagination::Page<super::store::Document>),
+        (status = 200, description = "A page of documents; `Link: rel=next` when there is more", body = crate::http::pagination::Page<super::store::Document>, headers(("ETag" = String, description = "A digest of the page (strong)"), ("Last-Modified" = String, description = "The latest `updated_at` of the page"))),
+        (status = 304, description = "Not modified (`If-None-Match`, `If-Modified-Since`)"),
         (status = 400, description = "A malformed filter, sort or parameter, or a cursor of another query"),
+        (status = 412, description = "A precondition does not hold"),
     ),
 )]
 async fn list_documents(
@@ -312,10 +320,13 @@ async fn list_documents(
     State(http): State<HttpContext>,
     Path(p): Path<CollectionPath>,
     uri: Uri,
+    method: Method,
+    headers: HeaderMap,
 ) -> Result<Response, crate::http::ApiError> {
     ctx.require(Resource::Documents, Action::Read)?;
     let request = list::parse_query_string(uri.query())?;
-    list::list(ctx.pool(), &http.cursors, &p.collection, request, &uri).await
+    let response = list::list(ctx.pool(), &http.cursors, &p.collection, request, &uri).await?;
+    Ok(conditional_json(response, &method, &headers, Some("updated_at")).await)
 }
 
 #[utoipa::path(

@@ -389,12 +389,134 @@ pub fn check(
     evaluate_with(method, headers, current, requirement).into_result(current)
 }
 
+/// Parses the timestamps our SQL writes (`YYYY-MM-DDTHH:MM:SS[.ffffff]Z`,
+/// UTC, see `documents::store`, `storage::store`) into a time; anything
+/// else is `None` (then no `Last-Modified` is sent, never a wrong one).
+pub fn parse_rfc3339_utc(text: &str) -> Option<SystemTime> {
+    let text = text.strip_suffix('Z')?;
+    let (date, time) = text.split_once('T')?;
+    let mut date = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (date.next()??, date.next()??, date.next()??);
+    let (time, fraction) = time.split_once('.').unwrap_or((time, ""));
+    let mut time = time.splitn(3, ':').map(|p| p.parse::<u64>().ok());
+    let (hour, minute, second) = (time.next()??, time.next()??, time.next()??);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+        return None;
+    }
+    if second > 60 || fraction.len() > 9 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Days from the civil date (H. Hinnant's algorithm, proleptic Gregorian).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
+    let nanos = if fraction.is_empty() {
+        0
+    } else {
+        format!("{fraction:0<9}").parse::<u32>().ok()?
+    };
+    Some(
+        UNIX_EPOCH
+            + Duration::from_secs(days * 86_400 + hour * 3600 + minute * 60 + second)
+            + Duration::from_nanos(u64::from(nanos)),
+    )
+}
+
+/// The validators of a JSON answer that has no version of its own (list
+/// pages, bucket metadata): a strong `ETag` over the exact body bytes (the
+/// same bytes are the same representation) and, when `modified` names a
+/// field, `Last-Modified` = the latest `items[*].<field>` of the page.
+/// Then the request's preconditions are evaluated against them (§13.2.2):
+/// 304 with the validators, 412, or 400 for a malformed tag list. Other
+/// answers than 200 pass untouched.
+///
+/// A page's `Last-Modified` does not move when a row leaves it (deleted,
+/// or no longer matching a filter): `If-None-Match`, which takes
+/// precedence over `If-Modified-Since`, sees that change in the digest.
+pub async fn conditional_json(
+    response: axum::response::Response,
+    method: &Method,
+    request_headers: &HeaderMap,
+    modified: Option<&str>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if response.status() != axum::http::StatusCode::OK {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // Our own JSON, already in memory (axum::Json): no limit to enforce.
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            return ApiError::internal(anyhow::anyhow!("list body: {error}")).into_response();
+        }
+    };
+    let etag = EntityTag::from_digest(false, &[&bytes]);
+    let last_modified = modified.and_then(|field| latest_of_items(&bytes, field));
+    let current = Some((&etag, last_modified));
+    if let Err(error) = evaluate(method, request_headers, current).into_result(current) {
+        return error.into_response();
+    }
+    set_validators(&mut parts.headers, &etag, last_modified);
+    axum::response::Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+/// The latest `items[*].<field>` timestamp of a page body. Only the two
+/// timestamp fields our lists carry are read; everything else is skipped
+/// without being built (serde ignores unknown fields).
+fn latest_of_items(body: &[u8], field: &str) -> Option<SystemTime> {
+    #[derive(serde::Deserialize)]
+    struct Item {
+        updated_at: Option<String>,
+        modified_at: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Items {
+        #[serde(default)]
+        items: Vec<Item>,
+    }
+    let page: Items = serde_json::from_slice(body).ok()?;
+    page.items
+        .iter()
+        .filter_map(|item| match field {
+            "updated_at" => item.updated_at.as_deref(),
+            "modified_at" => item.modified_at.as_deref(),
+            _ => None,
+        })
+        .filter_map(parse_rfc3339_utc)
+        .max()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn tag(s: &str) -> EntityTag {
         s.parse().expect("tag")
+    }
+
+    #[test]
+    fn our_timestamps_parse() {
+        let at = parse_rfc3339_utc("2023-11-14T22:13:20.700000Z").expect("parses");
+        assert_eq!(at, UNIX_EPOCH + Duration::from_millis(1_700_000_000_700));
+        assert_eq!(parse_rfc3339_utc("1970-01-01T00:00:00Z"), Some(UNIX_EPOCH));
+        assert_eq!(
+            parse_rfc3339_utc("2024-02-29T12:00:00Z"),
+            Some(UNIX_EPOCH + Duration::from_secs(1_709_208_000))
+        );
+        for bad in [
+            "",
+            "2024-02-29",
+            "2024-13-01T00:00:00Z",
+            "2024-01-01T00:00:00",
+            "x-1-1T1:1:1Z",
+        ] {
+            assert_eq!(parse_rfc3339_utc(bad), None, "{bad}");
+        }
     }
 
     #[test]
