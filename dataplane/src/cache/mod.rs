@@ -526,7 +526,13 @@ impl HybridCache {
         let now = Instant::now();
         let current = entry.epoch == shared.epoch.load(Ordering::Acquire)
             && self.generations_current(&entry.tags);
-        if current && now < entry.fresh_until {
+        if !current {
+            // Invalidated (or possibly missed an invalidation): never
+            // served, not even as stale when the factory fails — a deleted
+            // document's factory fails with 404 and must not get the old
+            // row back. `serve_stale_for` covers entries past their TTL.
+            L1Lookup::Miss
+        } else if now < entry.fresh_until {
             L1Lookup::Fresh(value, entry.tags.clone())
         } else if now < entry.stale_until {
             L1Lookup::Stale(value)
