@@ -23,8 +23,11 @@
 //!   after every successful write, before the write's answer leaves;
 //!   private entries are revalidated against Redis on every in-process hit,
 //!   so a write is visible at once on every replica.
-//! - **Headers out**: `Cache-Control: public, max-age=…` (public rows) or
-//!   `private, max-age=…`, `Age`, and `Cache-Status` (RFC 9211).
+//! - **Preconditions on a hit**: all four, as the handler evaluates them
+//!   (RFC 9110 §13.2.2): 304, 412, or 400 for a malformed tag list.
+//! - **Headers out**: `Cache-Control: private, max-age=…` on private rows
+//!   (public rows get the table's `public, max-age=…` from
+//!   [`super::policy::enforce`]), `Age`, and `Cache-Status` (RFC 9211).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -204,9 +207,12 @@ fn respond(
             headers.append(name, value);
         }
     }
-    let visibility = if policy.public { "public" } else { "private" };
-    if let Ok(value) =
-        HeaderValue::from_str(&format!("{visibility}, max-age={}", policy.ttl.as_secs()))
+    // Public rows get theirs from the route table's cache-control column
+    // (gateway::policy::enforce, outside this layer); a private entry says
+    // how long it is kept here.
+    if !policy.public
+        && let Ok(value) =
+            HeaderValue::from_str(&format!("private, max-age={}", policy.ttl.as_secs()))
     {
         headers.insert(header::CACHE_CONTROL, value);
     }
@@ -234,15 +240,31 @@ fn respond(
         .get(header::LAST_MODIFIED)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| httpdate::parse_http_date(v).ok());
-    if let Some(etag) = &etag
-        && preconditions::evaluate(&Method::GET, request_headers, Some((etag, modified)))
-            == Outcome::NotModified
-    {
-        headers.remove(header::CONTENT_LENGTH);
-        headers.remove(header::CONTENT_TYPE);
-        let mut response = StatusCode::NOT_MODIFIED.into_response();
-        *response.headers_mut() = headers;
-        return response;
+    // Every precondition, as the handler would have evaluated them
+    // (RFC 9110 §13.2.2): 304 from the entry, but also 412 for a failed
+    // If-Match / If-Unmodified-Since and 400 for a malformed tag list.
+    let method = if is_head { Method::HEAD } else { Method::GET };
+    let current = etag.as_ref().map(|etag| (etag, modified));
+    match preconditions::evaluate(&method, request_headers, current) {
+        Outcome::Proceed => {}
+        Outcome::NotModified => {
+            headers.remove(header::CONTENT_LENGTH);
+            headers.remove(header::CONTENT_TYPE);
+            let mut response = StatusCode::NOT_MODIFIED.into_response();
+            *response.headers_mut() = headers;
+            return response;
+        }
+        refused => {
+            let mut response = match refused.into_result(current) {
+                Err(error) => error.into_response(),
+                Ok(()) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+            };
+            // Still tells what happened, and never a stored header.
+            if let Some(status) = headers.get(CACHE_STATUS).cloned() {
+                response.headers_mut().insert(CACHE_STATUS, status);
+            }
+            return response;
+        }
     }
     let status = StatusCode::from_u16(cached.status).unwrap_or(StatusCode::OK);
     let body = if is_head {
@@ -321,11 +343,24 @@ pub async fn output_cache(State(state): State<AppState>, request: Request, next:
         &parts.headers,
         parts.uri.query(),
     );
-    let request_headers = parts.headers.clone();
-    let request = Request::from_parts(parts, body);
     if method == Method::HEAD {
-        return next.run(request).await;
+        return next.run(Request::from_parts(parts, body)).await;
     }
+    // The handler is asked for the full representation (what is stored);
+    // the request's own preconditions are evaluated against the entry in
+    // `respond`, on a miss as on a hit, so a conditional miss neither
+    // stores nothing nor answers differently from a hit.
+    let request_headers = parts.headers.clone();
+    for name in [
+        header::IF_MATCH,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_UNMODIFIED_SINCE,
+        header::IF_RANGE,
+    ] {
+        parts.headers.remove(name);
+    }
+    let request = Request::from_parts(parts, body);
     serve(&cache, &key, &tags, &policy, request_headers, request, next).await
 }
 
@@ -474,16 +509,22 @@ mod tests {
         assert_eq!(first.status(), StatusCode::OK);
         assert_eq!(first.headers()[CACHE_STATUS], "strata; hit");
         assert!(first.headers().contains_key(header::AGE));
-        assert!(
-            first.headers()[header::CACHE_CONTROL]
-                .to_str()
-                .is_ok_and(|v| v.starts_with("public, max-age="))
-        );
+        // Public rows' Cache-Control comes from gateway::policy::enforce.
+        assert!(!first.headers().contains_key(header::CACHE_CONTROL));
         let etag = first.headers()[header::ETAG].clone();
         let mut conditional = HeaderMap::new();
         conditional.insert(header::IF_NONE_MATCH, etag);
-        let second = respond(cached, &policy, &conditional, false, true);
+        let second = respond(cached.clone(), &policy, &conditional, false, true);
         assert_eq!(second.status(), StatusCode::NOT_MODIFIED);
         assert!(second.headers().contains_key(header::ETAG));
+        // A failed If-Match is a 412 from the entry, not its 200.
+        let mut conditional = HeaderMap::new();
+        conditional.insert(header::IF_MATCH, HeaderValue::from_static("\"other\""));
+        let third = respond(cached.clone(), &policy, &conditional, false, true);
+        assert_eq!(third.status(), StatusCode::PRECONDITION_FAILED);
+        let mut conditional = HeaderMap::new();
+        conditional.insert(header::IF_NONE_MATCH, HeaderValue::from_static("nope"));
+        let fourth = respond(cached, &policy, &conditional, false, true);
+        assert_eq!(fourth.status(), StatusCode::BAD_REQUEST);
     }
 }

@@ -95,6 +95,61 @@ pub enum RateLimit {
     Ip,
     /// Per credential and per tenant; per client IP without a credential.
     Principal,
+    /// As [`RateLimit::Principal`], plus the class's own, stricter limit:
+    /// per credential (per client IP without one), shared by every route
+    /// of the class, so one caller cannot spend the whole tenant quota on
+    /// renders or searches.
+    Class(RouteClass),
+}
+
+impl RateLimit {
+    /// The route's own limit, if it has one.
+    pub fn class(self) -> Option<RouteClass> {
+        match self {
+            RateLimit::Class(class) => Some(class),
+            _ => None,
+        }
+    }
+}
+
+/// A limit of its own for a class of routes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteClass {
+    /// The policy's name in the `RateLimit-Policy` header.
+    pub name: &'static str,
+    /// Requests per second (and burst) per credential or client IP.
+    pub per_second: u32,
+}
+
+/// Routes whose one request costs far more than a read: image renders
+/// (decode, resize, encode), vector searches, bulk writes of up to 1000
+/// operations. A quarter of the default per-credential rate.
+pub const EXPENSIVE: RouteClass = RouteClass {
+    name: "expensive",
+    per_second: 50,
+};
+
+/// The `Cache-Control` of a route's answers, set by [`enforce`] (so this
+/// table is the one place that says it; handlers' own values are
+/// rewritten to fit). Applied to 2xx and 304 answers only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheControl {
+    /// Whatever the handler says (probes; the docs assets, which are
+    /// versioned by a content hash and immutable; invitation acceptance).
+    Handler,
+    /// Authenticated answers: never `public`. A handler's `public` and
+    /// `s-maxage` become `private`; an answer without the header gets
+    /// `private, no-cache` (a browser may keep it but revalidates: its
+    /// `Last-Modified` must not feed heuristic freshness).
+    Private,
+    /// The same for everyone: `public, max-age=N`.
+    Public(Duration),
+    /// Objects and renders: without a credential (public bucket, presigned
+    /// or signed URL) `public, max-age=M` with M the least of N, the
+    /// object's own `max-age` and the seconds the URL has left (a CDN never
+    /// serves a URL past its expiry); an object's own `private`,
+    /// `no-cache` or `no-store` stays. With a credential: as `Private`.
+    Shared(Duration),
 }
 
 /// The largest request body a route takes.
@@ -130,6 +185,7 @@ pub struct RoutePolicy {
     pub rate: RateLimit,
     pub body: BodyLimit,
     pub timeout: Timeout,
+    pub cache_control: CacheControl,
 }
 
 /// The API router's timeout (`app::REQUEST_TIMEOUT`).
@@ -137,7 +193,17 @@ pub const API_TIMEOUT: Duration = Duration::from_secs(30);
 
 use Access::{Authenticated as AUTH, Public as PUBLIC, PublicOrSigned as SIGNED};
 use BodyLimit::{Configured as JSON, None as NO_BODY, Streamed as STREAM};
+use CacheControl::{Handler as OWN, Private as PRIV};
 use RateLimit::{Ip as IP, None as UNLIMITED, Principal as PRINCIPAL};
+
+/// Expensive routes: their own limit besides the principal's.
+const COSTLY: RateLimit = RateLimit::Class(EXPENSIVE);
+/// Documentation (the docs page, the OpenAPI document): changes only with
+/// a deploy; five minutes of staleness after one is acceptable.
+const DOCS: CacheControl = CacheControl::Public(Duration::from_secs(300));
+/// Public-bucket objects and signed URLs in shared caches (CDNs): an
+/// overwrite or a bucket made private is seen by them within a minute.
+const CDN: CacheControl = CacheControl::Shared(Duration::from_secs(60));
 use Vary::{Accept, AcceptEncoding, Query, Role, Tenant};
 
 const API: Timeout = Timeout::Fixed(API_TIMEOUT);
@@ -184,6 +250,19 @@ const DOCUMENT_LIST: OutputCache = OutputCache::On(CachePolicy {
     permission: Some((Resource::Documents, Action::Read)),
 });
 
+/// `GET …/documents/{id}`: one document (under it, the handler's own
+/// document cache; a hit here skips the handler and the serialisation).
+const DOCUMENT: OutputCache = OutputCache::On(CachePolicy {
+    ttl: Duration::from_secs(30),
+    vary: PRIVATE_VARY,
+    tags: &[
+        tag("collection", &["collection"]),
+        tag("document", &["collection", "id"]),
+    ],
+    public: false,
+    permission: Some((Resource::Documents, Action::Read)),
+});
+
 /// The OpenAPI document: the same for everyone, changed only by a deploy.
 const OPENAPI: OutputCache = OutputCache::On(CachePolicy {
     ttl: Duration::from_secs(300),
@@ -193,6 +272,7 @@ const OPENAPI: OutputCache = OutputCache::On(CachePolicy {
     permission: None,
 });
 
+#[allow(clippy::too_many_arguments)]
 const fn row(
     method: &'static str,
     path: &'static str,
@@ -201,6 +281,7 @@ const fn row(
     rate: RateLimit,
     body: BodyLimit,
     timeout: Timeout,
+    cache_control: CacheControl,
 ) -> RoutePolicy {
     RoutePolicy {
         method,
@@ -210,6 +291,7 @@ const fn row(
         rate,
         body,
         timeout,
+        cache_control,
     }
 }
 
@@ -222,75 +304,75 @@ macro_rules! t {
 /// Every route. Keep it sorted by area; `strata-dataplane routes` prints it.
 #[rustfmt::skip]
 pub const ROUTES: &[RoutePolicy] = &[
-    //  method    path                                                       access  output cache    rate limit  body     timeout
+    //  method    path                                                       access  output cache    rate limit  body     timeout  cache-control
     // Probes and documentation.
-    row("GET",    "/healthz",                                                PUBLIC, OFF,            UNLIMITED,  NO_BODY, PROBE),
-    row("GET",    "/readyz",                                                 PUBLIC, OFF,            UNLIMITED,  NO_BODY, PROBE),
-    row("GET",    "/metrics",                                                PUBLIC, OFF,            UNLIMITED,  NO_BODY, PROBE),
-    row("GET",    "/docs",                                                   PUBLIC, OFF,            UNLIMITED,  NO_BODY, PROBE),
-    row("GET",    "/docs/assets/redoc.standalone.js",                        PUBLIC, OFF,            UNLIMITED,  NO_BODY, PROBE),
-    row("GET",    "/docs/assets/init.js",                                    PUBLIC, OFF,            UNLIMITED,  NO_BODY, PROBE),
-    row("GET",    "/v1/openapi.json",                                        PUBLIC, OPENAPI,        IP,         NO_BODY, API),
+    row("GET",    "/healthz",                                                PUBLIC, OFF,            UNLIMITED,  NO_BODY, PROBE,   OWN),
+    row("GET",    "/readyz",                                                 PUBLIC, OFF,            UNLIMITED,  NO_BODY, PROBE,   OWN),
+    row("GET",    "/metrics",                                                PUBLIC, OFF,            UNLIMITED,  NO_BODY, PROBE,   OWN),
+    row("GET",    "/docs",                                                   PUBLIC, OFF,            UNLIMITED,  NO_BODY, PROBE,   DOCS),
+    row("GET",    "/docs/assets/redoc.standalone.js",                        PUBLIC, OFF,            UNLIMITED,  NO_BODY, PROBE,   OWN),
+    row("GET",    "/docs/assets/init.js",                                    PUBLIC, OFF,            UNLIMITED,  NO_BODY, PROBE,   OWN),
+    row("GET",    "/v1/openapi.json",                                        PUBLIC, OPENAPI,        IP,         NO_BODY, API,     DOCS),
     // Identity.
-    row("POST",   t!("/keys"),                                               AUTH,   OFF,            PRINCIPAL,  SMALL,   API),
-    row("GET",    t!("/keys"),                                               AUTH,   OFF,            PRINCIPAL,  NO_BODY, API),
-    row("DELETE", t!("/keys/{id}"),                                          AUTH,   OFF,            PRINCIPAL,  NO_BODY, API),
-    row("GET",    t!("/members"),                                            AUTH,   OFF,            PRINCIPAL,  NO_BODY, API),
-    row("PATCH",  t!("/members/{subject}"),                                  AUTH,   OFF,            PRINCIPAL,  SMALL,   API),
-    row("DELETE", t!("/members/{subject}"),                                  AUTH,   OFF,            PRINCIPAL,  NO_BODY, API),
-    row("POST",   t!("/invitations/accept"),                                 PUBLIC, OFF,            IP,         SMALL,   API),
+    row("POST",   t!("/keys"),                                               AUTH,   OFF,            PRINCIPAL,  SMALL,   API,     PRIV),
+    row("GET",    t!("/keys"),                                               AUTH,   OFF,            PRINCIPAL,  NO_BODY, API,     PRIV),
+    row("DELETE", t!("/keys/{id}"),                                          AUTH,   OFF,            PRINCIPAL,  NO_BODY, API,     PRIV),
+    row("GET",    t!("/members"),                                            AUTH,   OFF,            PRINCIPAL,  NO_BODY, API,     PRIV),
+    row("PATCH",  t!("/members/{subject}"),                                  AUTH,   OFF,            PRINCIPAL,  SMALL,   API,     PRIV),
+    row("DELETE", t!("/members/{subject}"),                                  AUTH,   OFF,            PRINCIPAL,  NO_BODY, API,     PRIV),
+    row("POST",   t!("/invitations/accept"),                                 PUBLIC, OFF,            IP,         SMALL,   API,     OWN),
     // Documents.
-    row("POST",   t!("/collections"),                                        AUTH,   OFF,            PRINCIPAL,  JSON,    API),
-    row("GET",    t!("/collections"),                                        AUTH,   COLLECTION_LIST, PRINCIPAL, NO_BODY, API),
-    row("GET",    t!("/collections/{collection}"),                           AUTH,   COLLECTION,     PRINCIPAL,  NO_BODY, API),
-    row("PATCH",  t!("/collections/{collection}"),                           AUTH,   OFF,            PRINCIPAL,  JSON,    API),
-    row("DELETE", t!("/collections/{collection}"),                           AUTH,   OFF,            PRINCIPAL,  NO_BODY, API),
-    row("POST",   t!("/collections/{collection}/documents"),                 AUTH,   OFF,            PRINCIPAL,  JSON,    API),
-    row("GET",    t!("/collections/{collection}/documents"),                 AUTH,   DOCUMENT_LIST,  PRINCIPAL,  NO_BODY, API),
-    row("GET",    t!("/collections/{collection}/documents/{id}"),            AUTH,   OFF,            PRINCIPAL,  NO_BODY, API),
-    row("PUT",    t!("/collections/{collection}/documents/{id}"),            AUTH,   OFF,            PRINCIPAL,  JSON,    API),
-    row("PATCH",  t!("/collections/{collection}/documents/{id}"),            AUTH,   OFF,            PRINCIPAL,  JSON,    API),
-    row("DELETE", t!("/collections/{collection}/documents/{id}"),            AUTH,   OFF,            PRINCIPAL,  NO_BODY, API),
-    row("POST",   t!("/collections/{collection}/query"),                     AUTH,   OFF,            PRINCIPAL,  JSON,    API),
-    row("POST",   t!("/collections/{collection}/bulk"),                      AUTH,   OFF,            PRINCIPAL,  JSON,    API),
+    row("POST",   t!("/collections"),                                        AUTH,   OFF,            PRINCIPAL,  JSON,    API,     PRIV),
+    row("GET",    t!("/collections"),                                        AUTH,   COLLECTION_LIST, PRINCIPAL, NO_BODY, API,     PRIV),
+    row("GET",    t!("/collections/{collection}"),                           AUTH,   COLLECTION,     PRINCIPAL,  NO_BODY, API,     PRIV),
+    row("PATCH",  t!("/collections/{collection}"),                           AUTH,   OFF,            PRINCIPAL,  JSON,    API,     PRIV),
+    row("DELETE", t!("/collections/{collection}"),                           AUTH,   OFF,            PRINCIPAL,  NO_BODY, API,     PRIV),
+    row("POST",   t!("/collections/{collection}/documents"),                 AUTH,   OFF,            PRINCIPAL,  JSON,    API,     PRIV),
+    row("GET",    t!("/collections/{collection}/documents"),                 AUTH,   DOCUMENT_LIST,  PRINCIPAL,  NO_BODY, API,     PRIV),
+    row("GET",    t!("/collections/{collection}/documents/{id}"),            AUTH,   DOCUMENT,       PRINCIPAL,  NO_BODY, API,     PRIV),
+    row("PUT",    t!("/collections/{collection}/documents/{id}"),            AUTH,   OFF,            PRINCIPAL,  JSON,    API,     PRIV),
+    row("PATCH",  t!("/collections/{collection}/documents/{id}"),            AUTH,   OFF,            PRINCIPAL,  JSON,    API,     PRIV),
+    row("DELETE", t!("/collections/{collection}/documents/{id}"),            AUTH,   OFF,            PRINCIPAL,  NO_BODY, API,     PRIV),
+    row("POST",   t!("/collections/{collection}/query"),                     AUTH,   OFF,            PRINCIPAL,  JSON,    API,     PRIV),
+    row("POST",   t!("/collections/{collection}/bulk"),                      AUTH,   OFF,            COSTLY,     JSON,    API,     PRIV),
     // Vectors.
-    row("POST",   t!("/collections/{collection}/vectors"),                   AUTH,   OFF,            PRINCIPAL,  JSON,    API),
-    row("PUT",    t!("/collections/{collection}/vectors"),                   AUTH,   OFF,            PRINCIPAL,  JSON,    API),
-    row("POST",   t!("/collections/{collection}/vectors/delete"),            AUTH,   OFF,            PRINCIPAL,  JSON,    API),
-    row("GET",    t!("/collections/{collection}/vectors/delete"),            AUTH,   OFF,            PRINCIPAL,  NO_BODY, API),
-    row("GET",    t!("/collections/{collection}/vectors/{id}"),              AUTH,   OFF,            PRINCIPAL,  NO_BODY, API),
-    row("DELETE", t!("/collections/{collection}/vectors/{id}"),              AUTH,   OFF,            PRINCIPAL,  NO_BODY, API),
-    row("POST",   t!("/collections/{collection}/search"),                    AUTH,   OFF,            PRINCIPAL,  JSON,    API),
-    row("POST",   t!("/search"),                                             AUTH,   OFF,            PRINCIPAL,  JSON,    API),
+    row("POST",   t!("/collections/{collection}/vectors"),                   AUTH,   OFF,            PRINCIPAL,  JSON,    API,     PRIV),
+    row("PUT",    t!("/collections/{collection}/vectors"),                   AUTH,   OFF,            PRINCIPAL,  JSON,    API,     PRIV),
+    row("POST",   t!("/collections/{collection}/vectors/delete"),            AUTH,   OFF,            PRINCIPAL,  JSON,    API,     PRIV),
+    row("GET",    t!("/collections/{collection}/vectors/delete"),            AUTH,   OFF,            PRINCIPAL,  NO_BODY, API,     PRIV),
+    row("GET",    t!("/collections/{collection}/vectors/{id}"),              AUTH,   OFF,            PRINCIPAL,  NO_BODY, API,     PRIV),
+    row("DELETE", t!("/collections/{collection}/vectors/{id}"),              AUTH,   OFF,            PRINCIPAL,  NO_BODY, API,     PRIV),
+    row("POST",   t!("/collections/{collection}/search"),                    AUTH,   OFF,            COSTLY,     JSON,    API,     PRIV),
+    row("POST",   t!("/search"),                                             AUTH,   OFF,            COSTLY,     JSON,    API,     PRIV),
     // Events and webhooks.
-    row("POST",   t!("/webhooks"),                                           AUTH,   OFF,            PRINCIPAL,  SMALL,   API),
-    row("GET",    t!("/webhooks"),                                           AUTH,   OFF,            PRINCIPAL,  NO_BODY, API),
-    row("GET",    t!("/webhooks/{id}"),                                      AUTH,   OFF,            PRINCIPAL,  NO_BODY, API),
-    row("PATCH",  t!("/webhooks/{id}"),                                      AUTH,   OFF,            PRINCIPAL,  SMALL,   API),
-    row("DELETE", t!("/webhooks/{id}"),                                      AUTH,   OFF,            PRINCIPAL,  NO_BODY, API),
-    row("POST",   t!("/webhooks/{id}/rotate-secret"),                        AUTH,   OFF,            PRINCIPAL,  SMALL,   API),
-    row("GET",    t!("/webhooks/{id}/deliveries"),                           AUTH,   OFF,            PRINCIPAL,  NO_BODY, API),
-    row("GET",    t!("/webhooks/{id}/deliveries/{delivery}"),                AUTH,   OFF,            PRINCIPAL,  NO_BODY, API),
-    row("POST",   t!("/webhooks/{id}/deliveries/{delivery}/replay"),         AUTH,   OFF,            PRINCIPAL,  SMALL,   API),
-    row("GET",    t!("/events/backlog"),                                     AUTH,   OFF,            PRINCIPAL,  NO_BODY, API),
-    row("GET",    t!("/events/dead"),                                        AUTH,   OFF,            PRINCIPAL,  NO_BODY, API),
-    row("POST",   t!("/events/{event}/replay"),                              AUTH,   OFF,            PRINCIPAL,  SMALL,   API),
+    row("POST",   t!("/webhooks"),                                           AUTH,   OFF,            PRINCIPAL,  SMALL,   API,     PRIV),
+    row("GET",    t!("/webhooks"),                                           AUTH,   OFF,            PRINCIPAL,  NO_BODY, API,     PRIV),
+    row("GET",    t!("/webhooks/{id}"),                                      AUTH,   OFF,            PRINCIPAL,  NO_BODY, API,     PRIV),
+    row("PATCH",  t!("/webhooks/{id}"),                                      AUTH,   OFF,            PRINCIPAL,  SMALL,   API,     PRIV),
+    row("DELETE", t!("/webhooks/{id}"),                                      AUTH,   OFF,            PRINCIPAL,  NO_BODY, API,     PRIV),
+    row("POST",   t!("/webhooks/{id}/rotate-secret"),                        AUTH,   OFF,            PRINCIPAL,  SMALL,   API,     PRIV),
+    row("GET",    t!("/webhooks/{id}/deliveries"),                           AUTH,   OFF,            PRINCIPAL,  NO_BODY, API,     PRIV),
+    row("GET",    t!("/webhooks/{id}/deliveries/{delivery}"),                AUTH,   OFF,            PRINCIPAL,  NO_BODY, API,     PRIV),
+    row("POST",   t!("/webhooks/{id}/deliveries/{delivery}/replay"),         AUTH,   OFF,            PRINCIPAL,  SMALL,   API,     PRIV),
+    row("GET",    t!("/events/backlog"),                                     AUTH,   OFF,            PRINCIPAL,  NO_BODY, API,     PRIV),
+    row("GET",    t!("/events/dead"),                                        AUTH,   OFF,            PRINCIPAL,  NO_BODY, API,     PRIV),
+    row("POST",   t!("/events/{event}/replay"),                              AUTH,   OFF,            PRINCIPAL,  SMALL,   API,     PRIV),
     // Storage (own router: streamed bodies, the object timeout).
-    row("GET",    t!("/buckets/{bucket}"),                                   AUTH,   OFF,            PRINCIPAL,  NO_BODY, OBJECTS),
-    row("GET",    t!("/buckets/{bucket}/objects"),                           AUTH,   OFF,            PRINCIPAL,  NO_BODY, OBJECTS),
-    row("GET",    t!("/buckets/{bucket}/objects/{*key}"),                    SIGNED, OFF,            PRINCIPAL,  NO_BODY, OBJECTS),
-    row("PUT",    t!("/buckets/{bucket}/objects/{*key}"),                    SIGNED, OFF,            PRINCIPAL,  STREAM,  OBJECTS),
-    row("DELETE", t!("/buckets/{bucket}/objects/{*key}"),                    AUTH,   OFF,            PRINCIPAL,  NO_BODY, OBJECTS),
-    row("POST",   t!("/buckets/{bucket}/presign"),                           AUTH,   OFF,            PRINCIPAL,  JSON,    OBJECTS),
-    row("POST",   t!("/buckets/{bucket}/uploads"),                           AUTH,   OFF,            PRINCIPAL,  JSON,    OBJECTS),
-    row("GET",    t!("/buckets/{bucket}/uploads"),                           AUTH,   OFF,            PRINCIPAL,  NO_BODY, OBJECTS),
-    row("GET",    t!("/buckets/{bucket}/uploads/{upload}"),                  AUTH,   OFF,            PRINCIPAL,  NO_BODY, OBJECTS),
-    row("POST",   t!("/buckets/{bucket}/uploads/{upload}"),                  AUTH,   OFF,            PRINCIPAL,  JSON,    OBJECTS),
-    row("DELETE", t!("/buckets/{bucket}/uploads/{upload}"),                  AUTH,   OFF,            PRINCIPAL,  NO_BODY, OBJECTS),
-    row("PUT",    t!("/buckets/{bucket}/uploads/{upload}/parts/{part}"),     AUTH,   OFF,            PRINCIPAL,  STREAM,  OBJECTS),
-    row("GET",    t!("/buckets/{bucket}/render/{*key}"),                     SIGNED, OFF,            PRINCIPAL,  NO_BODY, OBJECTS),
-    row("POST",   t!("/buckets/{bucket}/render-urls"),                       AUTH,   OFF,            PRINCIPAL,  JSON,    OBJECTS),
-    row("POST",   t!("/signing-keys/rotate"),                                AUTH,   OFF,            PRINCIPAL,  SMALL,   OBJECTS),
+    row("GET",    t!("/buckets/{bucket}"),                                   AUTH,   OFF,            PRINCIPAL,  NO_BODY, OBJECTS, PRIV),
+    row("GET",    t!("/buckets/{bucket}/objects"),                           AUTH,   OFF,            PRINCIPAL,  NO_BODY, OBJECTS, PRIV),
+    row("GET",    t!("/buckets/{bucket}/objects/{*key}"),                    SIGNED, OFF,            PRINCIPAL,  NO_BODY, OBJECTS, CDN),
+    row("PUT",    t!("/buckets/{bucket}/objects/{*key}"),                    SIGNED, OFF,            PRINCIPAL,  STREAM,  OBJECTS, PRIV),
+    row("DELETE", t!("/buckets/{bucket}/objects/{*key}"),                    AUTH,   OFF,            PRINCIPAL,  NO_BODY, OBJECTS, PRIV),
+    row("POST",   t!("/buckets/{bucket}/presign"),                           AUTH,   OFF,            PRINCIPAL,  JSON,    OBJECTS, PRIV),
+    row("POST",   t!("/buckets/{bucket}/uploads"),                           AUTH,   OFF,            PRINCIPAL,  JSON,    OBJECTS, PRIV),
+    row("GET",    t!("/buckets/{bucket}/uploads"),                           AUTH,   OFF,            PRINCIPAL,  NO_BODY, OBJECTS, PRIV),
+    row("GET",    t!("/buckets/{bucket}/uploads/{upload}"),                  AUTH,   OFF,            PRINCIPAL,  NO_BODY, OBJECTS, PRIV),
+    row("POST",   t!("/buckets/{bucket}/uploads/{upload}"),                  AUTH,   OFF,            PRINCIPAL,  JSON,    OBJECTS, PRIV),
+    row("DELETE", t!("/buckets/{bucket}/uploads/{upload}"),                  AUTH,   OFF,            PRINCIPAL,  NO_BODY, OBJECTS, PRIV),
+    row("PUT",    t!("/buckets/{bucket}/uploads/{upload}/parts/{part}"),     AUTH,   OFF,            PRINCIPAL,  STREAM,  OBJECTS, PRIV),
+    row("GET",    t!("/buckets/{bucket}/render/{*key}"),                     SIGNED, OFF,            COSTLY,     NO_BODY, OBJECTS, CDN),
+    row("POST",   t!("/buckets/{bucket}/render-urls"),                       AUTH,   OFF,            PRINCIPAL,  JSON,    OBJECTS, PRIV),
+    row("POST",   t!("/signing-keys/rotate"),                                AUTH,   OFF,            PRINCIPAL,  SMALL,   OBJECTS, PRIV),
 ];
 
 /// The row of `method` on the route template `path` (HEAD reads GET's).
@@ -306,8 +388,9 @@ pub fn lookup(method: &Method, path: &str) -> Option<&'static RoutePolicy> {
 }
 
 /// Middleware over every route: applies the row's fixed body limit (by
-/// `Content-Length`; streamed bodies are bounded where they are read) and
-/// fixed timeout (to the response head). Routes without a row, and
+/// `Content-Length`; streamed bodies are bounded where they are read),
+/// fixed timeout (to the response head) and `Cache-Control`
+/// ([`super::cache_control`]). Routes without a row, and
 /// methods a route does not have, pass untouched (the router answers).
 pub async fn enforce(request: Request, next: Next) -> Response {
     let Some(policy) = request
@@ -332,16 +415,31 @@ pub async fn enforce(request: Request, next: Next) -> Response {
             return crate::http::finish_problem(response, id);
         }
     }
-    match policy.timeout {
+    let has_credential = request.headers().contains_key(header::AUTHORIZATION);
+    let query = request.uri().query().map(str::to_string);
+    let mut response = match policy.timeout {
         Timeout::Fixed(limit) => match tokio::time::timeout(limit, next.run(request)).await {
             Ok(response) => response,
-            Err(_) => crate::http::finish_problem(
-                axum::http::StatusCode::REQUEST_TIMEOUT.into_response(),
-                id,
-            ),
+            Err(_) => {
+                return crate::http::finish_problem(
+                    axum::http::StatusCode::REQUEST_TIMEOUT.into_response(),
+                    id,
+                );
+            }
         },
         Timeout::Objects => next.run(request).await,
+    };
+    let status = response.status();
+    if status.is_success() || status == axum::http::StatusCode::NOT_MODIFIED {
+        super::cache_control::apply(
+            policy.cache_control,
+            response.headers_mut(),
+            has_credential,
+            query.as_deref(),
+            std::time::SystemTime::now(),
+        );
     }
+    response
 }
 
 fn access_label(access: Access) -> &'static str {
@@ -385,11 +483,15 @@ fn cache_label(cache: &OutputCache) -> String {
     }
 }
 
-fn rate_label(rate: RateLimit) -> &'static str {
+fn rate_label(rate: RateLimit) -> String {
     match rate {
-        RateLimit::None => "none",
-        RateLimit::Ip => "ip",
-        RateLimit::Principal => "credential, tenant (ip without one)",
+        RateLimit::None => "none".into(),
+        RateLimit::Ip => "ip".into(),
+        RateLimit::Principal => "credential, tenant (ip without one)".into(),
+        RateLimit::Class(class) => format!(
+            "credential, tenant, {} {}/s (ip without one)",
+            class.name, class.per_second
+        ),
     }
 }
 
@@ -420,8 +522,9 @@ pub fn render(tsv: bool) -> String {
         "RATE LIMIT",
         "BODY",
         "TIMEOUT",
+        "CACHE-CONTROL",
     ];
-    let rows: Vec<[String; 7]> = ROUTES
+    let rows: Vec<[String; 8]> = ROUTES
         .iter()
         .map(|r| {
             [
@@ -429,9 +532,10 @@ pub fn render(tsv: bool) -> String {
                 r.path.to_string(),
                 access_label(r.access).to_string(),
                 cache_label(&r.cache),
-                rate_label(r.rate).to_string(),
+                rate_label(r.rate),
                 body_label(r.body),
                 timeout_label(r.timeout),
+                super::cache_control::label(r.cache_control),
             ]
         })
         .collect();
@@ -629,12 +733,41 @@ mod tests {
         }
     }
 
+    /// Authenticated rows are never public; public output-cache entries
+    /// are declared public to clients too; shared (CDN) answers only on
+    /// reads that may go without a credential.
+    #[test]
+    fn cache_control_fits_access() {
+        for row in ROUTES {
+            match row.cache_control {
+                CacheControl::Public(_) => assert_eq!(row.access, Access::Public, "{}", row.path),
+                CacheControl::Shared(_) => {
+                    assert_eq!(row.access, Access::PublicOrSigned, "{}", row.path);
+                    assert_eq!(row.method, "GET", "{}", row.path);
+                }
+                CacheControl::Private => assert_ne!(row.access, Access::Public, "{}", row.path),
+                CacheControl::Handler => {
+                    assert_eq!(row.access, Access::Public, "{}: authenticated", row.path)
+                }
+            }
+            if let OutputCache::On(policy) = row.cache
+                && policy.public
+            {
+                assert!(
+                    matches!(row.cache_control, CacheControl::Public(_)),
+                    "{}: a public entry is declared public",
+                    row.path
+                );
+            }
+        }
+    }
+
     #[test]
     fn the_printed_table_has_every_route() {
         let text = render(false);
         assert_eq!(text.lines().count(), ROUTES.len() + 1);
         assert!(text.contains("/v1/openapi.json"));
         let tsv = render(true);
-        assert!(tsv.lines().all(|l| l.split('\t').count() == 7));
+        assert!(tsv.lines().all(|l| l.split('\t').count() == 8));
     }
 }

@@ -30,6 +30,7 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter as Gcra};
 use uuid::Uuid;
 
+use super::policy::RouteClass;
 use crate::cache::Breaker;
 
 use crate::http::auth::{CredentialId, Principal};
@@ -291,12 +292,16 @@ impl RateLimiter {
     }
 
     /// Counts an authenticated request against its tenant's and its
-    /// credential's limits. `tenant_rps` is the Tenant's own quota.
+    /// credential's limits, and its route class's (per credential) when
+    /// the route has one. `tenant_rps` is the Tenant's own quota. A class
+    /// limit counts only while per-credential limits are on (0 = no limits
+    /// at all, for tests and benchmarks of other things).
     pub async fn check_principal(
         &self,
         tenant: Uuid,
         tenant_rps: Option<u32>,
         principal: &Principal,
+        class: Option<RouteClass>,
     ) -> Decision {
         let settings = &self.inner.settings;
         let credential = match &principal.credential_id {
@@ -305,8 +310,17 @@ impl RateLimiter {
             // mint more quota.
             CredentialId::Jwt { .. } => format!("s:{}", principal.subject),
         };
-        let mut limits = Vec::with_capacity(2);
+        let mut limits = Vec::with_capacity(3);
         if let Some(per_second) = NonZeroU32::new(settings.credential_rps) {
+            if let Some(class) = class
+                && let Some(class_rps) = NonZeroU32::new(class.per_second)
+            {
+                limits.push(Limit {
+                    policy: class.name,
+                    key: format!("v1:rl:{{{tenant}}}:r:{}:{credential}", class.name),
+                    per_second: class_rps,
+                });
+            }
             limits.push(Limit {
                 policy: "credential",
                 key: format!("v1:rl:{{{tenant}}}:c:{credential}"),
@@ -323,18 +337,29 @@ impl RateLimiter {
         self.check(&limits).await
     }
 
-    /// Counts a request without a credential against its client IP's limit.
-    pub async fn check_anonymous(&self, ip: Option<IpAddr>) -> Decision {
+    /// Counts a request without a credential against its client IP's
+    /// limit, and its route class's (per IP) when the route has one.
+    pub async fn check_anonymous(&self, ip: Option<IpAddr>, class: Option<RouteClass>) -> Decision {
         let Some(per_second) = NonZeroU32::new(self.inner.settings.anonymous_rps) else {
             return Decision::default();
         };
         // No address (a test calling the router directly): one shared bucket.
         let ip = ip.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
-        let limits = [Limit {
+        let mut limits = Vec::with_capacity(2);
+        if let Some(class) = class
+            && let Some(class_rps) = NonZeroU32::new(class.per_second)
+        {
+            limits.push(Limit {
+                policy: class.name,
+                key: format!("v1:rl:{{ip:{ip}}}:r:{}", class.name),
+                per_second: class_rps,
+            });
+        }
+        limits.push(Limit {
             policy: "ip",
             key: format!("v1:rl:{{ip:{ip}}}"),
             per_second,
-        }];
+        });
         self.check(&limits).await
     }
 
@@ -427,11 +452,15 @@ mod tests {
         let limiter = limiter(5, 1000);
         let tenant = Uuid::from_bytes([1; 16]);
         for n in 0..5 {
-            let d = limiter.check_principal(tenant, None, &principal("a")).await;
+            let d = limiter
+                .check_principal(tenant, None, &principal("a"), None)
+                .await;
             assert!(d.allowed(), "request {n} within the burst");
             assert_eq!(d.limits[0].remaining, 4 - n);
         }
-        let refused = limiter.check_principal(tenant, None, &principal("a")).await;
+        let refused = limiter
+            .check_principal(tenant, None, &principal("a"), None)
+            .await;
         let wait = refused.retry_after.expect("refused");
         assert!(
             wait <= Duration::from_millis(200),
@@ -440,7 +469,7 @@ mod tests {
         // Another key of the same tenant has its own credential quota.
         assert!(
             limiter
-                .check_principal(tenant, None, &principal("b"))
+                .check_principal(tenant, None, &principal("b"), None)
                 .await
                 .allowed()
         );
@@ -453,18 +482,18 @@ mod tests {
         let other = Uuid::from_bytes([2; 16]);
         for n in 0..3 {
             let d = limiter
-                .check_principal(tenant, Some(3), &principal(&format!("k{n}")))
+                .check_principal(tenant, Some(3), &principal(&format!("k{n}")), None)
                 .await;
             assert!(d.allowed());
         }
         let refused = limiter
-            .check_principal(tenant, Some(3), &principal("k9"))
+            .check_principal(tenant, Some(3), &principal("k9"), None)
             .await;
         assert!(!refused.allowed());
         assert_eq!(refused.limits.last().expect("tenant").policy, "tenant");
         assert!(
             limiter
-                .check_principal(other, Some(3), &principal("k0"))
+                .check_principal(other, Some(3), &principal("k0"), None)
                 .await
                 .allowed(),
             "another tenant is not affected"
@@ -477,22 +506,90 @@ mod tests {
         let a: IpAddr = "192.0.2.1".parse().expect("ip");
         let b: IpAddr = "192.0.2.2".parse().expect("ip");
         for _ in 0..3 {
-            assert!(limiter.check_anonymous(Some(a)).await.allowed());
+            assert!(limiter.check_anonymous(Some(a), None).await.allowed());
         }
-        assert!(!limiter.check_anonymous(Some(a)).await.allowed());
-        assert!(limiter.check_anonymous(Some(b)).await.allowed());
+        assert!(!limiter.check_anonymous(Some(a), None).await.allowed());
+        assert!(limiter.check_anonymous(Some(b), None).await.allowed());
     }
 
     #[tokio::test]
     async fn zero_means_no_limit_and_no_headers() {
         let limiter = RateLimiter::new(RateLimitSettings::unlimited(), None);
         let d = limiter
-            .check_principal(Uuid::nil(), None, &principal("a"))
+            .check_principal(Uuid::nil(), None, &principal("a"), None)
             .await;
         assert!(d.allowed());
         let mut headers = HeaderMap::new();
         d.write_headers(&mut headers);
         assert!(headers.is_empty());
+    }
+
+    /// A route class's own limit binds before the credential's, per
+    /// credential (and per IP without one), and only on its routes.
+    #[tokio::test]
+    async fn a_route_class_has_its_own_limit() {
+        let class = RouteClass {
+            name: "expensive",
+            per_second: 3,
+        };
+        let by_key = limiter(100, 1000);
+        let tenant = Uuid::from_bytes([1; 16]);
+        for _ in 0..3 {
+            let d = by_key
+                .check_principal(tenant, None, &principal("a"), Some(class))
+                .await;
+            assert!(d.allowed());
+            assert_eq!(d.limits[0].policy, "expensive");
+        }
+        let refused = by_key
+            .check_principal(tenant, None, &principal("a"), Some(class))
+            .await;
+        assert!(!refused.allowed());
+        let mut headers = HeaderMap::new();
+        refused.write_headers(&mut headers);
+        assert!(
+            headers[RATELIMIT]
+                .to_str()
+                .is_ok_and(|v| v.starts_with("\"expensive\";r=0"))
+        );
+        // The same credential on an ordinary route, another credential on
+        // the class: both still allowed.
+        assert!(
+            by_key
+                .check_principal(tenant, None, &principal("a"), None)
+                .await
+                .allowed()
+        );
+        assert!(
+            by_key
+                .check_principal(tenant, None, &principal("b"), Some(class))
+                .await
+                .allowed()
+        );
+        let ip: IpAddr = "192.0.2.9".parse().expect("ip");
+        let anonymous = limiter(100, 1000);
+        for _ in 0..3 {
+            assert!(
+                anonymous
+                    .check_anonymous(Some(ip), Some(class))
+                    .await
+                    .allowed()
+            );
+        }
+        assert!(
+            !anonymous
+                .check_anonymous(Some(ip), Some(class))
+                .await
+                .allowed()
+        );
+        // Limits off: the class is off too.
+        let off = RateLimiter::new(RateLimitSettings::unlimited(), None);
+        for _ in 0..10 {
+            let d = off
+                .check_principal(tenant, None, &principal("a"), Some(class))
+                .await;
+            assert!(d.allowed() && d.limits.is_empty());
+        }
     }
 
     #[test]

@@ -240,21 +240,6 @@ where
         let tenancy = Tenancy::from_ref(state);
         let ctx = authenticate(&parts.headers, &path_tenant, &http, &tenancy).await?;
         tracing::Span::current().record("tenant", ctx.tenant.name.as_str());
-        // Counted once the tenant and the credential are known; the
-        // gateway layer writes the headers on the response (429 or not).
-        let decision = http
-            .gateway
-            .limiter
-            .check_principal(
-                ctx.tenant.id,
-                ctx.tenant.requests_per_second,
-                &ctx.principal,
-            )
-            .await;
-        if let Some(slot) = parts.extensions.get::<crate::gateway::DecisionSlot>() {
-            slot.set(decision.clone());
-        }
-        decision.into_result()?;
         parts.extensions.insert(ctx.clone());
         Ok(ctx)
     }
@@ -329,6 +314,16 @@ pub async fn authenticate(
         .roles
         .permissions(tenant.id, &pool, &principal.role)
         .await?;
+    // Counted once the tenant and the credential are known, on every
+    // credential path (API extractor, storage, media); the gateway layer
+    // writes the headers on the response (429 or not).
+    crate::gateway::count_principal(
+        &http.gateway,
+        tenant.id,
+        tenant.requests_per_second,
+        &principal,
+    )
+    .await?;
     crate::cache::invalidation::set_tenant(tenant.id);
     Ok(TenantContext {
         tenant,
