@@ -4,6 +4,7 @@
 //! second process. Real PostgreSQL, Redis and the `strata-dataplane`
 //! binary; needs `source .stack/env`.
 
+mod storage_support;
 mod support;
 
 use std::process::Command;
@@ -643,5 +644,227 @@ async fn redis_killed_under_load_fails_no_request_and_caching_recovers() {
         assert!(failed.is_empty(), "failed requests: {failed:?}");
         proc_a.terminate(Duration::from_secs(20)).await;
     })
+    .await;
+}
+
+/// A route's own limit (`expensive` in the policy table: search, bulk,
+/// render) binds before the credential's: a burst of searches is refused
+/// with the class's policy in the headers while the same key still reads
+/// collections, and another key still searches.
+#[tokio::test]
+async fn a_routes_own_limit_applies() {
+    with_tenants(
+        "gateway",
+        &["cls"],
+        |catalog_url, _catalog, tenants| async move {
+            let tenant = &tenants[0];
+            let class = strata_dataplane::gateway::policy::EXPENSIVE;
+            let mut state = app_state(&catalog_url);
+            state.http.gateway = Gateway {
+                limiter: RateLimiter::new(
+                    RateLimitSettings {
+                        credential_rps: 1000,
+                        tenant_rps: 10_000,
+                        ..RateLimitSettings::default()
+                    },
+                    None,
+                ),
+                proxies: TrustedProxies::default(),
+            };
+            let server = Server::start(state, 1 << 20).await;
+            let c = Client::new(&server.base);
+            let owner = c.accept_invitation(tenant).await;
+            let other = c.new_key(&tenant.name, &owner, "viewer").await;
+            let search = format!("/v1/tenants/{}/search", tenant.name);
+            let body = json!({"vector": [1.0, 0.0, 0.0], "collections": ["none"], "k": 1});
+            // All at once, so the GCRA refills (per_second cells a second)
+            // next to nothing during the burst.
+            let burst = class.per_second as usize * 2;
+            let replies = futures::future::join_all(
+                (0..burst).map(|_| c.json("POST", &search, &owner, body.clone())),
+            )
+            .await;
+            let mut refused = Vec::new();
+            for reply in replies {
+                assert_ne!(reply.status, 500, "{}", reply.text);
+                assert!(
+                    reply.header("ratelimit-policy").is_some_and(
+                        |v| v.contains(&format!("\"{}\";q={}", class.name, class.per_second))
+                    ),
+                    "{:?}",
+                    reply.headers
+                );
+                if reply.status == 429 {
+                    refused.push(reply);
+                }
+            }
+            let allowed = burst - refused.len();
+            assert!(
+                allowed >= class.per_second as usize && allowed < burst,
+                "{allowed} of {burst} allowed"
+            );
+            for reply in &refused {
+                assert_eq!(reply.json["code"], "rate-limited", "{}", reply.text);
+                assert!(reply.header("retry-after").is_some());
+                assert!(
+                    reply
+                        .header("ratelimit")
+                        .is_some_and(|v| v.starts_with(&format!("\"{}\";r=0", class.name))),
+                    "{:?}",
+                    reply.headers
+                );
+            }
+            // An ordinary route of the same key, and the class for another key.
+            let read = c
+                .get(&format!("/v1/tenants/{}/collections", tenant.name), &owner)
+                .await;
+            assert_eq!(read.status, 200, "{}", read.text);
+            assert!(
+                !read
+                    .header("ratelimit-policy")
+                    .unwrap_or("")
+                    .contains(class.name)
+            );
+            let theirs = c.json("POST", &search, &other, body.clone()).await;
+            assert_ne!(theirs.status, 429, "{}", theirs.text);
+        },
+    )
+    .await;
+}
+
+/// `Cache-Control` from the policy table: public (with the declared age)
+/// on the docs page, the OpenAPI document, public-bucket objects and
+/// presigned URLs (never beyond the URL's expiry); private on everything
+/// a credential read, the same object included. And the output cache never
+/// crosses the line: an anonymous request never gets an authenticated
+/// entry, a credentialed one never the public entry.
+#[tokio::test]
+async fn public_routes_are_public_and_authenticated_answers_private() {
+    with_tenants(
+        "gateway",
+        &["pub"],
+        |catalog_url, catalog, tenants| async move {
+            let tenant = &tenants[0];
+            let t = &tenant.name;
+            let store = storage_support::backend(storage_support::Store::S3).await;
+            let mut state = storage_support::app_state(
+                &catalog_url,
+                store.backend.clone(),
+                None,
+                storage_support::settings(),
+            );
+            let client = redis::Client::open(env("STRATA_REDIS_URL")).expect("url");
+            let manager = redis::aio::ConnectionManager::new(client.clone())
+                .await
+                .expect("redis");
+            let cache = strata_dataplane::cache::HybridCache::new(
+                strata_dataplane::cache::CacheSettings::default(),
+                Some(manager),
+                None,
+            );
+            cache.spawn_subscriber(client);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !cache.l1_serving() {
+                assert!(std::time::Instant::now() < deadline, "not subscribed");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            state.tenancy.cache = cache;
+            let server = Server::start(state, 1 << 20).await;
+            let c = Client::new(&server.base);
+            let key = c.accept_invitation(tenant).await;
+            storage_support::create_bucket(&catalog, tenant.id, "open", json!({"public": true}))
+                .await;
+            storage_support::create_bucket(&catalog, tenant.id, "closed", json!({})).await;
+            let cc =
+                |reply: &support::Reply| reply.header("cache-control").unwrap_or("").to_string();
+            for bucket in ["open", "closed"] {
+                let put = c
+                    .send(
+                        "PUT",
+                        &format!("/v1/tenants/{t}/buckets/{bucket}/objects/a.txt"),
+                        Some(&key),
+                        Body::Raw(Some("text/plain"), b"hello".to_vec()),
+                        &[],
+                    )
+                    .await;
+                assert_eq!(put.status, 201, "{}", put.text);
+                assert!(cc(&put).starts_with("private"), "{}", cc(&put));
+            }
+            let open = format!("/v1/tenants/{t}/buckets/open/objects/a.txt");
+            let anonymous = c.send("GET", &open, None, Body::None, &[]).await;
+            assert_eq!(anonymous.status, 200, "{}", anonymous.text);
+            assert_eq!(cc(&anonymous), "public, max-age=60");
+            let head = c.send("HEAD", &open, None, Body::None, &[]).await;
+            assert_eq!(cc(&head), "public, max-age=60");
+            let not_modified = c
+                .send(
+                    "GET",
+                    &open,
+                    None,
+                    Body::None,
+                    &[("if-none-match", anonymous.header("etag").expect("etag"))],
+                )
+                .await;
+            assert_eq!(not_modified.status, 304);
+            assert_eq!(cc(&not_modified), "public, max-age=60");
+            let authenticated = c.get(&open, &key).await;
+            assert_eq!(authenticated.status, 200);
+            assert!(
+                cc(&authenticated).starts_with("private"),
+                "{}",
+                cc(&authenticated)
+            );
+            // A private bucket: 401 without a credential (no public header).
+            let closed = format!("/v1/tenants/{t}/buckets/closed/objects/a.txt");
+            let refused = c.send("GET", &closed, None, Body::None, &[]).await;
+            assert_eq!(refused.status, 401);
+            assert!(!cc(&refused).contains("public"));
+            // Presigned: never beyond the URL's expiry.
+            let signed = c
+                .json(
+                    "POST",
+                    &format!("/v1/tenants/{t}/buckets/closed/presign"),
+                    &key,
+                    json!({"method": "GET", "key": "a.txt", "expires_in": 20}),
+                )
+                .await;
+            assert_eq!(signed.status, 200, "{}", signed.text);
+            let url = signed.json["url"].as_str().expect("url").to_string();
+            let via_url = c.send("GET", &url, None, Body::None, &[]).await;
+            assert_eq!(via_url.status, 200, "{}", via_url.text);
+            let age: u64 = cc(&via_url)
+                .strip_prefix("public, max-age=")
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("{}", cc(&via_url)));
+            assert!(age <= 20, "max-age {age} beyond the URL's 20 s");
+            // Documentation.
+            for path in ["/docs", "/v1/openapi.json"] {
+                let reply = c.send("GET", path, None, Body::None, &[]).await;
+                assert_eq!(reply.status, 200, "{path}");
+                assert_eq!(cc(&reply), "public, max-age=300", "{path}");
+            }
+            let shared = c
+                .send("GET", "/v1/openapi.json", None, Body::None, &[])
+                .await;
+            assert_eq!(shared.header("cache-status"), Some("strata; hit"));
+            // A credential on the public row never gets the shared entry.
+            let with_key = c.get("/v1/openapi.json", &key).await;
+            assert_eq!(with_key.status, 200);
+            assert_ne!(with_key.header("cache-status"), Some("strata; hit"));
+            // Authenticated answers: private, and their entries never go to
+            // an anonymous request.
+            let docs = format!("/v1/tenants/{t}/collections");
+            for _ in 0..2 {
+                let reply = c.get(&docs, &key).await;
+                assert_eq!(reply.status, 200);
+                assert!(cc(&reply).starts_with("private"), "{}", cc(&reply));
+            }
+            let anonymous = c.send("GET", &docs, None, Body::None, &[]).await;
+            assert_eq!(anonymous.status, 401);
+            assert_ne!(anonymous.header("cache-status"), Some("strata; hit"));
+            let members = c.get(&format!("/v1/tenants/{t}/members"), &key).await;
+            assert_eq!(cc(&members), "private, no-cache");
+        },
+    )
     .await;
 }
