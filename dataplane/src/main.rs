@@ -90,7 +90,9 @@ async fn main() -> anyhow::Result<()> {
         config
             .objects
             .settings(Duration::from_millis(config.tenancy.tenant_cache_ttl_ms)),
-    );
+    )
+    // Bucket rules live in the same two-level cache as everything else.
+    .with_cache(tenancy.cache.clone());
     let events = config.events.settings();
     strata_dataplane::events::settings::install(events.clone());
     strata_dataplane::events::metrics::register(&mut registry);

@@ -729,7 +729,7 @@ async fn scenario(catalog_db: String, catalog: strata_db::Catalog, a: Tenant, b:
         .set_state(a_id, TenantState::Suspended)
         .await
         .expect("suspend");
-    one_tenancy.resolver.forget(ta);
+    one_tenancy.resolver.forget(ta).await;
     let suspended = call(
         &one,
         "GET",
@@ -773,7 +773,7 @@ async fn scenario(catalog_db: String, catalog: strata_db::Catalog, a: Tenant, b:
         .set_state(a_id, TenantState::Provisioning)
         .await
         .expect("provisioning");
-    one_tenancy.resolver.forget(ta);
+    one_tenancy.resolver.forget(ta).await;
     let not_ready = call(
         &one,
         "GET",

@@ -83,7 +83,7 @@ impl Action {
 }
 
 /// One role's grants, as a bit set per resource.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Permissions([u8; Resource::ALL.len()]);
 
 impl Permissions {

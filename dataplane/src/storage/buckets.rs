@@ -4,19 +4,19 @@
 //! TTL bounds how long a rule change or a deletion takes to reach every
 //! replica. Unknown names are cached too.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use strata_storage::BlobKey;
 use uuid::Uuid;
 
+use crate::cache::{CacheKey, EntryOptions, HybridCache, Tag};
 use crate::http::problem::ApiError;
 
 /// One lifecycle rule (`catalog.buckets.lifecycle`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LifecycleRule {
     #[serde(default)]
@@ -26,7 +26,7 @@ pub struct LifecycleRule {
 }
 
 /// What the data plane knows about a bucket.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BucketInfo {
     pub id: Uuid,
     pub tenant_id: Uuid,
@@ -153,15 +153,15 @@ const SELECT: &str = r#"
       FROM catalog.buckets b
       JOIN catalog.tenants t ON t.id = b.tenant_id"#;
 
-type Entry = (Instant, Option<Arc<BucketInfo>>);
-
-/// Most (tenant, bucket name) answers remembered; past it the map starts over.
-const CACHE_ENTRIES: usize = 10_000;
-
+/// Buckets by (tenant, name), in the two-level cache
+/// (`v1:t:<tenant>:bucket:<name>`) for `bucket_ttl`, tagged `bucket:<name>`:
+/// the operator's `bucket.configured`/`bucket.deleted` events drop them
+/// (through the dispatcher), and the TTL bounds the wait before it runs.
+#[derive(Clone)]
 pub struct BucketResolver {
     catalog: PgPool,
-    ttl: Duration,
-    cache: Mutex<HashMap<(Uuid, String), Entry>>,
+    options: EntryOptions,
+    cache: HybridCache,
 }
 
 /// S3 bucket naming, as the catalog's CHECK.
@@ -176,16 +176,18 @@ pub fn is_bucket_name(name: &str) -> bool {
 }
 
 impl BucketResolver {
+    /// Without a cache until [`BucketResolver::with_cache`].
     pub fn new(catalog: PgPool, ttl: Duration) -> Self {
         Self {
             catalog,
-            ttl,
-            cache: Mutex::new(HashMap::new()),
+            options: EntryOptions::new(ttl, ttl),
+            cache: HybridCache::disabled(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Uuid, String), Entry>> {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    pub fn with_cache(mut self, cache: HybridCache) -> Self {
+        self.cache = cache;
+        self
     }
 
     /// The bucket `name` of `tenant`, or `None` (unknown, or another
@@ -198,25 +200,22 @@ impl BucketResolver {
         if !is_bucket_name(name) {
             return Ok(None);
         }
-        let key = (tenant, name.to_string());
-        if let Some((at, hit)) = self.lock().get(&key)
-            && at.elapsed() < self.ttl
-        {
-            return Ok(hit.clone());
-        }
-        let row: Option<Row> =
-            sqlx::query_as(&format!("{SELECT} WHERE b.tenant_id = $1 AND b.name = $2"))
-                .bind(tenant)
-                .bind(name)
-                .fetch_optional(&self.catalog)
-                .await?;
-        let found = row.map(|r| Arc::new(BucketInfo::from(r)));
-        let mut cache = self.lock();
-        if cache.len() >= CACHE_ENTRIES {
-            cache.clear();
-        }
-        cache.insert(key, (Instant::now(), found.clone()));
-        Ok(found)
+        let key = CacheKey::tenant(tenant, "bucket").id(name).build();
+        let tags = [
+            Tag::whole_tenant(tenant),
+            Tag::tenant(tenant, "bucket", [name]),
+        ];
+        self.cache
+            .get_or_create(&key, &tags, self.options, || async {
+                let row: Option<Row> =
+                    sqlx::query_as(&format!("{SELECT} WHERE b.tenant_id = $1 AND b.name = $2"))
+                        .bind(tenant)
+                        .bind(name)
+                        .fetch_optional(&self.catalog)
+                        .await?;
+                Ok::<_, ApiError>(row.map(|r| Arc::new(BucketInfo::from(r))))
+            })
+            .await
     }
 
     /// Every bucket (for the workers), uncached.

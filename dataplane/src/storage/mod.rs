@@ -112,6 +112,12 @@ impl StorageState {
         }
     }
 
+    /// Caches bucket rules in `cache` (the two-level cache).
+    pub fn with_cache(mut self, cache: crate::cache::HybridCache) -> Self {
+        self.buckets = Arc::new((*self.buckets).clone().with_cache(cache));
+        self
+    }
+
     /// A state whose backend refuses everything (503): for processes and
     /// tests that do not serve objects.
     pub fn unconfigured(catalog: PgPool) -> Self {

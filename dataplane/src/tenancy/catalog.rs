@@ -1,25 +1,30 @@
 //! Tenant name → database, owner role and state, read from the platform
 //! catalog (`catalog.tenants` joined with `catalog.clusters`) and cached
-//! briefly. The short TTL bounds how long a suspension or deletion takes to
-//! reach every replica; unknown names are cached too, so a client probing
-//! random names costs the catalog one query per name per TTL at most.
+//! briefly in the two-level cache (key `v1:p:tenant:<name>`). The catalog
+//! is the operator's and has no outbox, so no event invalidates these
+//! entries: the short TTL is what bounds how long a suspension or deletion
+//! takes to reach every replica. Unknown names are cached too, so a client
+//! probing random names costs the catalog one query per name per TTL at
+//! most.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use strata_db::TenantState;
 use uuid::Uuid;
 
+use crate::cache::{CacheKey, EntryOptions, HybridCache, Tag};
 use crate::http::auth::is_tenant_name;
 use crate::http::problem::ApiError;
 
 /// What the data plane knows about a tenant.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantInfo {
     pub id: Uuid,
     pub name: String,
+    #[serde(with = "state_text")]
     pub state: TenantState,
     pub cluster: String,
     pub database_name: String,
@@ -47,23 +52,49 @@ struct CatalogRow {
     requests_per_second: Option<i64>,
 }
 
-type Entry = (Instant, Option<Arc<TenantInfo>>);
+/// `TenantState` in the cache's envelope: its catalog spelling.
+mod state_text {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use strata_db::TenantState;
 
+    pub fn serialize<S: Serializer>(state: &TenantState, out: S) -> Result<S::Ok, S::Error> {
+        out.serialize_str(state.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(input: D) -> Result<TenantState, D::Error> {
+        let text = String::deserialize(input)?;
+        TenantState::parse(&text).ok_or_else(|| D::Error::custom("unknown tenant state"))
+    }
+}
+
+/// The tag every cached catalog answer carries.
+pub fn catalog_tag() -> Tag {
+    Tag::platform("tenants")
+}
+
+#[derive(Clone)]
 pub struct TenantResolver {
     catalog: PgPool,
-    ttl: Duration,
-    capacity: usize,
-    cache: Mutex<HashMap<String, Entry>>,
+    /// Both levels for the catalog TTL (`--tenant-cache-ttl-ms`).
+    options: EntryOptions,
+    cache: HybridCache,
 }
 
 impl TenantResolver {
-    pub fn new(catalog: PgPool, ttl: Duration, capacity: usize) -> Self {
+    /// Without a cache until [`TenantResolver::with_cache`]: every call
+    /// reads the catalog.
+    pub fn new(catalog: PgPool, ttl: Duration) -> Self {
         Self {
             catalog,
-            ttl,
-            capacity: capacity.max(1),
-            cache: Mutex::new(HashMap::new()),
+            options: EntryOptions::new(ttl, ttl),
+            cache: HybridCache::disabled(),
         }
+    }
+
+    pub fn with_cache(mut self, cache: HybridCache) -> Self {
+        self.cache = cache;
+        self
     }
 
     /// The tenant named `name`, if it exists and is not detached or being
@@ -72,42 +103,17 @@ impl TenantResolver {
         if !is_tenant_name(name) {
             return Ok(None);
         }
-        if let Some(hit) = self.cached(name) {
-            return Ok(hit);
-        }
-        let found = self.load(name).await?;
-        self.store(name, found.clone());
-        Ok(found)
+        let key = CacheKey::platform("tenant").id(name).build();
+        self.cache
+            .get_or_create(&key, &[catalog_tag()], self.options, || self.load(name))
+            .await
     }
 
     /// Drops a cached answer (tests, and callers that know it changed).
-    pub fn forget(&self, name: &str) {
-        self.lock().remove(name);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        // A panic while holding the lock leaves a map that is still valid.
-        self.cache.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn cached(&self, name: &str) -> Option<Option<Arc<TenantInfo>>> {
-        let cache = self.lock();
-        let (at, value) = cache.get(name)?;
-        (at.elapsed() < self.ttl).then(|| value.clone())
-    }
-
-    fn store(&self, name: &str, value: Option<Arc<TenantInfo>>) {
-        let mut cache = self.lock();
-        if cache.len() >= self.capacity && !cache.contains_key(name) {
-            let ttl = self.ttl;
-            cache.retain(|_, (at, _)| at.elapsed() < ttl);
-            // Still full of fresh entries: start over rather than track
-            // recency; every entry is at most one TTL from expiry anyway.
-            if cache.len() >= self.capacity {
-                cache.clear();
-            }
-        }
-        cache.insert(name.to_string(), (Instant::now(), value));
+    pub async fn forget(&self, name: &str) {
+        self.cache
+            .remove(&CacheKey::platform("tenant").id(name).build())
+            .await;
     }
 
     async fn load(&self, name: &str) -> Result<Option<Arc<TenantInfo>>, ApiError> {

@@ -22,9 +22,8 @@
 //!    it is: JWT callers need no `members` row (the identity provider is
 //!    the authority for them); API keys carry the role they were minted with.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{FromRef, FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
@@ -34,6 +33,7 @@ use uuid::Uuid;
 
 use super::catalog::TenantInfo;
 use super::{Tenancy, state_gate};
+use crate::cache::{CacheKey, EntryOptions, HybridCache, Tag};
 use crate::http::HttpContext;
 use crate::http::auth::{Bearer, Principal, ensure_tenant, parse_authorization, verify_api_key};
 use crate::http::authz::{self, Action, Permissions, Resource};
@@ -158,25 +158,30 @@ impl std::ops::DerefMut for OwnerConnection {
 /// How often a process refreshes an API key's `last_used_at`.
 pub(crate) const KEY_TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Role name → permissions, per tenant, for a short time.
+/// A role's permissions, in the two-level cache (`v1:t:<tenant>:role:<name>`)
+/// for `roles_ttl`. Roles are seeded by the operator (`roles/v1`), which
+/// writes no event for them: the TTL bounds how long a changed role takes
+/// to apply everywhere. Which role a *credential* has is part of its key
+/// row, invalidated at once by `key.*`/`member.*` events.
+#[derive(Clone)]
 pub(crate) struct RoleCache {
-    ttl: Duration,
-    map: Mutex<HashMap<(Uuid, String), (Instant, Permissions)>>,
+    options: EntryOptions,
+    cache: HybridCache,
 }
-
-/// Bound on cached (tenant, role) pairs; past it the map starts over.
-const ROLE_CACHE_ENTRIES: usize = 10_000;
 
 impl RoleCache {
     pub(crate) fn new(ttl: Duration) -> Self {
         Self {
-            ttl,
-            map: Mutex::new(HashMap::new()),
+            options: EntryOptions::new(ttl, ttl),
+            cache: HybridCache::disabled(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Uuid, String), (Instant, Permissions)>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    pub(crate) fn with_cache(&self, cache: HybridCache) -> Self {
+        Self {
+            options: self.options,
+            cache,
+        }
     }
 
     pub(crate) async fn permissions(
@@ -185,19 +190,11 @@ impl RoleCache {
         pool: &PgPool,
         role: &str,
     ) -> Result<Permissions, ApiError> {
-        let key = (tenant, role.to_string());
-        if let Some((at, permissions)) = self.lock().get(&key)
-            && at.elapsed() < self.ttl
-        {
-            return Ok(*permissions);
-        }
-        let permissions = load_permissions(pool, role).await?;
-        let mut map = self.lock();
-        if map.len() >= ROLE_CACHE_ENTRIES {
-            map.clear();
-        }
-        map.insert(key, (Instant::now(), permissions));
-        Ok(permissions)
+        let key = CacheKey::tenant(tenant, "role").id(role).build();
+        let tags = [Tag::whole_tenant(tenant), Tag::tenant(tenant, "roles", [])];
+        self.cache
+            .get_or_create(&key, &tags, self.options, || load_permissions(pool, role))
+            .await
     }
 }
 

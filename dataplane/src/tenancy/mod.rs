@@ -72,8 +72,6 @@ pub struct TenancySettings {
     pub statement_timeout: Duration,
     /// How long a catalog answer (tenant → database, state) is reused.
     pub catalog_ttl: Duration,
-    /// Most tenant names (including unknown ones) remembered.
-    pub catalog_cache_entries: usize,
     /// How long a role's permissions are reused.
     pub roles_ttl: Duration,
 }
@@ -89,7 +87,6 @@ impl TenancySettings {
             acquire_timeout: Duration::from_secs(3),
             statement_timeout: Duration::from_secs(15),
             catalog_ttl: Duration::from_secs(2),
-            catalog_cache_entries: 10_000,
             roles_ttl: Duration::from_secs(2),
         }
     }
@@ -121,11 +118,7 @@ impl Tenancy {
     /// plane's role has SELECT on those two tables only).
     pub fn new(catalog: PgPool, settings: TenancySettings) -> Self {
         Self {
-            resolver: Arc::new(TenantResolver::new(
-                catalog,
-                settings.catalog_ttl,
-                settings.catalog_cache_entries,
-            )),
+            resolver: Arc::new(TenantResolver::new(catalog, settings.catalog_ttl)),
             roles: Arc::new(context::RoleCache::new(settings.roles_ttl)),
             pools: Arc::new(TenantPools::new(settings)),
             cache: HybridCache::disabled(),
@@ -141,6 +134,8 @@ impl Tenancy {
     /// Uses `cache` for what tenancy caches (API-key rows) and hands it to
     /// handlers.
     pub fn with_cache(mut self, cache: HybridCache) -> Self {
+        self.resolver = Arc::new((*self.resolver).clone().with_cache(cache.clone()));
+        self.roles = Arc::new(self.roles.with_cache(cache.clone()));
         self.cache = cache;
         self
     }
