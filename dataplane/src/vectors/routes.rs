@@ -16,11 +16,13 @@
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::Extension;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use std::time::Duration;
 
 use super::index::{IndexBuilder, VectorSettings, owner_connector};
 use super::model::{
@@ -30,6 +32,7 @@ use super::model::{
 };
 use super::{nonfinite, search, store};
 use crate::app::AppState;
+use crate::cache::{CacheKey, EntryOptions, Tag};
 use crate::http::ApiError;
 use crate::http::extract::{Json, Path, is_json_content_type, parse_json};
 use crate::http::idempotency::{self, Idempotent};
@@ -290,19 +293,64 @@ async fn search_collection(
     Path(p): Path<CollectionPath>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<SearchResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     ctx.require(Resource::Vectors, Action::Read)?;
     let request: SearchRequest = parse_body(&headers, &body)?;
-    let collection = collection(&ctx, &p.collection).await?;
-    let params = search::single_params(request, &collection)?;
-    let hits = search::search_one(
-        ctx.pool(),
-        &collection,
-        &params,
-        builder.settings().max_scan_tuples,
-    )
-    .await?;
-    Ok(Json(SearchResponse::new(collection.metric, hits)))
+    cached_search(&ctx, &[p.collection.as_str()], &body, || async {
+        let collection = collection(&ctx, &p.collection).await?;
+        let params = search::single_params(request, &collection)?;
+        let hits = search::search_one(
+            ctx.pool(),
+            &collection,
+            &params,
+            builder.settings().max_scan_tuples,
+        )
+        .await?;
+        Ok(SearchResponse::new(collection.metric, hits))
+    })
+    .await
+}
+
+/// How long a search answer is reused: invalidation drops it at once, so
+/// the TTLs only bound memory and a missed invalidation.
+const SEARCH_CACHE: EntryOptions =
+    EntryOptions::new(Duration::from_secs(30), Duration::from_secs(300));
+
+/// Answers a search from the two-level cache, keyed by the collections and
+/// the request body's digest (same bytes, same answer). Each collection's
+/// tags drop it: `vector.*` (its vectors), `document.*` (hits carry the
+/// linked documents) and `collection.*`. The caller has checked the
+/// permission already; the answer does not depend on the role.
+async fn cached_search<F, Fut>(
+    ctx: &TenantContext,
+    collections: &[&str],
+    body: &[u8],
+    search: F,
+) -> Result<Response, ApiError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<SearchResponse, ApiError>>,
+{
+    let tenant = ctx.tenant_id();
+    let mut key = CacheKey::tenant(tenant, "vector-search");
+    for name in collections {
+        key = key.id(name);
+    }
+    let key = key.vary("body", hex::encode(Sha256::digest(body))).build();
+    let mut tags = vec![Tag::whole_tenant(tenant)];
+    for name in collections {
+        tags.push(Tag::tenant(tenant, "collection", [*name]));
+        tags.push(Tag::tenant(tenant, "vectors", [*name]));
+        tags.push(Tag::tenant(tenant, "documents", [*name]));
+    }
+    let json: String = ctx
+        .cache()
+        .get_or_create(&key, &tags, SEARCH_CACHE, || async {
+            let answer = search().await?;
+            serde_json::to_string(&answer).map_err(|e| ApiError::internal(anyhow::Error::new(e)))
+        })
+        .await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
 #[utoipa::path(
@@ -324,27 +372,31 @@ async fn search_across(
     Extension(builder): Extension<IndexBuilder>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<SearchResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     ctx.require(Resource::Vectors, Action::Read)?;
     let request: CrossSearchRequest = parse_body(&headers, &body)?;
     let (names, request) = request.into_parts();
     search::check_collection_names(&names)?;
-    let mut collections = Vec::with_capacity(names.len());
-    for name in &names {
-        collections.push(collection(&ctx, name).await?);
-    }
-    let params = search::cross_params(request, &collections)?;
-    let hits = search::search_many(
-        ctx.pool(),
-        &collections,
-        &params,
-        builder.settings().max_scan_tuples,
-    )
-    .await?;
-    // Non-empty: `check_collection_names` requires at least one.
-    let metric = collections
-        .first()
-        .map(|c| c.metric)
-        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("no collections")))?;
-    Ok(Json(SearchResponse::new(metric, hits)))
+    let keyed: Vec<&str> = names.iter().map(String::as_str).collect();
+    cached_search(&ctx, &keyed, &body, || async {
+        let mut collections = Vec::with_capacity(names.len());
+        for name in &names {
+            collections.push(collection(&ctx, name).await?);
+        }
+        let params = search::cross_params(request, &collections)?;
+        let hits = search::search_many(
+            ctx.pool(),
+            &collections,
+            &params,
+            builder.settings().max_scan_tuples,
+        )
+        .await?;
+        // Non-empty: `check_collection_names` requires at least one.
+        let metric = collections
+            .first()
+            .map(|c| c.metric)
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("no collections")))?;
+        Ok(SearchResponse::new(metric, hits))
+    })
+    .await
 }

@@ -1,9 +1,10 @@
-//! The catalog answers the data plane caches in the two-level cache —
-//! bucket rules and tenant resolution — on two "replicas" (two
-//! `HybridCache`s on one private Redis) over a real catalog: bucket rules
-//! are dropped everywhere by the operator's `bucket.configured` event,
-//! tenant entries (which no event announces) by their TTL. Needs
-//! `source .stack/env`.
+//! Cached paths of the two-level cache beyond API keys and documents
+//! (`cache.rs` tests the cache itself, `gateway.rs` documents across two
+//! processes): catalog answers on two "replicas" (two `HybridCache`s on
+//! one private Redis) — bucket rules dropped everywhere by the operator's
+//! `bucket.configured` event, tenant entries (which no event announces) by
+//! their TTL — and vector search answers through the real router, dropped
+//! by the writes that change them. Needs `source .stack/env`.
 
 mod storage_support;
 mod support;
@@ -16,7 +17,7 @@ use strata_dataplane::cache::{CacheSettings, HybridCache};
 use strata_dataplane::storage::buckets::BucketResolver;
 use strata_dataplane::tenancy::catalog::TenantResolver;
 use strata_tests::process::PrivateRedis;
-use support::with_tenants;
+use support::{Client, Server, app_state, with_tenants};
 
 async fn replica(redis: &PrivateRedis) -> HybridCache {
     let client = redis::Client::open(redis.url.as_str()).expect("url");
@@ -149,6 +150,107 @@ async fn tenant_resolution_is_cached_for_its_ttl_and_no_longer() {
                 .execute(catalog.pool())
                 .await
                 .expect("restore");
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn vector_search_answers_are_cached_until_a_write_changes_them() {
+    with_tenants(
+        "catalog-cache",
+        &["ccv"],
+        |catalog_url, _catalog, tenants| async move {
+            let redis = PrivateRedis::start().await;
+            let tenant = &tenants[0];
+            let mut state = app_state(&catalog_url);
+            state.tenancy = state.tenancy.clone().with_cache(replica(&redis).await);
+            let server = Server::start(state.clone(), 1 << 20).await;
+            let api = Client::new(&server.base);
+            let owner = api.accept_invitation(tenant).await;
+            let t = format!("/v1/tenants/{}", tenant.name);
+            let made = api
+                .json(
+                    "POST",
+                    &format!("{t}/collections"),
+                    &owner,
+                    json!({"name": "v", "vector": {"dimension": 2, "metric": "l2"}}),
+                )
+                .await;
+            assert_eq!(made.status, 201, "{}", made.text);
+            let upsert = |id: &str, v: [f64; 2]| {
+                let (api, owner, path) = (
+                    api.clone(),
+                    owner.clone(),
+                    format!("{t}/collections/v/vectors"),
+                );
+                let body = json!({"vectors": [{"id": id, "vector": v}]});
+                async move {
+                    let reply = api.json("POST", &path, &owner, body).await;
+                    assert_eq!(reply.status, 200, "{}", reply.text);
+                }
+            };
+            let ids = |path: String| {
+                let (api, owner) = (api.clone(), owner.clone());
+                async move {
+                    let reply = api
+                        .json("POST", &path, &owner, json!({"vector": [0.0, 0.0], "k": 5}))
+                        .await;
+                    assert_eq!(reply.status, 200, "{}", reply.text);
+                    reply.json["items"]
+                        .as_array()
+                        .expect("items")
+                        .iter()
+                        .map(|h| h["id"].as_str().expect("id").to_string())
+                        .collect::<Vec<_>>()
+                }
+            };
+            let one = format!("{t}/collections/v/search");
+            let across = format!("{t}/search");
+            let across_ids = || {
+                let (api, owner, across) = (api.clone(), owner.clone(), across.clone());
+                async move {
+                    let reply = api
+                        .json(
+                            "POST",
+                            &across,
+                            &owner,
+                            json!({"collections": ["v"], "vector": [0.0, 0.0], "k": 5}),
+                        )
+                        .await;
+                    assert_eq!(reply.status, 200, "{}", reply.text);
+                    reply.json["items"].as_array().expect("items").len()
+                }
+            };
+            upsert("a", [1.0, 0.0]).await;
+            assert_eq!(ids(one.clone()).await, ["a"]);
+            assert_eq!(across_ids().await, 1);
+
+            // A change behind the API's back (no event, no invalidation): the
+            // cached answers stay — this is what shows they are cached.
+            let info = state
+                .tenancy
+                .resolve(&tenant.name)
+                .await
+                .expect("resolve")
+                .expect("tenant");
+            let pool = state.tenancy.pools.pool(&info).expect("pool");
+            sqlx::query("DELETE FROM embeddings WHERE id = 'a'")
+                .execute(&pool)
+                .await
+                .expect("delete behind the API");
+            assert_eq!(ids(one.clone()).await, ["a"], "served from the cache");
+            assert_eq!(across_ids().await, 1, "served from the cache");
+
+            // A write through the API drops both answers before it is acknowledged.
+            upsert("b", [2.0, 0.0]).await;
+            assert_eq!(ids(one.clone()).await, ["b"]);
+            assert_eq!(across_ids().await, 1);
+            // A different request is a different entry.
+            let reply = api
+                .json("POST", &one, &owner, json!({"vector": [0.0, 0.0], "k": 1}))
+                .await;
+            assert_eq!(reply.json["items"].as_array().map(Vec::len), Some(1));
         },
     )
     .await;
