@@ -255,3 +255,64 @@ async fn vector_search_answers_are_cached_until_a_write_changes_them() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn collection_rows_are_cached_for_reads_and_dropped_by_collection_events() {
+    with_tenants(
+        "catalog-cache",
+        &["ccc"],
+        |catalog_url, _catalog, tenants| async move {
+            let redis = PrivateRedis::start().await;
+            let tenant = &tenants[0];
+            let mut state = app_state(&catalog_url);
+            state.tenancy = state.tenancy.clone().with_cache(replica(&redis).await);
+            let server = Server::start(state.clone(), 1 << 20).await;
+            let api = Client::new(&server.base);
+            let owner = api.accept_invitation(tenant).await;
+            let c = format!("/v1/tenants/{}/collections/books", tenant.name);
+            let made = api
+                .json(
+                    "POST",
+                    &format!("/v1/tenants/{}/collections", tenant.name),
+                    &owner,
+                    json!({"name": "books"}),
+                )
+                .await;
+            assert_eq!(made.status, 201, "{}", made.text);
+            let version = |api: Client, owner: String, c: String| async move {
+                let got = api.get(&c, &owner).await;
+                assert_eq!(got.status, 200, "{}", got.text);
+                got.json["version"].as_i64().expect("version")
+            };
+            assert_eq!(version(api.clone(), owner.clone(), c.clone()).await, 1);
+
+            // Behind the API's back: reads keep the cached row.
+            let info = state
+                .tenancy
+                .resolve(&tenant.name)
+                .await
+                .expect("resolve")
+                .expect("tenant");
+            let pool = state.tenancy.pools.pool(&info).expect("pool");
+            sqlx::query("UPDATE collections SET version = 40 WHERE name = 'books'")
+                .execute(&pool)
+                .await
+                .expect("update behind the API");
+            assert_eq!(
+                version(api.clone(), owner.clone(), c.clone()).await,
+                1,
+                "cached"
+            );
+            let listed = api.get(&format!("{c}/documents"), &owner).await;
+            assert_eq!(listed.status, 200, "{}", listed.text);
+
+            // A change through the API (`collection.updated`) drops it at once.
+            let patched = api
+                .json("PATCH", &c, &owner, json!({"require_if_match": true}))
+                .await;
+            assert_eq!(patched.status, 200, "{}", patched.text);
+            assert_eq!(version(api.clone(), owner.clone(), c.clone()).await, 41);
+        },
+    )
+    .await;
+}

@@ -193,14 +193,34 @@ pub async fn get(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let c = store::get_collection(pool, collection_name(name)?).await?;
+    read_response(method, headers, &c)
+}
+
+/// `GET …/collections/{name}` of a tenant route: the row from the cache
+/// ([`store::cached_collection`]).
+pub async fn get_cached(
+    ctx: &crate::tenancy::TenantContext,
+    name: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let c = store::cached_collection(ctx, collection_name(name)?).await?;
+    read_response(method, headers, &c)
+}
+
+fn read_response(
+    method: &Method,
+    headers: &HeaderMap,
+    c: &Collection,
+) -> Result<Response, ApiError> {
     let tag = c.etag();
     preconditions::check(
         method,
         headers,
-        Some((&tag, modified(&c))),
+        Some((&tag, modified(c))),
         Requirement::Optional,
     )?;
-    Ok(collection_response(StatusCode::OK, &c))
+    Ok(collection_response(StatusCode::OK, c))
 }
 
 pub async fn update<'c>(

@@ -191,9 +191,31 @@ pub async fn list(
     request: ListRequest,
     uri: &Uri,
 ) -> Result<Response, ApiError> {
-    let collection = collection_name(collection)?;
+    let coll = store::get_collection(pool, collection_name(collection)?).await?;
+    list_in(pool, codec, &coll, request, uri).await
+}
+
+/// A tenant route's list: the collection's row from the cache
+/// ([`store::cached_collection`]).
+pub async fn list_cached(
+    ctx: &crate::tenancy::TenantContext,
+    codec: &CursorCodec,
+    collection: &str,
+    request: ListRequest,
+    uri: &Uri,
+) -> Result<Response, ApiError> {
+    let coll = store::cached_collection(ctx, collection_name(collection)?).await?;
+    list_in(ctx.pool(), codec, &coll, request, uri).await
+}
+
+async fn list_in(
+    pool: &PgPool,
+    codec: &CursorCodec,
+    coll: &store::Collection,
+    request: ListRequest,
+    uri: &Uri,
+) -> Result<Response, ApiError> {
     let limit = LIMITS.resolve(request.limit)?;
-    let coll = store::get_collection(pool, collection).await?;
     let indexed = coll.fields()?;
     let fields = Fields { indexed: &indexed };
     if let Some(filter) = &request.filter {

@@ -181,7 +181,7 @@ async fn get_collection(
     headers: HeaderMap,
 ) -> Result<Response, crate::http::ApiError> {
     ctx.require(Resource::Collections, Action::Read)?;
-    collections::get(ctx.pool(), &p.collection, &method, &headers).await
+    collections::get_cached(&ctx, &p.collection, &method, &headers).await
 }
 
 #[utoipa::path(
@@ -325,7 +325,7 @@ async fn list_documents(
 ) -> Result<Response, crate::http::ApiError> {
     ctx.require(Resource::Documents, Action::Read)?;
     let request = list::parse_query_string(uri.query())?;
-    let response = list::list(ctx.pool(), &http.cursors, &p.collection, request, &uri).await?;
+    let response = list::list_cached(&ctx, &http.cursors, &p.collection, request, &uri).await?;
     Ok(conditional_json(response, &method, &headers, Some("updated_at")).await)
 }
 
@@ -350,8 +350,8 @@ async fn query_documents(
     Json(body): Json<list::QueryBody>,
 ) -> Result<Response, crate::http::ApiError> {
     ctx.require(Resource::Documents, Action::Read)?;
-    let mut response = list::list(
-        ctx.pool(),
+    let mut response = list::list_cached(
+        &ctx,
         &http.cursors,
         &p.collection,
         body.into_request()?,

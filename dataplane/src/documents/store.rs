@@ -30,7 +30,7 @@ pub fn etag(version: i64, created_us: i64) -> EntityTag {
         .unwrap_or_else(|_| EntityTag::from_version(version))
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, serde::Deserialize)]
 pub struct Collection {
     pub id: Uuid,
     pub name: String,
@@ -116,6 +116,37 @@ pub async fn get_collection<'e>(
     name: &str,
 ) -> Result<Collection, ApiError> {
     find_collection(db, name).await?.ok_or(ApiError::NotFound)
+}
+
+/// How long a collection's row is reused by reads: `collection.*` events
+/// drop it at once, so the TTLs only bound memory and a missed
+/// invalidation.
+const COLLECTION_CACHE: crate::cache::EntryOptions = crate::cache::EntryOptions::new(
+    std::time::Duration::from_secs(30),
+    std::time::Duration::from_secs(300),
+);
+
+/// The collection's row for a read outside any transaction (its GET, list
+/// and query pages), from the two-level cache (`collection:<name>`, tagged
+/// `collection:<name>`: dropped by `collection.*`). Writes read the row in
+/// their own transaction instead, so they never validate against a schema
+/// that just changed.
+pub async fn cached_collection(
+    ctx: &crate::tenancy::TenantContext,
+    name: &str,
+) -> Result<Collection, ApiError> {
+    use crate::cache::{CacheKey, Tag};
+    let tenant = ctx.tenant_id();
+    let key = CacheKey::tenant(tenant, "collection").id(name).build();
+    let tags = [
+        Tag::whole_tenant(tenant),
+        Tag::tenant(tenant, "collection", [name]),
+    ];
+    ctx.cache()
+        .get_or_create(&key, &tags, COLLECTION_CACHE, || {
+            get_collection(ctx.pool(), name)
+        })
+        .await
 }
 
 pub struct NewCollection<'a> {
