@@ -110,6 +110,10 @@ async fn main() -> anyhow::Result<()> {
             hints,
             events,
         )?
+        // Stale image variants are removed from their source's events.
+        .with_sink(strata_dataplane::media::variants::StaleVariants::new(
+            storage.clone(),
+        ))
         .spawn();
         tracing::info!("outbox dispatcher running");
     }

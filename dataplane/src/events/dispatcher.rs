@@ -24,9 +24,11 @@
 //! no row is worked on twice at once) and hold the claim until the batch's
 //! outcome is written:
 //!
-//! - outbox: publish the batch to Redis (one pipeline), make one delivery
-//!   row per matching webhook endpoint (`ON CONFLICT DO NOTHING`: once per
-//!   event and endpoint), mark the rows dispatched, commit;
+//! - outbox: publish the batch to Redis (one pipeline), hand it to the
+//!   in-process sinks ([`super::sinks`], each in a savepoint), make one
+//!   delivery row per matching webhook endpoint (`ON CONFLICT DO NOTHING`:
+//!   once per event and endpoint), mark the rows dispatched, commit, then
+//!   run what the sinks left for after the commit;
 //! - deliveries: POST each (concurrently, each with its timeout), record
 //!   every attempt, mark delivered or schedule the retry, commit.
 //!
@@ -54,6 +56,7 @@ use uuid::Uuid;
 use super::envelope::OutboxRow;
 use super::metrics::{TenantLabels, count, metrics};
 use super::settings::EventSettings;
+use super::sinks::Sink;
 use super::webhooks::deliver::{self, Attempt, DeliveryRow};
 use super::{hint, redis_sink, types};
 use crate::tenancy::{Tenancy, TenantInfo};
@@ -89,6 +92,8 @@ struct Inner {
     sweep_now: Notify,
     /// Per tenant: when gauges and maintenance last ran here.
     upkeep: Mutex<HashMap<String, Upkeep>>,
+    /// In-process sinks, in the order they were added.
+    sinks: Mutex<Vec<Arc<dyn Sink>>>,
 }
 
 /// When this replica last refreshed a tenant's gauges and maintained it
@@ -193,8 +198,27 @@ impl Dispatcher {
                 wake: Notify::new(),
                 sweep_now: Notify::new(),
                 upkeep: Mutex::new(HashMap::new()),
+                sinks: Mutex::new(Vec::new()),
             }),
         })
+    }
+
+    /// Adds an in-process sink ([`super::sinks`]) that sees every batch.
+    pub fn with_sink(self, sink: Arc<dyn Sink>) -> Self {
+        self.inner
+            .sinks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(sink);
+        self
+    }
+
+    fn sinks(&self) -> Vec<Arc<dyn Sink>> {
+        self.inner
+            .sinks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn sched(&self) -> std::sync::MutexGuard<'_, Schedule> {
@@ -423,6 +447,28 @@ impl Dispatcher {
                 count("redis", "dead", dead as u64);
                 anyhow::bail!("publishing to Redis: {error}");
             }
+            // In-process sinks, each in a savepoint: a failure retries the
+            // batch as a Redis failure does (sinks are idempotent).
+            let sinks = self.sinks();
+            let mut after_commit = Vec::new();
+            for sink in &sinks {
+                let mut savepoint = sqlx::Acquire::begin(&mut *tx).await?;
+                match sink.apply(tenant, pool, &mut savepoint, &rows).await {
+                    Ok(after) => {
+                        savepoint.commit().await?;
+                        after_commit.extend(after);
+                    }
+                    Err(error) => {
+                        savepoint.rollback().await?;
+                        let error = truncate(format!("{}: {error:#}", sink.name()));
+                        let dead = self.retry_outbox(&mut tx, &rows, &error).await?;
+                        tx.commit().await?;
+                        count(sink.name(), "retry", (rows.len() - dead) as u64);
+                        count(sink.name(), "dead", dead as u64);
+                        anyhow::bail!("outbox sink {error}");
+                    }
+                }
+            }
             self.fan_out(&mut tx, &rows).await?;
             sqlx::query(
                 "UPDATE outbox SET dispatched_at = now(), attempts = attempts + 1, last_error = NULL \
@@ -432,6 +478,12 @@ impl Dispatcher {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
+            for work in after_commit {
+                work.await;
+            }
+            for sink in &sinks {
+                count(sink.name(), "ok", rows.len() as u64);
+            }
             // The backup of the writers' own invalidation (cache::invalidation):
             // an event whose writer crashed before invalidating still drops
             // what it made stale, on every replica (at least once).

@@ -13,6 +13,8 @@
 //!   deliveries, delivers those, retries with capped exponential backoff
 //!   and full jitter, dead-letters after N attempts and prunes.
 //! - [`redis_sink`]: the channel scheme and message of the cache-bust feed.
+//! - [`sinks`]: in-process consumers the dispatcher runs on each batch
+//!   (media's stale-variant removal).
 //! - [`webhooks`]: endpoints API, Standard Webhooks signing, SSRF policy,
 //!   delivery.
 //! - [`admin`]: the tenant admin's backlog, dead letters and replay.
@@ -29,6 +31,7 @@ pub mod hint;
 pub mod metrics;
 pub mod redis_sink;
 pub mod settings;
+pub mod sinks;
 pub mod types;
 pub mod webhooks;
 
