@@ -67,6 +67,8 @@ pub struct Config {
     pub storage: strata_storage::StorageArgs,
     #[command(flatten)]
     pub objects: ObjectArgs,
+    #[command(flatten)]
+    pub media: MediaArgs,
 }
 
 /// Subcommands; none means `serve` (so existing invocations keep working).
@@ -133,6 +135,70 @@ impl ObjectArgs {
             lifecycle_interval: Duration::from_secs(self.lifecycle_interval_seconds),
             request_timeout: Duration::from_secs(self.object_request_timeout_seconds),
             ..crate::storage::StorageSettings::default()
+        }
+    }
+}
+
+/// Image transforms (`media`): how many run at once, what one may cost,
+/// and the sources they accept. docs/media.md explains each limit.
+#[derive(Args, Debug, Clone)]
+pub struct MediaArgs {
+    /// Transforms running at once in this process (beyond them: 503 with
+    /// `Retry-After`). Unset: the number of CPUs.
+    #[arg(long, env = "STRATA_MEDIA_TRANSFORM_SLOTS",
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub media_transform_slots: Option<u64>,
+    /// Milliseconds one transform (decode, resize, encode) may take; past
+    /// it the request gets 503 with `Retry-After`.
+    #[arg(long, env = "STRATA_MEDIA_TIME_BUDGET_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub media_time_budget_ms: u64,
+    /// Largest allocation the image decoders may make, in MiB (the memory
+    /// budget of one transform's decode).
+    #[arg(long, env = "STRATA_MEDIA_MAX_ALLOC_MIB", default_value_t = 512,
+          value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub media_max_alloc_mib: u64,
+    /// Largest source object rendered, in bytes.
+    #[arg(long, env = "STRATA_MEDIA_MAX_SOURCE_BYTES", default_value_t = 50 << 20,
+          value_parser = clap::value_parser!(u64).range(1..=(1 << 40)))]
+    pub media_max_source_bytes: u64,
+    /// Largest source width or height, in pixels (read from the header).
+    #[arg(long, env = "STRATA_MEDIA_MAX_SOURCE_SIDE", default_value_t = 16_384,
+          value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    pub media_max_source_side: u32,
+    /// Largest source area, in pixels (read from the header).
+    #[arg(long, env = "STRATA_MEDIA_MAX_SOURCE_PIXELS", default_value_t = 40_000_000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    pub media_max_source_pixels: u64,
+    /// Largest output width or height, in pixels (`w`, `h`).
+    #[arg(long, env = "STRATA_MEDIA_MAX_OUTPUT_SIDE", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=16_384))]
+    pub media_max_output_side: u32,
+    /// AVIF encoder speed, 1 (slowest, smallest files) to 10 (fastest);
+    /// used only by builds with the `avif` feature.
+    #[arg(long, env = "STRATA_MEDIA_AVIF_SPEED",
+          default_value_t = crate::media::transform::DEFAULT_AVIF_SPEED,
+          value_parser = clap::value_parser!(u8).range(1..=10))]
+    pub media_avif_speed: u8,
+}
+
+impl MediaArgs {
+    pub fn settings(&self) -> crate::media::MediaSettings {
+        let defaults = crate::media::MediaSettings::default();
+        crate::media::MediaSettings {
+            limits: crate::media::transform::Limits {
+                max_source_bytes: self.media_max_source_bytes,
+                max_source_side: self.media_max_source_side,
+                max_source_pixels: self.media_max_source_pixels,
+                max_output_side: self.media_max_output_side,
+                max_alloc: self.media_max_alloc_mib << 20,
+                avif_speed: self.media_avif_speed,
+            },
+            time_budget: Duration::from_millis(self.media_time_budget_ms),
+            concurrency: self
+                .media_transform_slots
+                .map_or(defaults.concurrency, |n| n as usize),
+            ..defaults
         }
     }
 }
@@ -429,6 +495,37 @@ mod tests {
         assert!(parse(&["--tenant-pool-size", "0"]).is_err());
         let config = parse(&["--tenant-database-url", "not a url"]).expect("parse");
         assert!(config.tenancy.settings("postgres://x").is_err());
+    }
+
+    #[test]
+    fn media_defaults_and_flags() {
+        let settings = parse(&[]).expect("parse").media.settings();
+        let defaults = crate::media::MediaSettings::default();
+        assert_eq!(settings.time_budget, defaults.time_budget);
+        assert_eq!(settings.concurrency, defaults.concurrency);
+        assert_eq!(
+            format!("{:?}", settings.limits),
+            format!("{:?}", defaults.limits)
+        );
+        let settings = parse(&[
+            "--media-transform-slots",
+            "3",
+            "--media-time-budget-ms",
+            "1",
+            "--media-max-alloc-mib",
+            "64",
+            "--media-max-source-pixels",
+            "1000",
+        ])
+        .expect("parse")
+        .media
+        .settings();
+        assert_eq!(settings.concurrency, 3);
+        assert_eq!(settings.time_budget, Duration::from_millis(1));
+        assert_eq!(settings.limits.max_alloc, 64 << 20);
+        assert_eq!(settings.limits.max_source_pixels, 1000);
+        assert!(parse(&["--media-transform-slots", "0"]).is_err());
+        assert!(parse(&["--media-avif-speed", "11"]).is_err());
     }
 
     #[test]

@@ -83,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(strata_storage::antivirus::Scanner::new(addr.clone()))
             as Arc<dyn strata_dataplane::storage::antivirus::Scanner>
     });
-    let storage = strata_dataplane::storage::StorageState::new(
+    let mut storage = strata_dataplane::storage::StorageState::new(
         backend,
         catalog.clone(),
         scanner,
@@ -93,6 +93,8 @@ async fn main() -> anyhow::Result<()> {
     )
     // Bucket rules live in the same two-level cache as everything else.
     .with_cache(tenancy.cache.clone());
+    // Image transforms: slots, time and memory budgets, source limits.
+    storage.media = Arc::new(strata_dataplane::media::Media::new(config.media.settings()));
     let events = config.events.settings();
     strata_dataplane::events::settings::install(events.clone());
     strata_dataplane::events::metrics::register(&mut registry);

@@ -48,11 +48,18 @@ use crate::storage::store::{self, ObjectRow};
 use params::{Format, Params};
 use transform::{Limits, Rendered, TransformError};
 
-/// Settings of the transform service.
+/// `Retry-After` of a transform that ran out of time: a budget overrun
+/// comes from load more often than from the image (sizes are bounded
+/// before decoding), so a later try may well fit.
+const TIMEOUT_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// Settings of the transform service (`--media-*` flags, `config.rs`).
 #[derive(Debug, Clone)]
 pub struct MediaSettings {
     pub limits: Limits,
-    /// Longest one transform may take (decode + resize + encode).
+    /// Longest one transform may take (decode + resize + encode): the
+    /// request is answered (503) at this deadline, and the transform stops
+    /// at its next check inside the stage it is in.
     pub time_budget: Duration,
     /// Transforms running at once in this process.
     pub concurrency: usize,
@@ -118,10 +125,21 @@ impl From<TransformError> for Failure {
                 Failure::Problem(kind::INVALID_IMAGE, detail)
             }
             TransformError::TooLarge(_) => Failure::Problem(kind::IMAGE_TOO_LARGE, detail),
-            TransformError::Timeout => Failure::Unavailable(detail, Some(Duration::from_secs(5))),
+            TransformError::Timeout => Failure::Unavailable(detail, Some(TIMEOUT_RETRY_AFTER)),
             TransformError::Encode(_) => Failure::Internal(detail),
         }
     }
+}
+
+/// The 503 of a transform that ran out of time.
+fn over_budget(settings: &MediaSettings) -> Failure {
+    Failure::Unavailable(
+        format!(
+            "the transform exceeded its time budget ({} ms); retry later",
+            settings.time_budget.as_millis()
+        ),
+        Some(TIMEOUT_RETRY_AFTER),
+    )
 }
 
 type Flight = Shared<BoxFuture<'static, Result<Arc<Rendered>, Failure>>>;
@@ -147,6 +165,15 @@ impl Media {
 
     pub fn renders(&self) -> u64 {
         self.renders.load(Ordering::Relaxed)
+    }
+
+    /// Transform slots taken now: a slot is held by the blocking thread
+    /// until its work ends, even after its request was answered.
+    pub fn slots_in_use(&self) -> usize {
+        self.settings
+            .concurrency
+            .max(1)
+            .saturating_sub(self.permits.available_permits())
     }
 
     fn flights(&self) -> std::sync::MutexGuard<'_, HashMap<String, Flight>> {
@@ -335,22 +362,27 @@ impl Job {
         let deadline = Instant::now() + settings.time_budget;
         media.renders.fetch_add(1, Ordering::Relaxed);
         // The permit moves into the blocking task: a transform that
-        // outlives its client (or the timeout below) still counts until
-        // it ends at its next deadline check.
+        // outlives its client (or the deadline below) still holds its slot
+        // until the thread returns, so the bound on concurrent transforms
+        // counts work, not requests.
         let work = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             transform::render(&source, &params, &limits, deadline)
         });
-        let rendered =
-            match tokio::time::timeout(settings.time_budget + Duration::from_millis(500), work)
-                .await
-            {
-                Err(_) => return Err(TransformError::Timeout.into()),
-                Ok(Err(error)) => {
-                    return Err(Failure::Internal(format!("transform task: {error}")));
-                }
-                Ok(Ok(result)) => Arc::new(result.map_err(Failure::from)?),
-            };
+        // Answered at the deadline whatever stage the thread is in (some
+        // cannot be interrupted; see `transform`).
+        let rendered = match tokio::time::timeout_at(deadline.into(), work).await {
+            Err(_) => {
+                return Err(over_budget(&settings));
+            }
+            Ok(Err(error)) => {
+                return Err(Failure::Internal(format!("transform task: {error}")));
+            }
+            Ok(Ok(Err(TransformError::Timeout))) => {
+                return Err(over_budget(&settings));
+            }
+            Ok(Ok(result)) => Arc::new(result.map_err(Failure::from)?),
+        };
         if let Err(error) = self.store(&rendered).await {
             tracing::warn!(%error, "keeping a rendered variant failed; served without it");
         }
@@ -370,6 +402,7 @@ impl Job {
             "image/jpeg" => "image/jpeg",
             "image/png" => "image/png",
             "image/webp" => "image/webp",
+            "image/avif" => "image/avif",
             _ => return Ok(None),
         };
         if !self.bucket.owns_blob(&stored.blob_key) {

@@ -38,9 +38,17 @@ pub enum Format {
     Jpeg,
     Png,
     Webp,
-    /// From the request's `Accept` (WebP when accepted, else JPEG).
+    /// Only in builds with the `avif` feature (see [`AVIF`]); elsewhere a
+    /// request for it is a 400 saying it is not offered.
+    Avif,
+    /// From the request's `Accept` (AVIF when offered and accepted, else
+    /// WebP when accepted, else JPEG).
     Auto,
 }
+
+/// Whether this build encodes AVIF (the `avif` feature: rav1e is a heavy
+/// compile, so it is opt-in; docs/media.md has the measurements).
+pub const AVIF: bool = cfg!(feature = "avif");
 
 /// A transform, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +119,7 @@ impl Format {
             "jpeg" | "jpg" => Self::Jpeg,
             "png" => Self::Png,
             "webp" => Self::Webp,
+            "avif" => Self::Avif,
             "auto" => Self::Auto,
             _ => return None,
         })
@@ -120,6 +129,7 @@ impl Format {
             Self::Jpeg => "jpeg",
             Self::Png => "png",
             Self::Webp => "webp",
+            Self::Avif => "avif",
             Self::Auto => "auto",
         }
     }
@@ -243,9 +253,22 @@ impl Params {
             "fmt",
             Format::parse,
             Format::Auto,
-            "one of jpeg, png, webp, auto",
+            if AVIF {
+                "one of jpeg, png, webp, avif, auto"
+            } else {
+                "one of jpeg, png, webp, auto"
+            },
             &mut errors,
         );
+        if format == Format::Avif && !AVIF {
+            // Named rather than "unknown": a client that asks for AVIF
+            // learns it is not offered here and can fall back.
+            errors.push(FieldError::new(
+                "#/query/fmt",
+                "avif is not offered by this data plane (built without AVIF encoding); \
+                 use webp, jpeg, png or auto",
+            ));
+        }
         let quality = match fields.get("q").map(|v| v.parse::<u8>()) {
             None => DEFAULT_QUALITY,
             Some(Ok(q)) if (1..=100).contains(&q) => q,
@@ -307,25 +330,35 @@ impl Params {
         pairs
     }
 
-    /// `format=auto` resolved from `Accept`: WebP when the client lists it
-    /// (with q > 0), else JPEG.
+    /// `format=auto` resolved from `Accept`: AVIF when this build encodes
+    /// it and the client lists `image/avif` (with q > 0), else WebP when
+    /// it lists `image/webp`, else JPEG. Wildcards (`image/*`, `*/*`) pick
+    /// nothing new: browsers send them with formats they cannot show.
     pub fn resolve(&self, accept: Option<&str>) -> Self {
         let mut resolved = self.clone();
         if self.format == Format::Auto {
-            let webp = accept.is_some_and(|a| {
-                a.split(',').any(|item| {
-                    let mut parts = item.split(';');
-                    let media = parts.next().unwrap_or("").trim();
-                    let refused = parts.any(|p| {
-                        p.trim()
-                            .strip_prefix("q=")
-                            .and_then(|q| q.trim().parse::<f32>().ok())
-                            .is_some_and(|q| q <= 0.0)
-                    });
-                    media.eq_ignore_ascii_case("image/webp") && !refused
+            let accepts = |wanted: &str| {
+                accept.is_some_and(|a| {
+                    a.split(',').any(|item| {
+                        let mut parts = item.split(';');
+                        let media = parts.next().unwrap_or("").trim();
+                        let refused = parts.any(|p| {
+                            p.trim()
+                                .strip_prefix("q=")
+                                .and_then(|q| q.trim().parse::<f32>().ok())
+                                .is_some_and(|q| q <= 0.0)
+                        });
+                        media.eq_ignore_ascii_case(wanted) && !refused
+                    })
                 })
-            });
-            resolved.format = if webp { Format::Webp } else { Format::Jpeg };
+            };
+            resolved.format = if AVIF && accepts("image/avif") {
+                Format::Avif
+            } else if accepts("image/webp") {
+                Format::Webp
+            } else {
+                Format::Jpeg
+            };
         }
         resolved
     }
@@ -355,8 +388,13 @@ mod tests {
         assert!(params("colour=red").is_err());
         assert_eq!(
             a.resolve(Some("image/avif,image/webp,*/*")).format,
+            if AVIF { Format::Avif } else { Format::Webp }
+        );
+        assert_eq!(
+            a.resolve(Some("image/avif;q=0,image/webp")).format,
             Format::Webp
         );
+        assert_eq!(params("fmt=avif").is_ok(), AVIF);
         assert_eq!(a.resolve(Some("image/webp;q=0")).format, Format::Jpeg);
         assert_eq!(a.resolve(None).format, Format::Jpeg);
     }

@@ -13,10 +13,20 @@
 //!   when the output is that much smaller — libvips' shrink-on-load —
 //!   then resized with `fast_image_resize` (SIMD convolution).
 //! - EXIF orientation is applied; the output is encoded from pixels only,
-//!   so no metadata (EXIF, XMP, ICC) survives. Animated GIF/WebP: the
-//!   first frame.
+//!   so no metadata (EXIF, XMP, ICC) survives. Animated inputs give their
+//!   first frame (GIF, WebP) or their default image (APNG: the `IDAT`
+//!   image, the first frame when it is part of the animation), and the
+//!   output is always a still image.
+//! - The time budget holds inside a stage, not only between them: the
+//!   decoders read the source through [`Budgeted`] and the JPEG and PNG
+//!   encoders write through it, so a decode or encode that overruns stops
+//!   at its next read or write. What cannot be interrupted that way
+//!   (lossy WebP decoding, which reads whole partitions first; the
+//!   resize; the WebP and AVIF encoders) is bounded by the size limits
+//!   and checked when it ends; the caller answers at the deadline anyway
+//!   and keeps the transform's slot until this thread returns.
 
-use std::io::Cursor;
+use std::io::{BufRead, Cursor, Read, Seek, Write};
 use std::time::Instant;
 
 use fast_image_resize as fr;
@@ -38,7 +48,13 @@ pub struct Limits {
     pub max_output_side: u32,
     /// Decoder allocation ceiling (bytes).
     pub max_alloc: u64,
+    /// AVIF encoder speed, 1 (slowest, smallest) to 10 (fastest): what one
+    /// AVIF encode costs (builds with the `avif` feature only).
+    pub avif_speed: u8,
 }
+
+/// ravif's speed for thumbnails: see docs/media.md for the measurements.
+pub const DEFAULT_AVIF_SPEED: u8 = 8;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -48,6 +64,7 @@ impl Default for Limits {
             max_source_pixels: 40_000_000,
             max_output_side: 4096,
             max_alloc: 512 << 20,
+            avif_speed: DEFAULT_AVIF_SPEED,
         }
     }
 }
@@ -78,6 +95,84 @@ pub struct Rendered {
     pub width: u32,
     pub height: u32,
     pub content_type: &'static str,
+}
+
+/// How often [`Budgeted`] reads the clock: every this many calls.
+/// jpeg-decoder reads its entropy-coded data a byte at a time, so reading
+/// the clock on every call would cost more than a 1/8-scale decode.
+const CHECK_EVERY: u32 = 64;
+
+/// A reader or writer that fails with `TimedOut` once the deadline has
+/// passed, so the decoder or encoder using it stops where it is.
+struct Budgeted<T> {
+    inner: T,
+    deadline: Instant,
+    calls: u32,
+}
+
+impl<T> Budgeted<T> {
+    fn new(inner: T, deadline: Instant) -> Self {
+        Self {
+            inner,
+            deadline,
+            calls: 0,
+        }
+    }
+
+    fn tick(&mut self) -> std::io::Result<()> {
+        self.calls = self.calls.wrapping_add(1);
+        if self.calls.is_multiple_of(CHECK_EVERY) && Instant::now() > self.deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the transform's time budget ran out",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for Budgeted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.tick()?;
+        self.inner.read(buf)
+    }
+}
+
+impl<R: BufRead> BufRead for Budgeted<R> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.tick()?;
+        self.inner.fill_buf()
+    }
+    fn consume(&mut self, amount: usize) {
+        self.inner.consume(amount);
+    }
+}
+
+impl<R: Seek> Seek for Budgeted<R> {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.inner.seek(pos)
+    }
+}
+
+impl<W: Write> Write for Budgeted<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tick()?;
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A stage's error, or [`TransformError::Timeout`] when the deadline has
+/// passed (the error is then most likely [`Budgeted`]'s, wrapped by the
+/// codec in its own error type).
+fn or_timeout(deadline: Instant, error: TransformError) -> TransformError {
+    if Instant::now() > deadline {
+        TransformError::Timeout
+    } else {
+        error
+    }
 }
 
 /// Source dimensions and format from the header only.
@@ -243,9 +338,10 @@ pub fn render(
         }
     };
     let mut image = match format {
-        ImageFormat::Jpeg => decode_jpeg(data, params, limits, width, height)?,
-        _ => decode_other(data, limits)?,
-    };
+        ImageFormat::Jpeg => decode_jpeg(data, params, limits, width, height, deadline),
+        _ => decode_other(data, limits, deadline),
+    }
+    .map_err(|e| or_timeout(deadline, e))?;
     over_time()?;
     let (sw, sh) = (image.width(), image.height());
     let g = geometry(params, sw, sh);
@@ -283,7 +379,8 @@ pub fn render(
     if (g.scaled_w, g.scaled_h) != (g.out_w, g.out_h) {
         out = letterbox(&out, channels, &g);
     }
-    let rendered = encode(&out, g.out_w, g.out_h, alpha, params)?;
+    let rendered = encode(&out, g.out_w, g.out_h, alpha, params, limits, deadline)
+        .map_err(|e| or_timeout(deadline, e))?;
     over_time()?;
     Ok(rendered)
 }
@@ -325,8 +422,12 @@ fn flatten_on_white(rgba: Vec<u8>) -> Vec<u8> {
         .collect()
 }
 
-fn decode_other(data: &[u8], limits: &Limits) -> Result<DynamicImage, TransformError> {
-    let mut reader = ImageReader::new(Cursor::new(data))
+fn decode_other(
+    data: &[u8],
+    limits: &Limits,
+    deadline: Instant,
+) -> Result<DynamicImage, TransformError> {
+    let mut reader = ImageReader::new(Budgeted::new(Cursor::new(data), deadline))
         .with_guessed_format()
         .map_err(|e| TransformError::Corrupt(e.to_string()))?;
     let mut decoder_limits = image::Limits::default();
@@ -336,6 +437,9 @@ fn decode_other(data: &[u8], limits: &Limits) -> Result<DynamicImage, TransformE
     reader.limits(decoder_limits);
     let mut decoder = reader.into_decoder().map_err(decode_error)?;
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    // For an animation this is one still picture: `read_image` of the GIF
+    // and WebP decoders gives the first frame, the PNG decoder the default
+    // (`IDAT`) image; later frames are never decoded.
     let mut image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
     image.apply_orientation(orientation);
     Ok(image)
@@ -357,8 +461,9 @@ fn decode_jpeg(
     limits: &Limits,
     width: u32,
     height: u32,
+    deadline: Instant,
 ) -> Result<DynamicImage, TransformError> {
-    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(data));
+    let mut decoder = jpeg_decoder::Decoder::new(Budgeted::new(Cursor::new(data), deadline));
     decoder.set_max_decoding_buffer_size(limits.max_alloc.min(usize::MAX as u64) as usize);
     decoder
         .read_info()
@@ -430,6 +535,8 @@ fn encode(
     height: u32,
     alpha: bool,
     params: &Params,
+    limits: &Limits,
+    deadline: Instant,
 ) -> Result<Rendered, TransformError> {
     use image::ImageEncoder;
     let color = if alpha {
@@ -441,16 +548,22 @@ fn encode(
     let mut bytes = Vec::new();
     let content_type = match params.format {
         Format::Jpeg | Format::Auto => {
-            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, quality)
+            let out = Budgeted::new(&mut bytes, deadline);
+            image::codecs::jpeg::JpegEncoder::new_with_quality(out, quality)
                 .write_image(pixels, width, height, color)
                 .map_err(|e| TransformError::Encode(e.to_string()))?;
             "image/jpeg"
         }
         Format::Png => {
-            image::codecs::png::PngEncoder::new(&mut bytes)
+            let out = Budgeted::new(&mut bytes, deadline);
+            image::codecs::png::PngEncoder::new(out)
                 .write_image(pixels, width, height, color)
                 .map_err(|e| TransformError::Encode(e.to_string()))?;
             "image/png"
+        }
+        Format::Avif => {
+            bytes = encode_avif(pixels, width, height, alpha, quality, limits.avif_speed)?;
+            "image/avif"
         }
         Format::Webp => {
             let encoder = if alpha {
@@ -471,6 +584,60 @@ fn encode(
         height,
         content_type,
     })
+}
+
+/// AVIF with ravif (rav1e), one thread: a transform holds one slot, and
+/// the slots are what bound the CPU transforms use.
+#[cfg(feature = "avif")]
+fn encode_avif(
+    pixels: &[u8],
+    width: u32,
+    height: u32,
+    alpha: bool,
+    quality: u8,
+    speed: u8,
+) -> Result<Vec<u8>, TransformError> {
+    // ravif panics outside these ranges; the parameters and flags are
+    // validated to them, this keeps a mistake from becoming a panic.
+    let quality = f32::from(quality.clamp(1, 100));
+    let encoder = ravif::Encoder::new()
+        .with_quality(quality)
+        .with_alpha_quality(quality)
+        .with_speed(speed.clamp(1, 10))
+        .with_num_threads(Some(1));
+    let (w, h) = (width as usize, height as usize);
+    let encoded = if alpha {
+        let rgba: Vec<ravif::RGBA8> = pixels
+            .chunks_exact(4)
+            .map(|p| ravif::RGBA8::new(p[0], p[1], p[2], p[3]))
+            .collect();
+        encoder.encode_rgba(ravif::Img::new(&rgba[..], w, h))
+    } else {
+        let rgb: Vec<ravif::RGB8> = pixels
+            .chunks_exact(3)
+            .map(|p| ravif::RGB8::new(p[0], p[1], p[2]))
+            .collect();
+        encoder.encode_rgb(ravif::Img::new(&rgb[..], w, h))
+    };
+    encoded
+        .map(|e| e.avif_file)
+        .map_err(|e| TransformError::Encode(e.to_string()))
+}
+
+/// Without the `avif` feature the parameters refuse `fmt=avif` (400), so
+/// this is reached only by a mistake: an error, not a panic.
+#[cfg(not(feature = "avif"))]
+fn encode_avif(
+    _pixels: &[u8],
+    _width: u32,
+    _height: u32,
+    _alpha: bool,
+    _quality: u8,
+    _speed: u8,
+) -> Result<Vec<u8>, TransformError> {
+    Err(TransformError::Encode(
+        "AVIF is not offered by this build".into(),
+    ))
 }
 
 #[cfg(test)]
