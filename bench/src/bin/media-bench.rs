@@ -5,18 +5,26 @@
 //! 1. A 4000×3000 JPEG (a synthetic picture — gradients, texture, edges —
 //!    written as PPM and encoded by `vips` at Q 90) is uploaded `N` times
 //!    under distinct keys to a bucket with `imageTransforms`; each render
-//!    `?w=400&fmt=webp|jpeg&q=80` is then a fresh transform (no stored
+//!    `?w=400&fmt=webp|jpeg|avif&q=80` is then a fresh transform (no stored
 //!    variant). The release data plane runs as its own process on the fs
 //!    backend; this process is the client (one request at a time).
 //! 2. Beside each API render, `vipsthumbnail SRC --size 400x -o
-//!    OUT.webp[Q=80]` (or `.jpg[Q=80]`) as a fresh process per image, as a
-//!    thumbnailing job runs it; sides alternate so drift hits both.
-//! 3. Brotli, in-process: `compress_bytes` at the wire quality (5) and the
+//!    OUT.webp[Q=80]` (or `.jpg`, `.avif` — libheif with its default AV1
+//!    encoder) as a fresh process per image, as a thumbnailing job runs
+//!    it; sides alternate so drift hits both.
+//! 3. The transform alone, in this process (`media::transform::render`,
+//!    no HTTP, no storage): WebP, and AVIF at ravif speeds 6, 8 and 10,
+//!    so the AVIF encoder's own cost is visible beside the decode/resize
+//!    every format shares.
+//! 4. Brotli, in-process: `compress_bytes` at the wire quality (5) and the
 //!    stored quality (9) on a JSON corpus (generated records) and a text
 //!    corpus (Debian's copyright files and licences).
 //!
 //! `media-bench [IMAGES]` (default 30 per format), stack env sourced, after
-//! `cargo build --release -p strata-dataplane -p strata-bench`.
+//! `cargo build --release -p strata-dataplane -p strata-bench --features
+//! strata-dataplane/avif` (AVIF is an opt-in feature of the data plane;
+//! without it the AVIF rows say so and are skipped). Needs `nasm` for
+//! rav1e's assembly.
 
 #[path = "../harness.rs"]
 mod harness;
@@ -177,7 +185,8 @@ async fn measure(setup: &Setup, images: usize, dir: &Path) -> anyhow::Result<()>
     let auth = harness::accept_invite(&http, &base, &setup.invite).await?;
     let objects = format!("{base}/buckets/{BUCKET}/objects");
     let render = format!("{base}/buckets/{BUCKET}/render");
-    for i in 0..images * 2 + 1 {
+    // One source per render (three formats) and one for the warm-ups.
+    for i in 0..images * 3 + 1 {
         http.put(format!("{objects}/src-{i}.jpg"))
             .header("authorization", &auth)
             .header("content-type", "image/jpeg")
@@ -188,7 +197,7 @@ async fn measure(setup: &Setup, images: usize, dir: &Path) -> anyhow::Result<()>
     }
     let rss_loaded = peak_rss_kib(pid).unwrap_or(0);
     // One warm-up on each side.
-    http.get(format!("{render}/src-{}.jpg?w=400&fmt=webp", images * 2))
+    http.get(format!("{render}/src-{}.jpg?w=400&fmt=webp", images * 3))
         .header("authorization", &auth)
         .send()
         .await?
@@ -206,7 +215,21 @@ async fn measure(setup: &Setup, images: usize, dir: &Path) -> anyhow::Result<()>
         load()
     );
     let mut key = 0;
-    for (fmt, ext) in [("webp", "webp"), ("jpeg", "jpg")] {
+    let avif_offered = {
+        let probe = http
+            .get(format!("{render}/src-{}.jpg?w=40&fmt=avif", images * 3))
+            .header("authorization", &auth)
+            .send()
+            .await?;
+        probe.status().is_success()
+    };
+    if !avif_offered {
+        println!("avif: not offered by this data plane (built without the avif feature); skipped");
+    }
+    for (fmt, ext) in [("webp", "webp"), ("jpeg", "jpg"), ("avif", "avif")] {
+        if fmt == "avif" && !avif_offered {
+            continue;
+        }
         let mut api = Side::new();
         let mut lib = Side::new();
         for i in 0..images {
@@ -221,6 +244,9 @@ async fn measure(setup: &Setup, images: usize, dir: &Path) -> anyhow::Result<()>
                 .error_for_status()?;
             let body = response.bytes().await?;
             api.ms.push(started.elapsed().as_secs_f64() * 1000.0);
+            if fmt == "avif" {
+                anyhow::ensure!(body.get(4..12) == Some(b"ftypavif"), "not an AVIF file");
+            }
             api.bytes += body.len() as u64;
             let out = dir.join("vips").join(format!("{i}.{ext}"));
             let started = Instant::now();
@@ -251,6 +277,56 @@ async fn measure(setup: &Setup, images: usize, dir: &Path) -> anyhow::Result<()>
         load()
     );
     drop(dataplane);
+    in_process(&jpeg, images)?;
+    Ok(())
+}
+
+/// The transform alone (decode with shrink-on-load, resize, encode) in
+/// this process: WebP beside AVIF at several ravif speeds.
+fn in_process(jpeg: &[u8], images: usize) -> anyhow::Result<()> {
+    use strata_dataplane::media::params::{AVIF, Params};
+    use strata_dataplane::media::transform::{Limits, render};
+    let mut cases = vec![("webp", 0u8)];
+    if AVIF {
+        cases.extend([("avif", 6), ("avif", 8), ("avif", 10)]);
+    } else {
+        println!("in-process avif: this media-bench was built without the avif feature");
+    }
+    for (fmt, speed) in cases {
+        let fields = [
+            ("w", "400".to_string()),
+            ("fmt", fmt.to_string()),
+            ("q", "80".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        let params = Params::from_fields(&fields, 4096).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let limits = Limits {
+            avif_speed: speed.max(1),
+            ..Limits::default()
+        };
+        let mut side = Side::new();
+        for _ in 0..images.max(3) {
+            let started = Instant::now();
+            let out = render(jpeg, &params, &limits, started + Duration::from_secs(60))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            side.ms.push(started.elapsed().as_secs_f64() * 1000.0);
+            side.bytes += out.bytes.len() as u64;
+        }
+        let n = side.ms.len() as f64;
+        println!(
+            "in-process {fmt:>4}{}: p50 {:.1} ms p99 {:.1} ms ({:.1} KiB avg)",
+            if fmt == "avif" {
+                format!(" speed {speed:>2}")
+            } else {
+                String::new()
+            },
+            side.p(0.5),
+            side.p(0.99),
+            side.bytes as f64 / n / 1024.0,
+        );
+    }
+    println!("load {:.1}", load());
     Ok(())
 }
 
