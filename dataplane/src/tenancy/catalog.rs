@@ -1,6 +1,7 @@
 //! Tenant name → database, owner role and state, read from the platform
 //! catalog (`catalog.tenants` joined with `catalog.clusters`) and cached
-//! briefly in the two-level cache (key `v1:p:tenant:<name>`). The catalog
+//! briefly in the two-level cache (key `v1:p:tenant:<catalog>:<name>`,
+//! `<catalog>` a digest of the catalog's host, port and database). The catalog
 //! is the operator's and has no outbox, so no event invalidates these
 //! entries: the short TTL is what bounds how long a suspension or deletion
 //! takes to reach every replica. Unknown names are cached too, so a client
@@ -76,6 +77,10 @@ pub fn catalog_tag() -> Tag {
 #[derive(Clone)]
 pub struct TenantResolver {
     catalog: PgPool,
+    /// Which catalog the answers come from, in their keys: deployments
+    /// (or test catalogs) that share a Redis never share an answer — a
+    /// name unknown to one catalog must not hide the tenant of another.
+    catalog_scope: String,
     /// Both levels for the catalog TTL (`--tenant-cache-ttl-ms`).
     options: EntryOptions,
     cache: HybridCache,
@@ -85,7 +90,16 @@ impl TenantResolver {
     /// Without a cache until [`TenantResolver::with_cache`]: every call
     /// reads the catalog.
     pub fn new(catalog: PgPool, ttl: Duration) -> Self {
+        let options = catalog.connect_options();
+        let identity = format!(
+            "{}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or_default()
+        );
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(identity.as_bytes());
         Self {
+            catalog_scope: hex::encode(&digest[..8]),
             catalog,
             options: EntryOptions::new(ttl, ttl),
             cache: HybridCache::disabled(),
@@ -103,17 +117,22 @@ impl TenantResolver {
         if !is_tenant_name(name) {
             return Ok(None);
         }
-        let key = CacheKey::platform("tenant").id(name).build();
+        let key = self.key(name);
         self.cache
             .get_or_create(&key, &[catalog_tag()], self.options, || self.load(name))
             .await
     }
 
+    fn key(&self, name: &str) -> CacheKey {
+        CacheKey::platform("tenant")
+            .id(&self.catalog_scope)
+            .id(name)
+            .build()
+    }
+
     /// Drops a cached answer (tests, and callers that know it changed).
     pub async fn forget(&self, name: &str) {
-        self.cache
-            .remove(&CacheKey::platform("tenant").id(name).build())
-            .await;
+        self.cache.remove(&self.key(name)).await;
     }
 
     async fn load(&self, name: &str) -> Result<Option<Arc<TenantInfo>>, ApiError> {
