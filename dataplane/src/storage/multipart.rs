@@ -510,12 +510,9 @@ pub async fn complete(
         Some(old) => {
             quota::adjust(&mut tx, &bucket, -unused_bytes - old.size, 0, false).await?;
             let row = store::replace(&mut tx, &bucket, &new).await?;
-            let mut doomed = old.blobs.0.clone();
-            // The old version's rendered variants go with it.
-            doomed.extend(
-                crate::media::variants::remove_for_source(&mut tx, &bucket, &old.key).await?,
-            );
-            (row, false, doomed)
+            // The old version's rendered variants are removed from this
+            // write's `object.replaced` event (media::variants::StaleVariants).
+            (row, false, old.blobs.0.clone())
         }
     };
     doomed.extend(blob_refs(&unused));
