@@ -25,7 +25,6 @@ use aws_sdk_s3::types::{
 };
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use tokio_util::io::ReaderStream;
 
 use crate::fs::check_length;
 use crate::{Backend, BackendError, BlobInfo, BlobKey, ByteRange, ByteStream, StorageArgs};
@@ -40,8 +39,6 @@ const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 /// The largest object CopyObject copies in one request (S3's limit); larger
 /// ones are copied part by part with UploadPartCopy.
 const MAX_SINGLE_COPY: u64 = 5 * 1024 * 1024 * 1024;
-/// Read size for gets (the body is re-chunked from the HTTP response).
-const READ_CHUNK: usize = 256 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct S3Backend {
@@ -465,10 +462,13 @@ impl Backend for S3Backend {
                 )));
             }
         }
-        Ok(Box::pin(ReaderStream::with_capacity(
-            out.body.into_async_read(),
-            READ_CHUNK,
-        )))
+        // The response's own chunks, as hyper read them: no copy into a
+        // buffer of ours (and no fresh 256 KiB allocation per chunk).
+        let body = futures::stream::unfold(out.body, |mut body| async move {
+            let chunk = body.next().await?;
+            Some((chunk.map_err(std::io::Error::other), body))
+        });
+        Ok(Box::pin(body))
     }
 
     async fn copy(&self, from: &BlobKey, to: &BlobKey) -> Result<(), BackendError> {
