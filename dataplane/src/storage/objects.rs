@@ -198,29 +198,22 @@ pub async fn commit_version(
     // Two tries: a create that loses the insert race becomes an overwrite
     // of the winner (unless `If-None-Match: *` forbids it).
     let mut attempt = 0;
-    let (row, created, replaced) = loop {
+    let (row, created, replaced, usage) = loop {
         attempt += 1;
         let current = store::get(&mut tx, bucket.id, new.key.as_str(), true).await?;
         check_preconditions(method, headers, current.as_ref())?;
         match current {
-            None => {
-                reservation.settle(&mut tx, bucket, new.size, 1).await?;
-                match store::insert(&mut tx, bucket, &new).await? {
-                    Some(row) => break (row, true, None),
-                    None if attempt < 2 => {
-                        // Undo the settle by rolling back to before it:
-                        // simplest is a fresh transaction.
-                        tx.rollback().await?;
-                        tx = access.pool.begin().await?;
-                        continue;
-                    }
-                    None => return Err(ApiError::PreconditionFailed),
+            None => match store::insert(&mut tx, bucket, &new).await? {
+                Some(row) => break (row, true, None, (new.size, 1)),
+                None if attempt < 2 => {
+                    // Someone else created it meanwhile: start over.
+                    tx.rollback().await?;
+                    tx = access.pool.begin().await?;
+                    continue;
                 }
-            }
+                None => return Err(ApiError::PreconditionFailed),
+            },
             Some(old) => {
-                reservation
-                    .settle(&mut tx, bucket, new.size - old.size, 0)
-                    .await?;
                 if new.owner.is_empty() {
                     new.owner = old.owner.clone();
                 }
@@ -229,12 +222,18 @@ pub async fn commit_version(
                 // The old version's rendered variants go with it.
                 let variants =
                     crate::media::variants::remove_for_source(&mut tx, bucket, &old.key).await?;
-                break (row, false, Some((old, variants)));
+                let usage = (new.size - old.size, 0);
+                break (row, false, Some((old, variants)), usage);
             }
         }
     };
     let new_blobs: Vec<String> = new.blobs.iter().map(|b| b.key.clone()).collect();
     store::clear_intents(&mut tx, bucket.id, &new_blobs).await?;
+    // The usage rows (tenant-wide, so every writer of the tenant queues on
+    // them) are locked last: held for the settle and the commit only.
+    reservation
+        .settle(&mut tx, bucket, usage.0, usage.1)
+        .await?;
     tx.commit().await?;
     reservation.settled();
     if let Some((old, variants)) = replaced {
@@ -298,14 +297,22 @@ pub async fn put(
     check_preconditions(method, headers, existing.as_ref())?;
     let objects = i64::from(existing.is_none());
     let bytes = declared_len.map(|l| l as i64).unwrap_or(0);
-    let mut reservation =
-        Reservation::take(&access.pool, &bucket, bytes, objects, state.settings.lease).await?;
+    let blob = bucket.new_object_blob();
+    let mut reservation = Reservation::take_with_intent(
+        &access.pool,
+        &bucket,
+        bytes,
+        objects,
+        state.settings.lease,
+        &blob,
+    )
+    .await?;
     let ingested = upload::ingest(
         state,
         &access.pool,
         IngestRequest {
             bucket: &bucket,
-            blob: bucket.new_object_blob(),
+            blob,
             content_type: &meta.content_type,
             declared_len,
             max_size,

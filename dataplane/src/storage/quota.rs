@@ -18,6 +18,7 @@
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
+use strata_storage::BlobKey;
 use uuid::Uuid;
 
 use super::buckets::BucketInfo;
@@ -37,6 +38,9 @@ pub struct Reservation {
     lease: Duration,
     /// Set once released or settled: nothing left to do on drop.
     done: bool,
+    /// The blob whose intent was recorded with the reservation
+    /// ([`Reservation::take_with_intent`]).
+    intent: Option<String>,
 }
 
 #[derive(sqlx::FromRow, Debug, Clone, Copy, Default)]
@@ -55,26 +59,156 @@ fn exceeded(what: &str) -> ApiError {
 }
 
 /// Locks (creating if missing) the tenant's and the bucket's usage rows,
-/// tenant first.
+/// tenant first. Each row is one `SELECT … FOR UPDATE` (a single-shard
+/// statement on Citus); only a missing row costs an insert and a second
+/// look.
 pub async fn lock_usage(
     conn: &mut PgConnection,
     bucket_id: Uuid,
 ) -> Result<(Usage, Usage), ApiError> {
     let mut rows = [Usage::default(); 2];
     for (i, id) in [TENANT_ROW, bucket_id].into_iter().enumerate() {
-        sqlx::query("INSERT INTO bucket_usage (bucket_id) VALUES ($1) ON CONFLICT DO NOTHING")
+        let select = "SELECT bytes, objects, reserved_bytes, reserved_objects
+                        FROM bucket_usage WHERE bucket_id = $1 FOR UPDATE";
+        let found: Option<Usage> = sqlx::query_as(select)
             .bind(id)
-            .execute(&mut *conn)
+            .fetch_optional(&mut *conn)
             .await?;
-        rows[i] = sqlx::query_as(
-            "SELECT bytes, objects, reserved_bytes, reserved_objects
-               FROM bucket_usage WHERE bucket_id = $1 FOR UPDATE",
-        )
-        .bind(id)
-        .fetch_one(&mut *conn)
-        .await?;
+        rows[i] = match found {
+            Some(usage) => usage,
+            None => {
+                sqlx::query(
+                    "INSERT INTO bucket_usage (bucket_id) VALUES ($1) ON CONFLICT DO NOTHING",
+                )
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+                sqlx::query_as(select)
+                    .bind(id)
+                    .fetch_one(&mut *conn)
+                    .await?
+            }
+        };
     }
     Ok((rows[0], rows[1]))
+}
+
+/// A change of one usage row's counters.
+#[derive(Debug, Clone, Copy, Default)]
+struct Change {
+    bytes: i64,
+    objects: i64,
+    reserved_bytes: i64,
+    reserved_objects: i64,
+}
+
+impl Change {
+    fn inverse(self) -> Self {
+        Self {
+            bytes: -self.bytes,
+            objects: -self.objects,
+            reserved_bytes: -self.reserved_bytes,
+            reserved_objects: -self.reserved_objects,
+        }
+    }
+}
+
+/// What [`check_fits`] checks, for one row: `more` bytes/objects beyond
+/// what is committed and reserved, minus `own` (the caller's reservation,
+/// not someone else's headroom).
+#[derive(Debug, Clone, Copy, Default)]
+struct Check {
+    more_bytes: i64,
+    more_objects: i64,
+    own_bytes: i64,
+    own_objects: i64,
+}
+
+/// Checks and changes one usage row in one statement: the `UPDATE` locks
+/// the row and evaluates its `WHERE` on the latest committed version
+/// (READ COMMITTED re-checks a row it waited for), so the check and the
+/// change are one atomic step — the same rule as [`check_fits`] under
+/// [`lock_usage`], in one round trip instead of two or four. `false` when
+/// the row is missing or the check fails: nothing changed, and the caller
+/// takes the slow path, which creates rows and says which quota.
+async fn try_row(
+    conn: &mut PgConnection,
+    id: Uuid,
+    change: Change,
+    check: Check,
+    quota_bytes: Option<i64>,
+    quota_objects: Option<i64>,
+) -> Result<bool, ApiError> {
+    let done = sqlx::query(
+        "UPDATE bucket_usage
+            SET bytes = bytes + $2, objects = objects + $3,
+                reserved_bytes = reserved_bytes + $4,
+                reserved_objects = reserved_objects + $5, updated_at = now()
+          WHERE bucket_id = $1
+            AND ($6 <= 0 OR $8::bigint IS NULL
+                 OR bytes::numeric + reserved_bytes - $7 + $6 <= $8)
+            AND ($9 <= 0 OR $11::bigint IS NULL
+                 OR objects::numeric + reserved_objects - $10 + $9 <= $11)",
+    )
+    .bind(id)
+    .bind(change.bytes)
+    .bind(change.objects)
+    .bind(change.reserved_bytes)
+    .bind(change.reserved_objects)
+    .bind(check.more_bytes)
+    .bind(check.own_bytes)
+    .bind(quota_bytes)
+    .bind(check.more_objects)
+    .bind(check.own_objects)
+    .bind(quota_objects)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// [`try_row`] on the tenant row, then the bucket row (the lock order of
+/// [`lock_usage`]). When the bucket row refuses, the tenant row's change
+/// is undone (its lock is ours) and `false` says: take the slow path.
+async fn try_apply(
+    conn: &mut PgConnection,
+    bucket: &BucketInfo,
+    change: Change,
+    check: Check,
+) -> Result<bool, ApiError> {
+    let tenant = (bucket.tenant_quota_bytes, bucket.tenant_quota_objects);
+    if !try_row(conn, TENANT_ROW, change, check, tenant.0, tenant.1).await? {
+        return Ok(false);
+    }
+    let own = (bucket.quota_bytes, bucket.quota_objects);
+    if try_row(conn, bucket.id, change, check, own.0, own.1).await? {
+        return Ok(true);
+    }
+    let undo = Check::default();
+    try_row(conn, TENANT_ROW, change.inverse(), undo, None, None).await?;
+    Ok(false)
+}
+
+/// Applies `change` unconditionally to both rows (already locked).
+async fn apply_locked(
+    conn: &mut PgConnection,
+    bucket_id: Uuid,
+    change: Change,
+) -> Result<(), ApiError> {
+    sqlx::query(
+        "UPDATE bucket_usage
+            SET bytes = bytes + $2, objects = objects + $3,
+                reserved_bytes = reserved_bytes + $4,
+                reserved_objects = reserved_objects + $5, updated_at = now()
+          WHERE bucket_id = ANY($1)",
+    )
+    .bind(vec![TENANT_ROW, bucket_id])
+    .bind(change.bytes)
+    .bind(change.objects)
+    .bind(change.reserved_bytes)
+    .bind(change.reserved_objects)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Whether `bytes`/`objects` more (beyond what is committed and reserved,
@@ -154,11 +288,40 @@ impl Reservation {
         objects: i64,
         lease: Duration,
     ) -> Result<Self, ApiError> {
+        Self::take_inner(pool, bucket, bytes, objects, lease, None).await
+    }
+
+    /// [`Self::take`], and in the same transaction the intent of `blob`
+    /// (what [`super::upload::record_intent`] would record before the
+    /// first byte): one commit fewer per upload. [`super::upload::ingest`]
+    /// then records no intent of its own for that blob.
+    pub async fn take_with_intent(
+        pool: &PgPool,
+        bucket: &BucketInfo,
+        bytes: i64,
+        objects: i64,
+        lease: Duration,
+        blob: &BlobKey,
+    ) -> Result<Self, ApiError> {
+        Self::take_inner(pool, bucket, bytes, objects, lease, Some(blob)).await
+    }
+
+    async fn take_inner(
+        pool: &PgPool,
+        bucket: &BucketInfo,
+        bytes: i64,
+        objects: i64,
+        lease: Duration,
+        intent: Option<&BlobKey>,
+    ) -> Result<Self, ApiError> {
         let id = Uuid::now_v7();
         let mut tx = pool.begin().await?;
-        let (tenant, row) = lock_usage(&mut tx, bucket.id).await?;
-        check_fits(bucket, &tenant, &row, bytes, objects)?;
-        add_reserved(&mut tx, bucket.id, bytes, objects).await?;
+        if let Some(blob) = intent {
+            super::upload::record_intent(&mut *tx, bucket, blob, lease).await?;
+        }
+        // The reservation row first: it touches no shared row, so the
+        // usage rows stay locked only for the check, the change and the
+        // commit.
         sqlx::query(
             "INSERT INTO reservations (bucket_id, id, bytes, objects, expires_at)
              VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))",
@@ -170,6 +333,21 @@ impl Reservation {
         .bind(lease_secs(lease))
         .execute(&mut *tx)
         .await?;
+        let change = Change {
+            reserved_bytes: bytes,
+            reserved_objects: objects,
+            ..Change::default()
+        };
+        let check = Check {
+            more_bytes: bytes,
+            more_objects: objects,
+            ..Check::default()
+        };
+        if !try_apply(&mut tx, bucket, change, check).await? {
+            let (tenant, row) = lock_usage(&mut tx, bucket.id).await?;
+            check_fits(bucket, &tenant, &row, bytes, objects)?;
+            add_reserved(&mut tx, bucket.id, bytes, objects).await?;
+        }
         tx.commit().await?;
         Ok(Self {
             id,
@@ -179,7 +357,13 @@ impl Reservation {
             pool: pool.clone(),
             lease,
             done: false,
+            intent: intent.map(|blob| blob.as_str().to_string()),
         })
+    }
+
+    /// Whether [`Self::take_with_intent`] recorded `blob`'s intent.
+    pub fn holds_intent(&self, blob: &BlobKey) -> bool {
+        self.intent.as_deref() == Some(blob.as_str())
     }
 
     /// Reserves `more` bytes on top (chunked bodies), renewing the lease.
@@ -253,33 +437,41 @@ impl Reservation {
         bytes: i64,
         objects: i64,
     ) -> Result<(), ApiError> {
+        // The reservation row first (no shared lock): what it still holds
+        // is what this settle takes off the reserved counters. Gone means
+        // the sweeper released it (lease expired): then nothing of it is
+        // reserved any more, and the change is checked as a new one.
+        let held: Option<(i64, i64)> = sqlx::query_as(
+            "DELETE FROM reservations WHERE bucket_id = $1 AND id = $2 RETURNING bytes, objects",
+        )
+        .bind(self.bucket_id)
+        .bind(self.id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let (own_bytes, own_objects) = held.unwrap_or((0, 0));
+        let change = Change {
+            bytes,
+            objects,
+            reserved_bytes: -own_bytes,
+            reserved_objects: -own_objects,
+        };
+        let check = Check {
+            more_bytes: bytes,
+            more_objects: objects,
+            own_bytes,
+            own_objects,
+        };
+        if try_apply(conn, bucket, change, check).await? {
+            return Ok(());
+        }
         let (mut tenant, mut row) = lock_usage(conn, bucket.id).await?;
         // Our own reservation is not "someone else's" headroom.
         for usage in [&mut tenant, &mut row] {
-            usage.reserved_bytes -= self.bytes;
-            usage.reserved_objects -= self.objects;
+            usage.reserved_bytes -= own_bytes;
+            usage.reserved_objects -= own_objects;
         }
         check_fits(bucket, &tenant, &row, bytes, objects)?;
-        sqlx::query(
-            "UPDATE bucket_usage
-                SET bytes = bytes + $2, objects = objects + $3,
-                    reserved_bytes = reserved_bytes - $4,
-                    reserved_objects = reserved_objects - $5, updated_at = now()
-              WHERE bucket_id = ANY($1)",
-        )
-        .bind(vec![TENANT_ROW, bucket.id])
-        .bind(bytes)
-        .bind(objects)
-        .bind(self.bytes)
-        .bind(self.objects)
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query("DELETE FROM reservations WHERE bucket_id = $1 AND id = $2")
-            .bind(self.bucket_id)
-            .bind(self.id)
-            .execute(&mut *conn)
-            .await?;
-        Ok(())
+        apply_locked(conn, bucket.id, change).await
     }
 
     /// Marks the reservation settled once the caller's transaction
@@ -372,18 +564,22 @@ pub async fn adjust(
     objects: i64,
     check: bool,
 ) -> Result<(), ApiError> {
+    let change = Change {
+        bytes,
+        objects,
+        ..Change::default()
+    };
+    let fast = Check {
+        more_bytes: if check { bytes } else { 0 },
+        more_objects: if check { objects } else { 0 },
+        ..Check::default()
+    };
+    if try_apply(conn, bucket, change, fast).await? {
+        return Ok(());
+    }
     let (tenant, row) = lock_usage(conn, bucket.id).await?;
     if check {
         check_fits(bucket, &tenant, &row, bytes, objects)?;
     }
-    sqlx::query(
-        "UPDATE bucket_usage SET bytes = bytes + $2, objects = objects + $3, updated_at = now()
-          WHERE bucket_id = ANY($1)",
-    )
-    .bind(vec![TENANT_ROW, bucket.id])
-    .bind(bytes)
-    .bind(objects)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    apply_locked(conn, bucket.id, change).await
 }

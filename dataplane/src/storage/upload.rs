@@ -70,8 +70,8 @@ fn too_large(limit: u64) -> ApiError {
 
 /// Records that `blob` is about to be written (so a crash leaves a trail
 /// the sweeper follows).
-pub async fn record_intent(
-    pool: &PgPool,
+pub async fn record_intent<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
     bucket: &BucketInfo,
     blob: &BlobKey,
     lease: Duration,
@@ -83,7 +83,7 @@ pub async fn record_intent(
     .bind(bucket.id)
     .bind(blob.as_str())
     .bind(lease.as_secs_f64().max(1.0))
-    .execute(pool)
+    .execute(executor)
     .await?;
     Ok(())
 }
@@ -153,7 +153,9 @@ pub async fn ingest(
     {
         return Err(too_large(max));
     }
-    record_intent(pool, request.bucket, &request.blob, state.settings.lease).await?;
+    if !reservation.holds_intent(&request.blob) {
+        record_intent(pool, request.bucket, &request.blob, state.settings.lease).await?;
+    }
 
     let failure: Arc<Mutex<Option<ApiError>>> = Arc::new(Mutex::new(None));
     let (to_backend, backend_rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
