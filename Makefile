@@ -97,6 +97,10 @@ bench-storage: stack-up ## Object PUT/GET through the API vs straight to S3 (rel
 bench-cache: stack-up ## Document GET with L1 hit, L2 hit and cache off (release builds; bench/README.md)
 	$(CARGO) build --release -p strata-dataplane -p strata-bench && source $(ENV) && $(CARGO) run --release -q -p strata-bench --bin cache-bench
 
+.PHONY: bench-output-cache
+bench-output-cache: stack-up ## Document list page from the output cache vs. cache off, and the rate limiter's cost (release builds; bench/README.md)
+	$(CARGO) build --release -p strata-dataplane -p strata-bench && source $(ENV) && $(CARGO) run --release -q -p strata-bench --bin output-cache-bench
+
 .PHONY: images
 images: ## Container images of the operator and data plane, no Docker needed (hack/image.sh; docs/shipping.md)
 	hack/image.sh build

@@ -1,0 +1,334 @@
+//! The output cache (issue 13): a document list page served from the
+//! output cache vs. the same page with the cache off, and the rate
+//! limiter's cost per request, same data, same run.
+//!
+//! The route: `GET …/collections/docs/documents?limit=50`, the first page
+//! of 50 documents (about 8 KB of JSON) of a 2,000-document collection.
+//! Chosen because it is the most common cacheable read that does real
+//! work on a miss (a keyset page query, 50 rows decoded and serialised, a
+//! digest for the ETag), and because it is a *private* row: every hit is
+//! authenticated, permission-checked and revalidated against the tags'
+//! generations in Redis — the honest cost of a hit, not a public entry
+//! served from memory alone.
+//!
+//! Three release data plane processes on the stack's Redis:
+//!
+//! | process | `STRATA_CACHE` | rate limits |
+//! | --- | --- | --- |
+//! | hit | `on` (output cache, L1 + Redis) | off (`…_RPS=0`) |
+//! | off | `off` (the handler every time) | off |
+//! | hit + limits | `on` | on, never reached (10^9 req/s; Redis GCRA) |
+//!
+//! `off` turns the whole two-level cache off, so it also reads the API
+//! key's row from PostgreSQL on every request (a primary-key lookup) where
+//! `on` checks its generation in Redis: that difference is in the ratio.
+//!
+//! The load generator is this process (the data planes are others):
+//! CONCURRENCY HTTP/1.1 keep-alive clients sending the same GET back to
+//! back, the processes in turn, twice (SECONDS per process split in two).
+//! Reported: req/s, client p50/p99, the server's `Server-Timing: app;dur`
+//! p50/p99, data plane CPU per request, and the `Cache-Status` of every
+//! answer (so "hit" is checked, not assumed).
+//!
+//! `output-cache-bench [SECONDS] [CONCURRENCY]` (defaults 10, 16), stack
+//! env sourced, after `cargo build --release -p strata-dataplane -p strata-bench`.
+
+#[path = "../harness.rs"]
+mod harness;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use harness::{Dataplane, Setup, cpu_ticks, load, peak_rss_kib, percentile};
+use serde_json::{Value, json};
+use sqlx::postgres::PgPoolOptions;
+use strata_operator::placement::TenantNames;
+use strata_tests::{env, with_database};
+
+const DOCS: usize = 2_000;
+const PAGE: &str = "limit=50";
+
+struct Variant {
+    label: &'static str,
+    cache: &'static str,
+    limits: bool,
+}
+
+const VARIANTS: [Variant; 3] = [
+    Variant {
+        label: "output cache hit",
+        cache: "on",
+        limits: false,
+    },
+    Variant {
+        label: "cache off",
+        cache: "off",
+        limits: false,
+    },
+    Variant {
+        label: "output cache hit, rate limits on",
+        cache: "on",
+        limits: true,
+    },
+];
+
+#[derive(Default)]
+struct Run {
+    count: usize,
+    elapsed: Duration,
+    client: Vec<f64>,
+    server: Vec<f64>,
+    cpu_ticks: u64,
+    load: f64,
+    /// Answers by `Cache-Status` (`-` when absent).
+    statuses: BTreeMap<String, usize>,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.count as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn merge(&mut self, other: Run) {
+        self.count += other.count;
+        self.elapsed += other.elapsed;
+        self.client.extend(other.client);
+        self.server.extend(other.server);
+        self.cpu_ticks += other.cpu_ticks;
+        self.load = self.load.max(other.load);
+        for (k, v) in other.statuses {
+            *self.statuses.entry(k).or_default() += v;
+        }
+    }
+}
+
+/// One GET: the server's time (ms) and the `Cache-Status`.
+async fn get_once(http: &reqwest::Client, url: &str, auth: &str) -> anyhow::Result<(f64, String)> {
+    let r = http.get(url).header("authorization", auth).send().await?;
+    let status = r.status();
+    let header = |name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let server = header("server-timing")
+        .as_deref()
+        .and_then(|v| v.split("dur=").nth(1))
+        .and_then(|v| v.split([';', ',']).next())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .context("no Server-Timing app;dur")?;
+    let cache = header("cache-status").unwrap_or_else(|| "-".into());
+    let body = r.bytes().await?;
+    anyhow::ensure!(
+        status.as_u16() == 200 && body.len() > 1000,
+        "HTTP {status}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    Ok((server, cache))
+}
+
+async fn drive(
+    http: &reqwest::Client,
+    dataplane: &Dataplane,
+    url: &str,
+    auth: &str,
+    concurrency: usize,
+    time: Duration,
+) -> anyhow::Result<Run> {
+    // Warm: connections, and the entry where there is a cache.
+    for _ in 0..concurrency {
+        get_once(http, url, auth).await?;
+    }
+    let pid = dataplane.pid.to_string();
+    let load = load();
+    let before = cpu_ticks(&pid);
+    let started = Instant::now();
+    let deadline = started + time;
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (http, url, auth) = (http.clone(), url.to_string(), auth.to_string());
+        workers.push(tokio::spawn(async move {
+            let (mut client, mut server) = (Vec::new(), Vec::new());
+            let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let (s, cache) = get_once(&http, &url, &auth).await?;
+                client.push(t.elapsed().as_secs_f64() * 1000.0);
+                server.push(s);
+                *statuses.entry(cache).or_default() += 1;
+            }
+            Ok::<_, anyhow::Error>((client, server, statuses))
+        }));
+    }
+    let mut run = Run {
+        load,
+        ..Run::default()
+    };
+    for w in workers {
+        let (client, server, statuses) = w.await??;
+        run.count += client.len();
+        run.client.extend(client);
+        run.server.extend(server);
+        for (k, v) in statuses {
+            *run.statuses.entry(k).or_default() += v;
+        }
+    }
+    run.elapsed = started.elapsed();
+    run.cpu_ticks = cpu_ticks(&pid).saturating_sub(before);
+    Ok(run)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let seconds: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(10);
+    let concurrency: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(16);
+    harness::with_tenant("ocache-bench", move |setup| {
+        run(setup, seconds, concurrency)
+    })
+    .await
+}
+
+async fn run(setup: Setup, seconds: u64, concurrency: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        std::env::var_os("STRATA_REDIS_URL").is_some(),
+        "STRATA_REDIS_URL unset: source the stack's env"
+    );
+    let http = reqwest::Client::builder()
+        .http1_only()
+        .pool_max_idle_per_host(concurrency)
+        .tcp_nodelay(true)
+        .build()?;
+    let mut dataplanes = Vec::new();
+    for v in &VARIANTS {
+        let rps = if v.limits { "1000000000" } else { "0" };
+        dataplanes.push(
+            harness::start_dataplane(
+                &setup,
+                v.label,
+                &[
+                    ("STRATA_CACHE", v.cache.to_string()),
+                    ("STRATA_TENANT_POOL_SIZE", concurrency.to_string()),
+                    ("STRATA_RATE_LIMIT_TENANT_RPS", rps.to_string()),
+                    ("STRATA_RATE_LIMIT_CREDENTIAL_RPS", rps.to_string()),
+                    ("STRATA_RATE_LIMIT_ANONYMOUS_RPS", rps.to_string()),
+                ],
+            )
+            .await?,
+        );
+    }
+    let tenant_path = format!("/v1/tenants/{}", setup.tenant_name);
+    let base = format!("{}{tenant_path}", dataplanes[0].root);
+    let auth = harness::accept_invite(&http, &base, &setup.invite).await?;
+    let r = http
+        .post(format!("{base}/collections"))
+        .header("authorization", &auth)
+        .json(&json!({"name": "docs"}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        r.status().as_u16() == 201,
+        "create collection: {}",
+        r.status()
+    );
+
+    // The documents, loaded directly as the data plane role (the load is
+    // not what is measured).
+    let names = TenantNames::for_tenant(setup.tenant);
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&with_database(
+            &env("STRATA_DATAPLANE_DATABASE_URL"),
+            names.database.as_str(),
+        ))
+        .await
+        .context("tenant database")?;
+    let collection = strata_dataplane::documents::store::get_collection(&pool, "docs")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?
+        .id;
+    let ids: Vec<String> = (0..DOCS).map(|i| format!("d{i:05}")).collect();
+    let data: Vec<Value> = (0..DOCS)
+        .map(|i| {
+            json!({
+                "category": format!("c{}", i % 10),
+                "price": (i * 7919) % 100_000,
+                "title": format!("item {i}"),
+                "tags": ["bench", "cache"],
+                "in_stock": i % 2 == 0,
+            })
+        })
+        .collect();
+    sqlx::query(
+        "INSERT INTO documents (collection_id, id, data) \
+         SELECT $1, u.id, u.data FROM unnest($2::text[], $3::jsonb[]) AS u(id, data)",
+    )
+    .bind(collection)
+    .bind(&ids)
+    .bind(&data)
+    .execute(&pool)
+    .await?;
+    sqlx::query("ANALYZE documents").execute(&pool).await.ok();
+    pool.close().await;
+    println!("loaded {DOCS} documents");
+
+    let half = Duration::from_secs(seconds).max(Duration::from_secs(2)) / 2;
+    let mut runs: Vec<Run> = VARIANTS.iter().map(|_| Run::default()).collect();
+    for _round in 0..2 {
+        for (i, (dataplane, v)) in dataplanes.iter().zip(&VARIANTS).enumerate() {
+            let url = format!(
+                "{}{tenant_path}/collections/docs/documents?{PAGE}",
+                dataplane.root
+            );
+            let run = drive(&http, dataplane, &url, &auth, concurrency, half).await?;
+            eprintln!("{}: {:.0} req/s {:?}", v.label, run.rate(), run.statuses);
+            runs[i].merge(run);
+        }
+    }
+
+    println!(
+        "\ndocument list page (`?{PAGE}` of {DOCS}), {concurrency} clients, {seconds} s per process \
+         (two runs each, alternating), release build, stack Redis\n"
+    );
+    println!(
+        "| variant | req/s | × off | client p50 ms | client p99 ms | server p50 ms | server p99 ms | data plane CPU ms/req | Cache-Status | VmHWM | load (1 min) |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |");
+    let off_rate = runs[1].rate();
+    let mut summary = Vec::new();
+    for ((run, v), dataplane) in runs.iter_mut().zip(&VARIANTS).zip(&dataplanes) {
+        let rate = run.rate();
+        let cpu_ms = run.cpu_ticks as f64 * 1000.0 / harness::CLOCK_TICKS / run.count as f64;
+        let c50 = percentile(&mut run.client, 0.5);
+        let c99 = percentile(&mut run.client, 0.99);
+        let s50 = percentile(&mut run.server, 0.5);
+        let s99 = percentile(&mut run.server, 0.99);
+        let statuses: Vec<String> = run
+            .statuses
+            .iter()
+            .map(|(k, n)| format!("{k}: {n}"))
+            .collect();
+        println!(
+            "| {} | {rate:.0} | {:.2} | {c50:.2} | {c99:.2} | {s50:.3} | {s99:.3} | {cpu_ms:.3} | {} | {:.1} MiB | {:.1} |",
+            v.label,
+            rate / off_rate,
+            statuses.join(", "),
+            peak_rss_kib(dataplane.pid).unwrap_or(0) as f64 / 1024.0,
+            run.load,
+        );
+        summary.push((rate, s50, cpu_ms));
+    }
+    let (hit, limited) = (summary[0], summary[2]);
+    println!(
+        "\nhit vs off: {:.2}× req/s (target ≥ 5×)\nrate limiter (Redis GCRA, per tenant and per \
+         credential, never reached): {:+.1}% req/s, server p50 {:+.3} ms, data plane CPU {:+.3} ms per request",
+        hit.0 / off_rate,
+        (limited.0 / hit.0 - 1.0) * 100.0,
+        limited.1 - hit.1,
+        limited.2 - hit.2,
+    );
+    drop(dataplanes);
+    Ok(())
+}
