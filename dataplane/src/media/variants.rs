@@ -161,19 +161,6 @@ pub async fn record(
     Ok(Recorded::Stored)
 }
 
-/// Formerly removed the variants of `source_key` in the transaction that
-/// replaced or deleted it. They are now removed from that write's outbox
-/// event ([`StaleVariants`]); this stays, removing nothing, only until
-/// its callers in `storage/objects.rs` and `storage/multipart.rs` drop
-/// the call (their files belong to other work in progress).
-pub async fn remove_for_source(
-    _conn: &mut PgConnection,
-    _bucket: &BucketInfo,
-    _source_key: &str,
-) -> Result<Vec<BlobRef>, ApiError> {
-    Ok(Vec::new())
-}
-
 /// Outbox event types after which a source's variants may be stale.
 const SOURCE_CHANGED: [&str; 2] = ["object.replaced", "object.deleted"];
 

@@ -219,11 +219,10 @@ pub async fn commit_version(
                 }
                 let row = store::replace(&mut tx, bucket, &new).await?;
                 store::doom_blobs(&mut tx, bucket.id, &old.blobs).await?;
-                // The old version's rendered variants go with it.
-                let variants =
-                    crate::media::variants::remove_for_source(&mut tx, bucket, &old.key).await?;
+                // The old version's rendered variants are removed from this
+                // write's `object.replaced` event (media::variants::StaleVariants).
                 let usage = (new.size - old.size, 0);
-                break (row, false, Some((old, variants)), usage);
+                break (row, false, Some(old), usage);
             }
         }
     };
@@ -236,9 +235,8 @@ pub async fn commit_version(
         .await?;
     tx.commit().await?;
     reservation.settled();
-    if let Some((old, variants)) = replaced {
+    if let Some(old) = replaced {
         delete_blobs(state, access, &old.blobs).await;
-        delete_blobs(state, access, &variants).await;
     }
     Ok((row, created))
 }
@@ -571,26 +569,24 @@ pub async fn delete(
         .await?
         .ok_or(ApiError::NotFound)?;
     check_preconditions(method, headers, Some(&row))?;
-    let variants = remove_locked(&mut tx, &bucket, &row).await?;
+    remove_locked(&mut tx, &bucket, &row).await?;
     tx.commit().await?;
     delete_blobs(state, &access, &row.blobs).await;
-    delete_blobs(state, &access, &variants).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Deletes a locked row: usage, outbox, its rendered variants, and its
-/// blobs marked for deletion (the caller deletes them after the commit;
-/// the variants' blobs are returned for that). Shared with lifecycle
-/// expiry (whose leftovers the sweeper deletes).
+/// Deletes a locked row: usage, outbox, and its blobs marked for deletion
+/// (the caller deletes them after the commit). Its rendered variants go
+/// from the `object.deleted` event (media::variants::StaleVariants).
+/// Shared with lifecycle expiry (whose leftovers the sweeper deletes).
 pub async fn remove_locked(
     conn: &mut sqlx::PgConnection,
     bucket: &BucketInfo,
     row: &ObjectRow,
-) -> Result<Vec<BlobRef>, ApiError> {
+) -> Result<(), ApiError> {
     store::delete(conn, bucket, row).await?;
     super::quota::adjust(conn, bucket, -row.size, -1, false).await?;
-    store::doom_blobs(conn, bucket.id, &row.blobs).await?;
-    crate::media::variants::remove_for_source(conn, bucket, &row.key).await
+    store::doom_blobs(conn, bucket.id, &row.blobs).await
 }
 
 /// `GET …/objects` query.
