@@ -207,8 +207,10 @@ impl MediaArgs {
 #[derive(Args, Debug, Clone)]
 pub struct CacheArgs {
     /// `off` makes every read go to the database; `l2` skips the
-    /// in-process level (benchmarks, debugging).
-    #[arg(long = "cache", env = "STRATA_CACHE", default_value = "on",
+    /// in-process level (benchmarks, debugging). Not `STRATA_CACHE`: that
+    /// names the build cache of the project's scripts (hack/), and a
+    /// developer who moves it must not change how the data plane caches.
+    #[arg(long = "cache", env = "STRATA_CACHE_MODE", default_value = "on",
           value_parser = ["on", "l2", "off"])]
     pub cache: String,
     /// L1 size bound, in MiB of encoded values.

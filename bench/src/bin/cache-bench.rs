@@ -6,7 +6,7 @@
 //! in one collection; four release data plane processes serve it, all on
 //! the stack's Redis (`STRATA_REDIS_URL`):
 //!
-//! | process | `STRATA_CACHE` | rate limits |
+//! | process | `STRATA_CACHE_MODE` | rate limits |
 //! | --- | --- | --- |
 //! | L1 hit | `on` | off (`…_RPS=0`) |
 //! | L2 hit | `l2` (no in-process level) | off |
@@ -52,17 +52,17 @@ struct Variant {
 
 const VARIANTS: [Variant; 4] = [
     Variant {
-        label: "L1 hit (STRATA_CACHE=on)",
+        label: "L1 hit (STRATA_CACHE_MODE=on)",
         cache: "on",
         limits: false,
     },
     Variant {
-        label: "L2 hit (STRATA_CACHE=l2)",
+        label: "L2 hit (STRATA_CACHE_MODE=l2)",
         cache: "l2",
         limits: false,
     },
     Variant {
-        label: "cache off (STRATA_CACHE=off)",
+        label: "cache off (STRATA_CACHE_MODE=off)",
         cache: "off",
         limits: false,
     },
@@ -263,7 +263,7 @@ async fn run(setup: Setup, seconds: u64, concurrency: usize) -> anyhow::Result<(
             &setup,
             v.label,
             &[
-                ("STRATA_CACHE", v.cache.to_string()),
+                ("STRATA_CACHE_MODE", v.cache.to_string()),
                 ("STRATA_TENANT_POOL_SIZE", concurrency.to_string()),
                 ("STRATA_RATE_LIMIT_TENANT_RPS", rps.to_string()),
                 ("STRATA_RATE_LIMIT_CREDENTIAL_RPS", rps.to_string()),

@@ -13,7 +13,7 @@
 //!
 //! Three release data plane processes on the stack's Redis:
 //!
-//! | process | `STRATA_CACHE` | rate limits |
+//! | process | `STRATA_CACHE_MODE` | rate limits |
 //! | --- | --- | --- |
 //! | hit | `on` (output cache, L1 + Redis) | off (`…_RPS=0`) |
 //! | off | `off` (the handler every time) | off |
@@ -209,7 +209,7 @@ async fn run(setup: Setup, seconds: u64, concurrency: usize) -> anyhow::Result<(
                 &setup,
                 v.label,
                 &[
-                    ("STRATA_CACHE", v.cache.to_string()),
+                    ("STRATA_CACHE_MODE", v.cache.to_string()),
                     ("STRATA_TENANT_POOL_SIZE", concurrency.to_string()),
                     ("STRATA_RATE_LIMIT_TENANT_RPS", rps.to_string()),
                     ("STRATA_RATE_LIMIT_CREDENTIAL_RPS", rps.to_string()),
