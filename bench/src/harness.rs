@@ -252,3 +252,48 @@ pub fn percentile(values: &mut [f64], p: f64) -> f64 {
 pub fn median(mut values: Vec<f64>) -> f64 {
     percentile(&mut values, 0.5)
 }
+
+/// One measured run of a load generator against one data plane: answers,
+/// wall time, client and server (`Server-Timing: app;dur`) latencies in
+/// ms, the data plane's CPU ticks, the load average at the start, and a
+/// tally by label (cache lookups, `Cache-Status`…). Runs of one variant
+/// are merged across rounds.
+#[derive(Default)]
+pub struct LoadRun {
+    pub count: usize,
+    pub elapsed: Duration,
+    pub client: Vec<f64>,
+    pub server: Vec<f64>,
+    pub cpu_ticks: u64,
+    pub load: f64,
+    pub tally: std::collections::BTreeMap<String, f64>,
+}
+
+impl LoadRun {
+    pub fn rate(&self) -> f64 {
+        self.count as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn merge(&mut self, other: LoadRun) {
+        self.count += other.count;
+        self.elapsed += other.elapsed;
+        self.client.extend(other.client);
+        self.server.extend(other.server);
+        self.cpu_ticks += other.cpu_ticks;
+        self.load = self.load.max(other.load);
+        for (k, v) in other.tally {
+            *self.tally.entry(k).or_default() += v;
+        }
+    }
+}
+
+/// The data plane's own time for a request, ms (`Server-Timing: app;dur=`).
+pub fn server_timing_ms(headers: &reqwest::header::HeaderMap) -> anyhow::Result<f64> {
+    headers
+        .get("server-timing")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split("dur=").nth(1))
+        .and_then(|v| v.split([';', ',']).next())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .context("no Server-Timing app;dur")
+}

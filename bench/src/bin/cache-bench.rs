@@ -34,7 +34,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
-use harness::{Dataplane, Setup, cpu_ticks, load, peak_rss_kib, percentile};
+use harness::{
+    Dataplane, LoadRun, Setup, cpu_ticks, load, peak_rss_kib, percentile, server_timing_ms,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -75,38 +77,6 @@ const VARIANTS: [Variant; 4] = [
 
 fn doc_id(i: usize) -> String {
     format!("d{i:05}")
-}
-
-#[derive(Default)]
-struct Run {
-    count: usize,
-    elapsed: Duration,
-    /// Client-side latency, ms.
-    client: Vec<f64>,
-    /// `Server-Timing: app;dur=`, ms.
-    server: Vec<f64>,
-    cpu_ticks: u64,
-    load: f64,
-    /// Document lookups by (level, outcome), from `/metrics`.
-    lookups: BTreeMap<String, f64>,
-}
-
-impl Run {
-    fn rate(&self) -> f64 {
-        self.count as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn merge(&mut self, other: Run) {
-        self.count += other.count;
-        self.elapsed += other.elapsed;
-        self.client.extend(other.client);
-        self.server.extend(other.server);
-        self.cpu_ticks += other.cpu_ticks;
-        self.load = self.load.max(other.load);
-        for (k, v) in other.lookups {
-            *self.lookups.entry(k).or_default() += v;
-        }
-    }
 }
 
 struct Target {
@@ -151,14 +121,7 @@ async fn document_lookups(
 async fn get_once(http: &reqwest::Client, url: &str, auth: &str) -> anyhow::Result<f64> {
     let r = http.get(url).header("authorization", auth).send().await?;
     let status = r.status();
-    let server = r
-        .headers()
-        .get("server-timing")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split("dur=").nth(1))
-        .and_then(|v| v.split([';', ',']).next())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .context("no Server-Timing app;dur")?;
+    let server = server_timing_ms(r.headers())?;
     let body = r.bytes().await?;
     anyhow::ensure!(
         status.as_u16() == 200,
@@ -194,7 +157,7 @@ async fn drive(
     concurrency: usize,
     time: Duration,
     seed: u64,
-) -> anyhow::Result<Run> {
+) -> anyhow::Result<LoadRun> {
     let before_lookups = document_lookups(http, &target.dataplane.root).await?;
     let pid = target.dataplane.pid.to_string();
     let load = load();
@@ -218,9 +181,9 @@ async fn drive(
             Ok::<_, anyhow::Error>((client, server))
         }));
     }
-    let mut run = Run {
+    let mut run = LoadRun {
         load,
-        ..Run::default()
+        ..LoadRun::default()
     };
     for w in workers {
         let (client, server) = w.await??;
@@ -233,7 +196,7 @@ async fn drive(
     let after = document_lookups(http, &target.dataplane.root).await?;
     for (k, v) in after {
         let d = v - before_lookups.get(&k).copied().unwrap_or(0.0);
-        run.lookups.insert(k, d);
+        run.tally.insert(k, d);
     }
     Ok(run)
 }
@@ -341,7 +304,7 @@ async fn run(setup: Setup, seconds: u64, concurrency: usize) -> anyhow::Result<(
     println!("loaded {DOCS} documents");
 
     let half = Duration::from_secs(seconds).max(Duration::from_secs(2)) / 2;
-    let mut runs: Vec<Run> = VARIANTS.iter().map(|_| Run::default()).collect();
+    let mut runs: Vec<LoadRun> = VARIANTS.iter().map(|_| LoadRun::default()).collect();
     for round in 0..2u64 {
         for (i, (target, v)) in targets.iter().zip(&VARIANTS).enumerate() {
             warm(&http, target, &auth, concurrency).await?;
@@ -358,7 +321,7 @@ async fn run(setup: Setup, seconds: u64, concurrency: usize) -> anyhow::Result<(
                 "round {round}: {}: {:.0} req/s, lookups {:?}",
                 v.label,
                 run.rate(),
-                run.lookups
+                run.tally
             );
             runs[i].merge(run);
         }
@@ -382,7 +345,7 @@ async fn run(setup: Setup, seconds: u64, concurrency: usize) -> anyhow::Result<(
         let s50 = percentile(&mut run.server, 0.5);
         let s99 = percentile(&mut run.server, 0.99);
         let lookups: Vec<String> = run
-            .lookups
+            .tally
             .iter()
             .filter(|(_, n)| **n > 0.0)
             .map(|(k, n)| format!("{k}: {n:.0}"))

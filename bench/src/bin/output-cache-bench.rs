@@ -40,7 +40,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use harness::{Dataplane, Setup, cpu_ticks, load, peak_rss_kib, percentile};
+use harness::{
+    Dataplane, LoadRun, Setup, cpu_ticks, load, peak_rss_kib, percentile, server_timing_ms,
+};
 use serde_json::{Value, json};
 use sqlx::postgres::PgPoolOptions;
 use strata_operator::placement::TenantNames;
@@ -73,36 +75,6 @@ const VARIANTS: [Variant; 3] = [
     },
 ];
 
-#[derive(Default)]
-struct Run {
-    count: usize,
-    elapsed: Duration,
-    client: Vec<f64>,
-    server: Vec<f64>,
-    cpu_ticks: u64,
-    load: f64,
-    /// Answers by `Cache-Status` (`-` when absent).
-    statuses: BTreeMap<String, usize>,
-}
-
-impl Run {
-    fn rate(&self) -> f64 {
-        self.count as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn merge(&mut self, other: Run) {
-        self.count += other.count;
-        self.elapsed += other.elapsed;
-        self.client.extend(other.client);
-        self.server.extend(other.server);
-        self.cpu_ticks += other.cpu_ticks;
-        self.load = self.load.max(other.load);
-        for (k, v) in other.statuses {
-            *self.statuses.entry(k).or_default() += v;
-        }
-    }
-}
-
 /// One GET: the server's time (ms) and the `Cache-Status`.
 async fn get_once(http: &reqwest::Client, url: &str, auth: &str) -> anyhow::Result<(f64, String)> {
     let r = http.get(url).header("authorization", auth).send().await?;
@@ -113,12 +85,7 @@ async fn get_once(http: &reqwest::Client, url: &str, auth: &str) -> anyhow::Resu
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    let server = header("server-timing")
-        .as_deref()
-        .and_then(|v| v.split("dur=").nth(1))
-        .and_then(|v| v.split([';', ',']).next())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .context("no Server-Timing app;dur")?;
+    let server = server_timing_ms(r.headers())?;
     let cache = header("cache-status").unwrap_or_else(|| "-".into());
     let body = r.bytes().await?;
     anyhow::ensure!(
@@ -136,7 +103,7 @@ async fn drive(
     auth: &str,
     concurrency: usize,
     time: Duration,
-) -> anyhow::Result<Run> {
+) -> anyhow::Result<LoadRun> {
     // Warm: connections, and the entry where there is a cache.
     for _ in 0..concurrency {
         get_once(http, url, auth).await?;
@@ -151,20 +118,20 @@ async fn drive(
         let (http, url, auth) = (http.clone(), url.to_string(), auth.to_string());
         workers.push(tokio::spawn(async move {
             let (mut client, mut server) = (Vec::new(), Vec::new());
-            let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
+            let mut statuses: BTreeMap<String, f64> = BTreeMap::new();
             while Instant::now() < deadline {
                 let t = Instant::now();
                 let (s, cache) = get_once(&http, &url, &auth).await?;
                 client.push(t.elapsed().as_secs_f64() * 1000.0);
                 server.push(s);
-                *statuses.entry(cache).or_default() += 1;
+                *statuses.entry(cache).or_default() += 1.0;
             }
             Ok::<_, anyhow::Error>((client, server, statuses))
         }));
     }
-    let mut run = Run {
+    let mut run = LoadRun {
         load,
-        ..Run::default()
+        ..LoadRun::default()
     };
     for w in workers {
         let (client, server, statuses) = w.await??;
@@ -172,7 +139,7 @@ async fn drive(
         run.client.extend(client);
         run.server.extend(server);
         for (k, v) in statuses {
-            *run.statuses.entry(k).or_default() += v;
+            *run.tally.entry(k).or_default() += v;
         }
     }
     run.elapsed = started.elapsed();
@@ -275,7 +242,7 @@ async fn run(setup: Setup, seconds: u64, concurrency: usize) -> anyhow::Result<(
     println!("loaded {DOCS} documents");
 
     let half = Duration::from_secs(seconds).max(Duration::from_secs(2)) / 2;
-    let mut runs: Vec<Run> = VARIANTS.iter().map(|_| Run::default()).collect();
+    let mut runs: Vec<LoadRun> = VARIANTS.iter().map(|_| LoadRun::default()).collect();
     for _round in 0..2 {
         for (i, (dataplane, v)) in dataplanes.iter().zip(&VARIANTS).enumerate() {
             let url = format!(
@@ -283,7 +250,7 @@ async fn run(setup: Setup, seconds: u64, concurrency: usize) -> anyhow::Result<(
                 dataplane.root
             );
             let run = drive(&http, dataplane, &url, &auth, concurrency, half).await?;
-            eprintln!("{}: {:.0} req/s {:?}", v.label, run.rate(), run.statuses);
+            eprintln!("{}: {:.0} req/s {:?}", v.label, run.rate(), run.tally);
             runs[i].merge(run);
         }
     }
@@ -306,9 +273,9 @@ async fn run(setup: Setup, seconds: u64, concurrency: usize) -> anyhow::Result<(
         let s50 = percentile(&mut run.server, 0.5);
         let s99 = percentile(&mut run.server, 0.99);
         let statuses: Vec<String> = run
-            .statuses
+            .tally
             .iter()
-            .map(|(k, n)| format!("{k}: {n}"))
+            .map(|(k, n)| format!("{k}: {n:.0}"))
             .collect();
         println!(
             "| {} | {rate:.0} | {:.2} | {c50:.2} | {c99:.2} | {s50:.3} | {s99:.3} | {cpu_ms:.3} | {} | {:.1} MiB | {:.1} |",
