@@ -34,6 +34,30 @@ async fn replica(redis: &PrivateRedis) -> HybridCache {
     cache
 }
 
+/// The real router on a two-level cache over a private Redis (both live
+/// as long as this value).
+struct CachedServer {
+    state: strata_dataplane::app::AppState,
+    api: Client,
+    _server: Server,
+    _redis: PrivateRedis,
+}
+
+impl CachedServer {
+    async fn start(catalog_url: &str) -> Self {
+        let redis = PrivateRedis::start().await;
+        let mut state = app_state(catalog_url);
+        state.tenancy = state.tenancy.clone().with_cache(replica(&redis).await);
+        let server = Server::start(state.clone(), 1 << 20).await;
+        Self {
+            api: Client::new(&server.base),
+            state,
+            _server: server,
+            _redis: redis,
+        }
+    }
+}
+
 #[tokio::test]
 async fn bucket_rules_follow_the_operators_event_on_every_replica() {
     with_tenants(
@@ -161,12 +185,9 @@ async fn vector_search_answers_are_cached_until_a_write_changes_them() {
         "catalog-cache",
         &["ccv"],
         |catalog_url, _catalog, tenants| async move {
-            let redis = PrivateRedis::start().await;
             let tenant = &tenants[0];
-            let mut state = app_state(&catalog_url);
-            state.tenancy = state.tenancy.clone().with_cache(replica(&redis).await);
-            let server = Server::start(state.clone(), 1 << 20).await;
-            let api = Client::new(&server.base);
+            let cached = CachedServer::start(&catalog_url).await;
+            let (state, api) = (&cached.state, cached.api.clone());
             let owner = api.accept_invitation(tenant).await;
             let t = format!("/v1/tenants/{}", tenant.name);
             let made = api
@@ -262,12 +283,9 @@ async fn collection_rows_are_cached_for_reads_and_dropped_by_collection_events()
         "catalog-cache",
         &["ccc"],
         |catalog_url, _catalog, tenants| async move {
-            let redis = PrivateRedis::start().await;
             let tenant = &tenants[0];
-            let mut state = app_state(&catalog_url);
-            state.tenancy = state.tenancy.clone().with_cache(replica(&redis).await);
-            let server = Server::start(state.clone(), 1 << 20).await;
-            let api = Client::new(&server.base);
+            let cached = CachedServer::start(&catalog_url).await;
+            let (state, api) = (&cached.state, cached.api.clone());
             let owner = api.accept_invitation(tenant).await;
             let c = format!("/v1/tenants/{}/collections/books", tenant.name);
             let made = api
