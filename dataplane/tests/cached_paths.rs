@@ -4,7 +4,8 @@
 //! one private Redis) — bucket rules dropped everywhere by the operator's
 //! `bucket.configured` event, tenant entries (which no event announces) by
 //! their TTL — and vector search answers through the real router, dropped
-//! by the writes that change them. Needs `source .stack/env`.
+//! by the writes that change them; object rows for HEAD and 304 answers.
+//! Needs `source .stack/env`.
 
 mod storage_support;
 mod support;
@@ -17,7 +18,7 @@ use strata_dataplane::cache::{CacheSettings, HybridCache};
 use strata_dataplane::storage::buckets::BucketResolver;
 use strata_dataplane::tenancy::catalog::TenantResolver;
 use strata_tests::process::PrivateRedis;
-use support::{Client, Server, app_state, with_tenants};
+use support::{Body, Client, Server, app_state, with_tenants};
 
 async fn replica(redis: &PrivateRedis) -> HybridCache {
     let client = redis::Client::open(redis.url.as_str()).expect("url");
@@ -45,8 +46,11 @@ struct CachedServer {
 
 impl CachedServer {
     async fn start(catalog_url: &str) -> Self {
+        Self::start_with(app_state(catalog_url)).await
+    }
+
+    async fn start_with(mut state: strata_dataplane::app::AppState) -> Self {
         let redis = PrivateRedis::start().await;
-        let mut state = app_state(catalog_url);
         state.tenancy = state.tenancy.clone().with_cache(replica(&redis).await);
         let server = Server::start(state.clone(), 1 << 20).await;
         Self {
@@ -330,6 +334,103 @@ async fn collection_rows_are_cached_for_reads_and_dropped_by_collection_events()
                 .await;
             assert_eq!(patched.status, 200, "{}", patched.text);
             assert_eq!(version(api.clone(), owner.clone(), c.clone()).await, 41);
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn object_rows_answer_head_and_304_from_the_cache_and_bodies_from_the_database() {
+    with_tenants(
+        "catalog-cache",
+        &["cco"],
+        |catalog_url, catalog, tenants| async move {
+            let tenant = &tenants[0];
+            let store = storage_support::backend(storage_support::Store::Fs).await;
+            let state = storage_support::app_state(
+                &catalog_url,
+                store.backend.clone(),
+                None,
+                storage_support::settings(),
+            );
+            let cached = CachedServer::start_with(state).await;
+            let (state, api) = (&cached.state, cached.api.clone());
+            storage_support::create_bucket(&catalog, tenant.id, "files", json!({})).await;
+            let owner = api.accept_invitation(tenant).await;
+            let path = format!(
+                "/v1/tenants/{}/buckets/files/objects/notes/a.txt",
+                tenant.name
+            );
+            let send = |method: &'static str,
+                        body: Option<&'static [u8]>,
+                        headers: Vec<(&'static str, String)>| {
+                let (api, owner, path) = (api.clone(), owner.clone(), path.clone());
+                async move {
+                    let body = match body {
+                        Some(bytes) => Body::Raw(Some("text/plain"), bytes.to_vec()),
+                        None => Body::None,
+                    };
+                    let headers: Vec<(&str, &str)> =
+                        headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+                    api.send(method, &path, Some(&owner), body, &headers).await
+                }
+            };
+            let etag = |reply: &support::Reply| reply.header("etag").expect("etag").to_string();
+
+            let put = send("PUT", Some(b"one"), vec![]).await;
+            assert_eq!(put.status, 201, "{}", put.text);
+            let first = etag(&put);
+            let head = send("HEAD", None, vec![]).await;
+            assert_eq!((head.status, etag(&head)), (200, first.clone()));
+
+            // A change behind the API's back (no event, no invalidation).
+            let info = state
+                .tenancy
+                .resolve(&tenant.name)
+                .await
+                .expect("resolve")
+                .expect("tenant");
+            let pool = state.tenancy.pools.pool(&info).expect("pool");
+            sqlx::query("UPDATE objects SET etag = 'changed-behind' WHERE key = 'notes/a.txt'")
+                .execute(&pool)
+                .await
+                .expect("update behind the API");
+            // HEAD and a 304 come from the cached row…
+            let head = send("HEAD", None, vec![]).await;
+            assert_eq!(etag(&head), first, "HEAD served from the cache");
+            let revalidated = send("GET", None, vec![("if-none-match", first.clone())]).await;
+            assert_eq!(revalidated.status, 304, "304 from the cached row");
+            assert_eq!(etag(&revalidated), first);
+            // …a body never: it is read with the row the database has now.
+            let body = send("GET", None, vec![]).await;
+            assert_eq!((body.status, body.text.as_str()), (200, "one"));
+            assert_ne!(etag(&body), first, "the body's row comes from the database");
+
+            // A write through the API drops the row before it is acknowledged.
+            let put = send("PUT", Some(b"two"), vec![]).await;
+            assert_eq!(put.status, 200, "{}", put.text);
+            let second = etag(&put);
+            let head = send("HEAD", None, vec![]).await;
+            assert_eq!((head.status, etag(&head)), (200, second.clone()));
+            assert_eq!(head.header("content-length"), Some("3"));
+            let stale = send("GET", None, vec![("if-none-match", first.clone())]).await;
+            assert_eq!((stale.status, stale.text.as_str()), (200, "two"));
+            let fresh = send("GET", None, vec![("if-none-match", second.clone())]).await;
+            assert_eq!(fresh.status, 304);
+
+            // So does a deletion; a missing object is never cached.
+            let deleted = send("DELETE", None, vec![]).await;
+            assert_eq!(deleted.status, 204, "{}", deleted.text);
+            assert_eq!(send("HEAD", None, vec![]).await.status, 404);
+            assert_eq!(
+                send("GET", None, vec![("if-none-match", second)])
+                    .await
+                    .status,
+                404
+            );
+            let put = send("PUT", Some(b"three"), vec![]).await;
+            assert_eq!(put.status, 201, "{}", put.text);
+            assert_eq!(etag(&send("HEAD", None, vec![]).await), etag(&put));
         },
     )
     .await;

@@ -168,6 +168,17 @@ pub fn document_tags(tenant: Uuid, collection: &str, id: &str) -> Vec<Tag> {
     ]
 }
 
+/// The tags a cached object row carries (by bucket name, as the
+/// `object.*` events name it; the key's bucket id tells incarnations of a
+/// name apart).
+pub fn object_tags(tenant: Uuid, bucket: &str, key: &str) -> Vec<Tag> {
+    vec![
+        Tag::whole_tenant(tenant),
+        Tag::tenant(tenant, "bucket", [bucket]),
+        Tag::tenant(tenant, "object", [bucket, key]),
+    ]
+}
+
 /// The tags a cached API-key row carries.
 pub fn api_key_tags(tenant: Uuid, key_id: &str) -> Vec<Tag> {
     vec![
@@ -211,6 +222,24 @@ mod tests {
         assert!(!api_key_tags(T, "fedcba9876543210").contains(&revoked[0]));
         let demoted = tags_for_event(T, "member.updated", "ada", &json!({"to": "viewer"}));
         assert!(api_key_tags(T, "fedcba9876543210").contains(&demoted[0]));
+    }
+
+    #[test]
+    fn an_object_change_drops_that_object_only() {
+        for kind in ["object.created", "object.replaced", "object.deleted"] {
+            let tags = tags_for_event(
+                T,
+                kind,
+                "b-id/photos/cat.png",
+                &json!({"bucket": "media", "key": "photos/cat.png", "size": 3}),
+            );
+            assert!(object_tags(T, "media", "photos/cat.png").contains(&tags[0]));
+            assert!(!object_tags(T, "media", "photos/dog.png").contains(&tags[0]));
+            assert!(!object_tags(T, "other", "photos/cat.png").contains(&tags[0]));
+        }
+        // A bucket's new rules (or its deletion) drop its objects' rows.
+        let configured = tags_for_event(T, "bucket.configured", "b", &json!({"bucket": "media"}));
+        assert!(object_tags(T, "media", "photos/cat.png").contains(&configured[0]));
     }
 
     #[test]

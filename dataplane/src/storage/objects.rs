@@ -8,7 +8,7 @@
 //! is deleted after the commit; a crash in between leaves it to the
 //! sweeper, never a row without its bytes.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -26,6 +26,7 @@ use super::quota::Reservation;
 use super::store::{self, BlobRef, NewObject, ObjectRow};
 use super::upload::{self, IngestRequest};
 use super::{MAX_USER_METADATA_BYTES, META_PREFIX};
+use crate::cache::{CacheKey, EntryOptions, HybridCache, invalidation};
 use crate::http::pagination::{CursorCodec, PageLimits, Position, QueryFingerprint, next_link};
 use crate::http::preconditions::{self, Requirement};
 use crate::http::problem::{ApiError, kind};
@@ -528,31 +529,91 @@ pub async fn copy(
     }
 }
 
+/// Object rows in the cache: a HEAD, or a conditional GET that ends in
+/// 304, needs only the row; 30 s in L1, dropped on every replica by the
+/// object's events (see cache::invalidation).
+const OBJECT_CACHE: EntryOptions =
+    EntryOptions::new(Duration::from_secs(30), Duration::from_secs(300));
+
 /// GET or HEAD.
+///
+/// HEAD and 304 answers come from the cached row. A body never does: the
+/// row names the blobs, and a cached row can be a version that a write on
+/// another replica has just replaced and whose blobs it has deleted
+/// (within the invalidation delay); streaming those would fail after the
+/// 200 has left. So a body reads the row from the database, as writes do.
 pub async fn read(
     state: &StorageState,
+    cache: &HybridCache,
     access: Access,
     key: ObjectKey,
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
+    // Only these headers can make a GET a 304.
+    let may_not_modify = headers.contains_key(header::IF_NONE_MATCH)
+        || headers.contains_key(header::IF_MODIFIED_SINCE);
+    if cache.is_enabled() && (method == Method::HEAD || may_not_modify) {
+        let row = cached_row(cache, &access, &key).await?;
+        if method == Method::HEAD {
+            return answer(state, &access, &row, method, headers);
+        }
+        if let Err(ApiError::NotModified { .. }) = check_preconditions(method, headers, Some(&row))
+        {
+            return answer(state, &access, &row, method, headers);
+        }
+    }
     let row = {
         let mut conn = access.pool.acquire().await?;
         store::get(&mut conn, access.bucket.id, key.as_str(), false).await?
     }
     .ok_or(ApiError::NotFound)?;
-    match check_preconditions(method, headers, Some(&row)) {
+    answer(state, &access, &row, method, headers)
+}
+
+/// The row of `key` through the cache; a missing object is never cached.
+async fn cached_row(
+    cache: &HybridCache,
+    access: &Access,
+    key: &ObjectKey,
+) -> Result<ObjectRow, ApiError> {
+    let tenant = access.tenant.id;
+    let bucket = &access.bucket;
+    let cache_key = CacheKey::tenant(tenant, "object")
+        .id(bucket.id.to_string())
+        .id(key.as_str())
+        .build();
+    let tags = invalidation::object_tags(tenant, &bucket.name, key.as_str());
+    cache
+        .get_or_create(&cache_key, &tags, OBJECT_CACHE, || async {
+            let mut conn = access.pool.acquire().await?;
+            store::get(&mut conn, bucket.id, key.as_str(), false)
+                .await?
+                .ok_or(ApiError::NotFound)
+        })
+        .await
+}
+
+/// The answer to a GET or HEAD of `row`, after its preconditions.
+fn answer(
+    state: &StorageState,
+    access: &Access,
+    row: &ObjectRow,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    match check_preconditions(method, headers, Some(row)) {
         Ok(()) => {}
         Err(ApiError::NotModified { .. }) => {
             // 304 carries the headers a 200 would (RFC 9110 §15.4.5).
             let mut response = StatusCode::NOT_MODIFIED.into_response();
-            super::serving::not_modified_headers(response.headers_mut(), &row, headers);
+            super::serving::not_modified_headers(response.headers_mut(), row, headers);
             response.headers_mut().remove(header::CONTENT_TYPE);
             return Ok(response);
         }
         Err(error) => return Err(error),
     }
-    super::serving::respond(state.backend.clone(), &access.bucket, &row, method, headers)
+    super::serving::respond(state.backend.clone(), &access.bucket, row, method, headers)
 }
 
 /// DELETE.

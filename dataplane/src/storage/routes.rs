@@ -321,7 +321,15 @@ async fn get_object(
         Action::Read,
     )
     .await?;
-    objects::read(&state.storage, access, key, &method, &headers).await
+    objects::read(
+        &state.storage,
+        &state.tenancy.cache,
+        access,
+        key,
+        &method,
+        &headers,
+    )
+    .await
 }
 
 /// HEAD is served by [`get_object`] (axum routes HEAD to GET handlers);

@@ -21,8 +21,9 @@ pub struct BlobRef {
     pub size: i64,
 }
 
-/// An object row.
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// An object row (kept by the cache for HEAD and 304 answers: see
+/// `objects::read`).
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, Deserialize)]
 pub struct ObjectRow {
     pub key: String,
     pub version_id: Uuid,
