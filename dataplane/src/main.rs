@@ -12,6 +12,13 @@ use strata_dataplane::http::auth::{Authenticator, JwtVerifier};
 use strata_dataplane::tenancy::Tenancy;
 use strata_servicekit::shutdown_signal;
 
+/// mimalloc rather than glibc's malloc: a request allocates and frees many
+/// small buffers across the worker threads, and glibc's arenas cost about a
+/// quarter of the data plane's CPU on a cached GET (bench/README.md,
+/// "Document GET with the two-level cache").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();

@@ -333,3 +333,98 @@ async fn revalidated_entries_see_an_invalidation_on_the_very_next_read() {
         );
     }
 }
+
+#[tokio::test]
+async fn batched_revalidations_still_see_an_invalidation_on_the_very_next_read() {
+    let redis = PrivateRedis::start().await;
+    let a = replica(&redis).await;
+    let b = replica(&redis).await;
+    let tenant = Uuid::new_v4();
+    let key = CacheKey::tenant(tenant, "api-key")
+        .id("fedcba9876543210")
+        .build();
+    let tags = [Tag::tenant(tenant, "api-key", ["fedcba9876543210"])];
+    let strict = LONG.revalidated();
+    // The "database": its version, which a factory reads when it runs.
+    let db = Arc::new(AtomicUsize::new(0));
+    let read_db = |db: &Arc<AtomicUsize>| {
+        let db = db.clone();
+        move || async move { Ok::<_, Failed>(format!("v{}", db.load(Ordering::SeqCst))) }
+    };
+    b.get_or_create(&key, &tags, strict, read_db(&db))
+        .await
+        .expect("value");
+
+    // 32 tasks keep B revalidating (and, after each change, refilling) the
+    // key, so batches and flights are in progress when A invalidates.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for _ in 0..32 {
+        let (b, key, tags, db, stop, reads) = (
+            b.clone(),
+            key.clone(),
+            tags.clone(),
+            db.clone(),
+            stop.clone(),
+            reads.clone(),
+        );
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                b.get_or_create(&key, &tags, strict, read_db(&db))
+                    .await
+                    .expect("value");
+                reads.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let mget_calls = || async {
+        let mut conn = redis::Client::open(redis.url.as_str())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await
+            .expect("info");
+        info.lines()
+            .find_map(|line| line.strip_prefix("cmdstat_mget:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse::<usize>().expect("calls"))
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (mgets_before, reads_before) = (mget_calls().await, reads.load(Ordering::Relaxed));
+    for round in 1..=100 {
+        // Two changes back to back: after the first, the load refills the
+        // key (flights reading Redis and the database) while the second
+        // commits and its invalidation is acknowledged…
+        db.store(2 * round - 1, Ordering::SeqCst);
+        a.invalidate_tag(&tags[0]).await;
+        tokio::time::sleep(Duration::from_micros(200)).await;
+        db.store(2 * round, Ordering::SeqCst);
+        a.invalidate_tag(&tags[0]).await;
+        // …so the next read must see the second: not from L1, not from a
+        // batch or a flight that read Redis or the database before it.
+        let seen = b
+            .get_or_create(&key, &tags, strict, read_db(&db))
+            .await
+            .expect("value");
+        assert_eq!(seen, format!("v{}", 2 * round), "round {round}");
+    }
+    let (mgets, done) = (
+        mget_calls().await - mgets_before,
+        reads.load(Ordering::Relaxed) - reads_before,
+    );
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.expect("load task");
+    }
+    // Round trips are shared: far fewer MGETs than revalidated reads.
+    assert!(done > 1000, "only {done} reads under load");
+    assert!(
+        mgets * 4 < done,
+        "{mgets} MGETs for {done} revalidated reads: not batched"
+    );
+}

@@ -14,6 +14,12 @@
 //!   generations) as they arrive. While the subscription is down, L1 is
 //!   cleared and bypassed: a replica that cannot hear invalidations serves
 //!   nothing from memory, so nothing stale outlives its TTL.
+//! - **Revalidated entries** (API keys, private output-cache answers)
+//!   check their tags' generations in Redis on every L1 hit. Checks share
+//!   round trips ([`revalidation`]): those that arrive while one `MGET` is
+//!   in flight go together in the next, which leaves after all of them
+//!   arrived, so each still reads generations at least as new as any bump
+//!   acknowledged before it arrived.
 //! - **Redis down**: every call has a short timeout and a failure opens a
 //!   circuit for a few seconds; reads then go to the factory (the database)
 //!   and requests keep working. Entries made with `serve_stale_for` are
@@ -24,6 +30,7 @@
 
 pub mod invalidation;
 pub mod key;
+mod revalidation;
 mod subscriber;
 
 use std::any::Any;
@@ -183,6 +190,9 @@ impl Breaker {
 
 type AnyValue = Arc<dyn Any + Send + Sync>;
 
+/// What a flight made: the value and its tags' generations.
+type Made = (AnyValue, Vec<(Tag, u64)>);
+
 /// An L2 read: the encoded value, and the generation of each tag.
 type L2Reply = (Option<Vec<u8>>, Vec<Option<u64>>);
 
@@ -277,13 +287,16 @@ struct Shared {
     invalidate_script: redis::Script,
     /// Tag → generation, as last seen (Redis, or our own bumps).
     generations: Mutex<HashMap<Tag, u64>>,
-    /// Key → the one computation in flight for it.
-    flights: Mutex<HashMap<String, Arc<OnceCell<AnyValue>>>>,
+    /// Key → the one computation in flight for it (its value, and the
+    /// generations of its tags it was made with).
+    flights: Mutex<HashMap<String, Arc<OnceCell<Made>>>>,
     /// Bumped whenever invalidations may have been missed (subscription
     /// lost or re-made): entries of an older epoch are never served.
     epoch: AtomicU64,
     /// With Redis, L1 serves only while the subscription is up.
     l1_usable: AtomicBool,
+    /// The queue of generation checks (started on first use, in a runtime).
+    revalidations: std::sync::OnceLock<revalidation::Queue>,
     metrics: Metrics,
 }
 
@@ -365,6 +378,7 @@ impl HybridCache {
                 epoch: AtomicU64::new(0),
                 // Without Redis there is no one to hear from: L1 is safe.
                 l1_usable: AtomicBool::new(!has_redis),
+                revalidations: std::sync::OnceLock::new(),
                 metrics,
             }),
         }
@@ -427,10 +441,27 @@ impl HybridCache {
                 .or_insert_with(|| Arc::new(OnceCell::new()))
                 .clone()
         };
-        let result = cell
-            .get_or_try_init(|| self.fill::<T, E, F, Fut>(key, tags, options, factory))
+        let mut factory = Some(factory);
+        let mut led = false;
+        let mut result = cell
+            .get_or_try_init(|| {
+                led = true;
+                let factory = factory.take().expect("called once");
+                self.fill::<T, E, F, Fut>(key, tags, options, factory)
+            })
             .await
             .cloned();
+        // A flight this caller joined may have read before a bump that was
+        // acknowledged before this caller arrived; a revalidated entry must
+        // not be taken from it unchecked (a revoked key would pass once).
+        if options.revalidate
+            && !led
+            && let Ok((_, made_with)) = &result
+            && !self.flight_current(made_with).await
+            && let Some(factory) = factory.take()
+        {
+            result = self.fill::<T, E, F, Fut>(key, tags, options, factory).await;
+        }
         {
             let mut flights = shared.flights.lock().unwrap_or_else(|e| e.into_inner());
             let flight = flight_key::<T>(key);
@@ -442,7 +473,7 @@ impl HybridCache {
             }
         }
         match result {
-            Ok(value) => value
+            Ok((value, _)) => value
                 .downcast_ref::<T>()
                 .cloned()
                 .ok_or_else(|| E::from(CacheError::TypeMismatch(key.kind()))),
@@ -466,7 +497,7 @@ impl HybridCache {
         tags: &[Tag],
         options: EntryOptions,
         factory: F,
-    ) -> Result<AnyValue, E>
+    ) -> Result<Made, E>
     where
         T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         F: FnOnce() -> Fut,
@@ -481,8 +512,15 @@ impl HybridCache {
         if let Some((value, weight)) = from_l2 {
             shared.metrics.lookup("l2", kind, true);
             let value: AnyValue = Arc::new(value);
-            self.l1_insert(key, value.clone(), weight, generations, options, epoch);
-            return Ok(value);
+            self.l1_insert(
+                key,
+                value.clone(),
+                weight,
+                generations.clone(),
+                options,
+                epoch,
+            );
+            return Ok((value, generations));
         }
         if shared.redis.is_some() {
             shared.metrics.lookup("l2", kind, false);
@@ -504,12 +542,19 @@ impl HybridCache {
             Ok(bytes) if bytes.len() <= shared.settings.max_value_bytes => {
                 let weight = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
                 self.l2_write(key, bytes, options.l2_ttl).await;
-                self.l1_insert(key, value.clone(), weight, generations, options, epoch);
+                self.l1_insert(
+                    key,
+                    value.clone(),
+                    weight,
+                    generations.clone(),
+                    options,
+                    epoch,
+                );
             }
             Ok(_) => {} // too large to cache: served, not kept
             Err(error) => tracing::warn!(%error, kind, "cache: value not encodable"),
         }
-        Ok(value)
+        Ok((value, generations))
     }
 
     fn l1_lookup<T: Clone + 'static>(&self, key: &CacheKey) -> L1Lookup<T> {
@@ -552,15 +597,16 @@ impl HybridCache {
         if made_with.is_empty() {
             return true;
         }
+        if self.redis().is_none() {
+            return false; // the circuit is open
+        }
         let tags: Vec<Tag> = made_with.iter().map(|(tag, _)| tag.clone()).collect();
-        let Some(mut redis) = self.redis() else {
-            return false;
-        };
         let keys: Vec<String> = tags.iter().map(Tag::generation_key).collect();
-        let fetched: Option<Vec<Option<u64>>> = self
-            .redis_call(async { redis::cmd("MGET").arg(&keys).query_async(&mut redis).await })
-            .await;
-        let Some(fetched) = fetched else {
+        let queue = self
+            .shared
+            .revalidations
+            .get_or_init(|| revalidation::Queue::start(Arc::downgrade(&self.shared)));
+        let Some(fetched) = queue.generations(keys).await else {
             return false;
         };
         let current: Vec<(Tag, u64)> = tags
@@ -570,6 +616,17 @@ impl HybridCache {
             .collect();
         self.learn_generations(&current);
         current == made_with
+    }
+
+    /// Whether a joined flight's value is still current for this caller:
+    /// checked in Redis (read after this caller arrived), or, without
+    /// Redis, against this process's own bumps (the only ones there are).
+    async fn flight_current(&self, made_with: &[(Tag, u64)]) -> bool {
+        if self.shared.redis.is_none() {
+            self.generations_current(made_with)
+        } else {
+            self.revalidate(made_with).await
+        }
     }
 
     fn generations_current(&self, tags: &[(Tag, u64)]) -> bool {

@@ -11,13 +11,14 @@ use std::net::IpAddr;
 use axum::http::HeaderMap;
 use ipnet::IpNet;
 
-/// Trusted reverse proxies (CIDR ranges), from configuration.
+/// Trusted reverse proxies (CIDR ranges), from configuration; shared, as
+/// part of the state every request clones.
 #[derive(Clone, Debug, Default)]
-pub struct TrustedProxies(Vec<IpNet>);
+pub struct TrustedProxies(std::sync::Arc<[IpNet]>);
 
 impl TrustedProxies {
     pub fn new(ranges: Vec<IpNet>) -> Self {
-        Self(ranges)
+        Self(ranges.into())
     }
 
     fn trusts(&self, ip: IpAddr) -> bool {

@@ -119,7 +119,8 @@ pub struct Position<K> {
 #[derive(Clone)]
 pub struct CursorCodec {
     /// The first key signs; all verify (rotation).
-    keys: Vec<Vec<u8>>,
+    /// Shared: the codec is part of the state every request clones.
+    keys: std::sync::Arc<[Vec<u8>]>,
 }
 
 impl std::fmt::Debug for CursorCodec {
@@ -154,7 +155,7 @@ impl CursorCodec {
         if keys.iter().any(|k| k.len() < MIN_KEY_LEN) {
             return Err(CursorKeyError::TooShort);
         }
-        Ok(Self { keys })
+        Ok(Self { keys: keys.into() })
     }
 
     fn mac(key: &[u8], fingerprint: &QueryFingerprint, payload: &[u8]) -> HmacSha256 {
