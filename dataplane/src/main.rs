@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use prometheus_client::registry::Registry;
 use sqlx::postgres::PgPoolOptions;
-use strata_dataplane::app::{AppState, router};
+use strata_dataplane::app::{AppState, Services, router};
 use strata_dataplane::config::{Command, Config};
 use strata_dataplane::http::HttpContext;
 use strata_dataplane::http::auth::{Authenticator, JwtVerifier};
@@ -126,13 +126,13 @@ async fn main() -> anyhow::Result<()> {
         .spawn();
         tracing::info!("outbox dispatcher running");
     }
-    let state = AppState {
+    let state = AppState::from(Services {
         catalog,
         redis,
         http,
         tenancy,
         storage,
-    };
+    });
     // Sweeper (orphaned blobs, expired reservations) and lifecycle rules.
     strata_dataplane::storage::sweeper::spawn_workers(state.clone());
     let app = router(state, registry, config.max_body_bytes);

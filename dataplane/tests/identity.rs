@@ -14,7 +14,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use strata_dataplane::app::{AppState, api_router};
+use strata_dataplane::app::{AppState, Services, api_router};
 use strata_dataplane::http::HttpContext;
 use strata_dataplane::http::auth::{Authenticator, JwtSettings, JwtVerifier};
 use strata_dataplane::http::pagination::CursorCodec;
@@ -71,7 +71,7 @@ fn app(catalog_url: &str) -> (Router, Tenancy) {
         ..JwtSettings::default()
     })
     .expect("jwt");
-    let state = AppState {
+    let state = AppState::from(Services {
         catalog: catalog.clone(),
         redis: None,
         http: HttpContext {
@@ -81,7 +81,7 @@ fn app(catalog_url: &str) -> (Router, Tenancy) {
         },
         storage: strata_dataplane::storage::StorageState::unconfigured(catalog.clone()),
         tenancy: tenancy.clone(),
-    };
+    });
     let routes = Router::new()
         .merge(strata_dataplane::identity::routes())
         .route("/v1/tenants/{tenant}/probe-write", get(probe_write))

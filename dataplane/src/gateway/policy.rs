@@ -652,13 +652,13 @@ mod tests {
             crate::tenancy::TenancySettings::new(sqlx::postgres::PgConnectOptions::new()),
         );
         router(
-            AppState {
+            AppState::from(crate::app::Services {
                 storage: crate::storage::StorageState::unconfigured(catalog.clone()),
                 catalog,
                 redis: None,
                 http,
                 tenancy,
-            },
+            }),
             Arc::new(Registry::default()),
             1024,
         )

@@ -595,7 +595,7 @@ mod tests {
         let catalog = sqlx::postgres::PgPoolOptions::new()
             .connect_lazy("postgres://nobody@127.0.0.1:1/none")
             .expect("lazy pool");
-        let state = crate::app::AppState {
+        let state = crate::app::AppState::from(crate::app::Services {
             catalog: catalog.clone(),
             redis: None,
             http: crate::http::HttpContext {
@@ -609,7 +609,7 @@ mod tests {
                 catalog,
                 crate::tenancy::TenancySettings::new(sqlx::postgres::PgConnectOptions::new()),
             ),
-        };
+        });
         crate::app::router(state, Default::default(), 1 << 20)
     }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::postgres::PgPoolOptions;
-use strata_dataplane::app::{AppState, router};
+use strata_dataplane::app::{AppState, Services, router};
 use strata_dataplane::http::HttpContext;
 use strata_dataplane::http::auth::{Authenticator, JwtSettings, JwtVerifier};
 use strata_dataplane::http::pagination::CursorCodec;
@@ -123,7 +123,7 @@ pub fn app_state(catalog_url: &str) -> AppState {
         ..JwtSettings::default()
     })
     .expect("jwt");
-    AppState {
+    AppState::from(Services {
         catalog: catalog.clone(),
         redis: None,
         http: HttpContext {
@@ -135,7 +135,7 @@ pub fn app_state(catalog_url: &str) -> AppState {
         },
         storage: strata_dataplane::storage::StorageState::unconfigured(catalog.clone()),
         tenancy,
-    }
+    })
 }
 
 /// The real router served on 127.0.0.1 on a port of the kernel's choice;
