@@ -23,6 +23,9 @@ async fn dataplane(catalog_url: &str, redis_url: &str) -> (Running, Client) {
         .env("STRATA_DATAPLANE_ADDR", format!("127.0.0.1:{port}"))
         .env("STRATA_TENANT_CACHE_TTL_MS", "200")
         .env("STRATA_REDIS_URL", redis_url)
+        // The default 50 ms lets a loaded CI machine trip the circuit and
+        // turn an expected hit into a miss; this test is about coherence.
+        .env("STRATA_CACHE_REDIS_TIMEOUT_MS", "1000")
         .env("STRATA_RATE_LIMIT_CREDENTIAL_RPS", "0")
         .env("STRATA_RATE_LIMIT_TENANT_RPS", "0")
         .env("STRATA_RATE_LIMIT_ANONYMOUS_RPS", "0")
