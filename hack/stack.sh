@@ -162,6 +162,26 @@ write_env() {
 	mv "$tmp" "$ENV_FILE"
 }
 
+# prebuild_controlplane SERVICE...: on a first run (Garage not built yet),
+# start the control plane's Go build in the background, so that it overlaps
+# Garage's Rust build: each leaves a core idle for long stretches (single
+# crates, links). build.sh serialises on a lock, so kube's own call waits for
+# this build instead of starting another. STRATA_PREBUILD_NODE=1 (CI) builds
+# the e2e node's programs after it.
+prebuild_controlplane() {
+	local s want=0
+	for s in "$@"; do [[ $s == kube ]] && want=1; done
+	((want)) && [[ -f $CP_LIB ]] && ! [[ -x $GARAGE_BIN ]] || return 0
+	have go || return 0
+	log "kube: building the control plane in the background while Garage builds (log: $STACK/controlplane-build.log)"
+	(
+		"$ROOT/hack/controlplane/build.sh" controlplane >/dev/null
+		if [[ ${STRATA_PREBUILD_NODE:-} == 1 ]]; then
+			"$ROOT/hack/controlplane/build.sh" node >/dev/null
+		fi
+	) </dev/null >"$STACK/controlplane-build.log" 2>&1 9>&- &
+}
+
 cmd_up() {
 	local start=$SECONDS svc
 	local -a svcs
@@ -170,6 +190,7 @@ cmd_up() {
 	mkdir -p "$STACK" "$STRATA_CACHE"
 	# postgres' unprivileged user must be able to enter .stack.
 	chmod 755 "$STACK"
+	prebuild_controlplane "${svcs[@]}"
 	for svc in "${svcs[@]}"; do
 		service_call "$svc" up
 	done

@@ -57,6 +57,14 @@ if ! command -v go >/dev/null 2>&1; then
 fi
 
 mkdir -p "$out_dir"
+# One build per binary at a time: `stack.sh up` may have started this very
+# build in the background (to overlap it with Garage's); wait for it.
+exec 9>"$out_dir/.$name.lock"
+flock 9
+if [[ -x "$bin" ]]; then
+  echo "$bin"
+  exit 0
+fi
 tmp="$out_dir/.$name.tmp.$$"
 trap 'rm -f "$tmp"' EXIT
 
