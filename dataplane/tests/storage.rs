@@ -189,6 +189,12 @@ async fn object_api(store: Store) {
         assert_eq!(got.status, 200);
         assert_eq!(got.body, body);
 
+        // A length past i64::MAX is too large (never a negative quota reservation).
+        let reply = raw(&server.base, &format!(
+            "PUT {} HTTP/1.1\r\nAuthorization: Bearer {admin_a}\r\nContent-Type: text/plain\r\nContent-Length: 9223372036854775808",
+            at("huge.txt")), b"x").await;
+        assert_eq!(reply.status, 413, "{}", String::from_utf8_lossy(&reply.body));
+
         // Copy inside the store.
         let copied = client.send("PUT", &at("copies/hello.txt"), Some(&admin_a), Body::None,
             &[("x-strata-copy-source", "photos/docs/hello.txt")]).await;

@@ -277,15 +277,13 @@ pub async fn upload_part(
         lock_upload(&mut conn, bucket.id, upload_id, false).await?
     };
     let content_type = ContentType::parse(Some(&upload_row.content_type))?;
-    let declared_len = headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let declared_len = super::objects::declared_length(headers)?;
     let max_size = bucket.max_object_size.map(|m| m.max(0) as u64);
     let mut reservation = Reservation::take(
         &access.pool,
         &bucket,
-        declared_len.map(|l| l as i64).unwrap_or(0),
+        // In i64 range: checked by declared_length.
+        declared_len.map_or(0, |l| l as i64),
         0,
         state.settings.lease,
     )

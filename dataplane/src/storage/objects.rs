@@ -113,13 +113,20 @@ pub fn write_meta(headers: &HeaderMap) -> Result<WriteMeta, ApiError> {
     })
 }
 
-fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+/// The declared body length. Quotas reserve it as a signed byte count, and
+/// a length past `i64::MAX` would wrap into a negative reservation (quota
+/// handed back, usage driven down), so it is refused as too large.
+pub(super) fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     header_str(headers, "content-length")?
         .map(|v| {
-            v.trim().parse::<u64>().map_err(|_| {
+            let len = v.trim().parse::<u64>().map_err(|_| {
                 ApiError::invalid_parameter("header", "content-length", "not a number")
                     .with_kind(kind::INVALID_HEADER)
-            })
+            })?;
+            if i64::try_from(len).is_err() {
+                return Err(ApiError::PayloadTooLarge { limit: None });
+            }
+            Ok(len)
         })
         .transpose()
 }
@@ -295,7 +302,8 @@ pub async fn put(
     };
     check_preconditions(method, headers, existing.as_ref())?;
     let objects = i64::from(existing.is_none());
-    let bytes = declared_len.map(|l| l as i64).unwrap_or(0);
+    // In i64 range: checked by declared_length.
+    let bytes = declared_len.map_or(0, |l| l as i64);
     let blob = bucket.new_object_blob();
     let mut reservation = Reservation::take_with_intent(
         &access.pool,
@@ -852,6 +860,21 @@ mod tests {
         assert_eq!(successor("a/").as_deref(), Some("a0"));
         assert_eq!(successor("ab").as_deref(), Some("ac"));
         assert_eq!(successor(""), None);
+    }
+
+    #[test]
+    fn a_length_past_i64_is_too_large_not_a_negative_reservation() {
+        let length = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("content-length", HeaderValue::from_static(value));
+            declared_length(&headers)
+        };
+        assert_eq!(length("9223372036854775807").ok(), Some(Some(i64::MAX as u64)));
+        for huge in ["9223372036854775808", "18446744073709551615"] {
+            assert!(matches!(length(huge), Err(ApiError::PayloadTooLarge { limit: None })));
+        }
+        assert!(length("-1").is_err());
+        assert_eq!(declared_length(&HeaderMap::new()).ok(), Some(None));
     }
 
     #[test]
