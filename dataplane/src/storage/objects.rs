@@ -869,9 +869,15 @@ mod tests {
             headers.insert("content-length", HeaderValue::from_static(value));
             declared_length(&headers)
         };
-        assert_eq!(length("9223372036854775807").ok(), Some(Some(i64::MAX as u64)));
+        assert_eq!(
+            length("9223372036854775807").ok(),
+            Some(Some(i64::MAX as u64))
+        );
         for huge in ["9223372036854775808", "18446744073709551615"] {
-            assert!(matches!(length(huge), Err(ApiError::PayloadTooLarge { limit: None })));
+            assert!(matches!(
+                length(huge),
+                Err(ApiError::PayloadTooLarge { limit: None })
+            ));
         }
         assert!(length("-1").is_err());
         assert_eq!(declared_length(&HeaderMap::new()).ok(), Some(None));
