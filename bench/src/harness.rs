@@ -1,4 +1,4 @@
-//! Shared by `storage-bench` and `cache-bench` (included with `#[path]`):
+//! Shared by the benchmarks in `src/bin` (included with `#[path]`):
 //! one tenant provisioned in a catalog of its own, release data plane
 //! processes on that catalog, latency percentiles, `/proc` readings, and
 //! the cleanup that leaves nothing behind (also on failure and Ctrl-C).
@@ -186,6 +186,61 @@ pub async fn accept_invite(
         .as_str()
         .context("no key in the invitation answer")?;
     Ok(format!("Bearer {key}"))
+}
+
+/// Creates the collection `docs` through the API (`base` is the tenant's
+/// URL), then loads `documents` (id, data) straight into the tenant
+/// database as the data plane role, 1,000 rows a statement: the load is
+/// not what is measured.
+pub async fn load_docs_collection(
+    http: &reqwest::Client,
+    base: &str,
+    auth: &str,
+    setup: &Setup,
+    documents: Vec<(String, Value)>,
+) -> anyhow::Result<()> {
+    let created = http
+        .post(format!("{base}/collections"))
+        .header("authorization", auth)
+        .json(&json!({"name": "docs"}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        created.status().as_u16() == 201,
+        "create collection: {}",
+        created.status()
+    );
+    let names = TenantNames::for_tenant(setup.tenant);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&with_database(
+            &env("STRATA_DATAPLANE_DATABASE_URL"),
+            names.database.as_str(),
+        ))
+        .await
+        .context("tenant database")?;
+    let collection = strata_dataplane::documents::store::get_collection(&pool, "docs")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?
+        .id;
+    let count = documents.len();
+    for chunk in documents.chunks(1000) {
+        let (ids, data): (Vec<&str>, Vec<&Value>) =
+            chunk.iter().map(|(id, data)| (id.as_str(), data)).unzip();
+        sqlx::query(
+            "INSERT INTO documents (collection_id, id, data) \
+             SELECT $1, u.id, u.data FROM unnest($2::text[], $3::jsonb[]) AS u(id, data)",
+        )
+        .bind(collection)
+        .bind(&ids)
+        .bind(&data)
+        .execute(&pool)
+        .await?;
+    }
+    sqlx::query("ANALYZE documents").execute(&pool).await.ok();
+    pool.close().await;
+    println!("loaded {count} documents");
+    Ok(())
 }
 
 /// Peak resident set (`VmHWM`) of `pid`, KiB.

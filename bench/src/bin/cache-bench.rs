@@ -32,17 +32,13 @@ mod harness;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use futures::StreamExt as _;
 use harness::{
     Dataplane, LoadRun, Setup, cpu_ticks, load, peak_rss_kib, percentile, server_timing_ms,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{Value, json};
-use sqlx::postgres::PgPoolOptions;
-use strata_operator::placement::TenantNames;
-use strata_tests::{env, with_database};
+use serde_json::json;
 
 const DOCS: usize = 10_000;
 
@@ -248,60 +244,20 @@ async fn run(setup: Setup, seconds: u64, concurrency: usize) -> anyhow::Result<(
         targets[0].dataplane.root, setup.tenant_name
     );
     let auth = harness::accept_invite(&http, &base, &setup.invite).await?;
-    let r = http
-        .post(format!("{base}/collections"))
-        .header("authorization", &auth)
-        .json(&json!({"name": "docs"}))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        r.status().as_u16() == 201,
-        "create collection: {}",
-        r.status()
-    );
-
-    // The documents, loaded directly as the data plane role.
-    let names = TenantNames::for_tenant(setup.tenant);
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&with_database(
-            &env("STRATA_DATAPLANE_DATABASE_URL"),
-            names.database.as_str(),
-        ))
-        .await
-        .context("tenant database")?;
-    let collection = strata_dataplane::documents::store::get_collection(&pool, "docs")
-        .await
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?
-        .id;
     let mut rng = StdRng::seed_from_u64(7);
-    for chunk in (0..DOCS).collect::<Vec<_>>().chunks(1000) {
-        let ids: Vec<String> = chunk.iter().map(|i| doc_id(*i)).collect();
-        let data: Vec<Value> = chunk
-            .iter()
-            .map(|_| {
-                json!({
-                    "category": format!("c{}", rng.random_range(0..10)),
-                    "price": rng.random_range(0..100_000),
-                    "title": format!("item {}", rng.random_range(0..1_000_000)),
-                    "tags": ["bench", "cache"],
-                    "in_stock": rng.random_bool(0.5),
-                })
-            })
-            .collect();
-        sqlx::query(
-            "INSERT INTO documents (collection_id, id, data) \
-             SELECT $1, u.id, u.data FROM unnest($2::text[], $3::jsonb[]) AS u(id, data)",
-        )
-        .bind(collection)
-        .bind(&ids)
-        .bind(&data)
-        .execute(&pool)
-        .await?;
-    }
-    sqlx::query("ANALYZE documents").execute(&pool).await.ok();
-    pool.close().await;
-    println!("loaded {DOCS} documents");
+    let documents = (0..DOCS)
+        .map(|i| {
+            let data = json!({
+                "category": format!("c{}", rng.random_range(0..10)),
+                "price": rng.random_range(0..100_000),
+                "title": format!("item {}", rng.random_range(0..1_000_000)),
+                "tags": ["bench", "cache"],
+                "in_stock": rng.random_bool(0.5),
+            });
+            (doc_id(i), data)
+        })
+        .collect();
+    harness::load_docs_collection(&http, &base, &auth, &setup, documents).await?;
 
     let half = Duration::from_secs(seconds).max(Duration::from_secs(2)) / 2;
     let mut runs: Vec<LoadRun> = VARIANTS.iter().map(|_| LoadRun::default()).collect();

@@ -39,14 +39,10 @@ mod harness;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use harness::{
     Dataplane, LoadRun, Setup, cpu_ticks, load, peak_rss_kib, percentile, server_timing_ms,
 };
-use serde_json::{Value, json};
-use sqlx::postgres::PgPoolOptions;
-use strata_operator::placement::TenantNames;
-use strata_tests::{env, with_database};
+use serde_json::json;
 
 const DOCS: usize = 2_000;
 const PAGE: &str = "limit=50";
@@ -189,57 +185,19 @@ async fn run(setup: Setup, seconds: u64, concurrency: usize) -> anyhow::Result<(
     let tenant_path = format!("/v1/tenants/{}", setup.tenant_name);
     let base = format!("{}{tenant_path}", dataplanes[0].root);
     let auth = harness::accept_invite(&http, &base, &setup.invite).await?;
-    let r = http
-        .post(format!("{base}/collections"))
-        .header("authorization", &auth)
-        .json(&json!({"name": "docs"}))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        r.status().as_u16() == 201,
-        "create collection: {}",
-        r.status()
-    );
-
-    // The documents, loaded directly as the data plane role (the load is
-    // not what is measured).
-    let names = TenantNames::for_tenant(setup.tenant);
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&with_database(
-            &env("STRATA_DATAPLANE_DATABASE_URL"),
-            names.database.as_str(),
-        ))
-        .await
-        .context("tenant database")?;
-    let collection = strata_dataplane::documents::store::get_collection(&pool, "docs")
-        .await
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?
-        .id;
-    let ids: Vec<String> = (0..DOCS).map(|i| format!("d{i:05}")).collect();
-    let data: Vec<Value> = (0..DOCS)
+    let documents = (0..DOCS)
         .map(|i| {
-            json!({
+            let data = json!({
                 "category": format!("c{}", i % 10),
                 "price": (i * 7919) % 100_000,
                 "title": format!("item {i}"),
                 "tags": ["bench", "cache"],
                 "in_stock": i % 2 == 0,
-            })
+            });
+            (format!("d{i:05}"), data)
         })
         .collect();
-    sqlx::query(
-        "INSERT INTO documents (collection_id, id, data) \
-         SELECT $1, u.id, u.data FROM unnest($2::text[], $3::jsonb[]) AS u(id, data)",
-    )
-    .bind(collection)
-    .bind(&ids)
-    .bind(&data)
-    .execute(&pool)
-    .await?;
-    sqlx::query("ANALYZE documents").execute(&pool).await.ok();
-    pool.close().await;
-    println!("loaded {DOCS} documents");
+    harness::load_docs_collection(&http, &base, &auth, &setup, documents).await?;
 
     let half = Duration::from_secs(seconds).max(Duration::from_secs(2)) / 2;
     let mut runs: Vec<LoadRun> = VARIANTS.iter().map(|_| LoadRun::default()).collect();
