@@ -512,14 +512,7 @@ impl HybridCache {
         if let Some((value, weight)) = from_l2 {
             shared.metrics.lookup("l2", kind, true);
             let value: AnyValue = Arc::new(value);
-            self.l1_insert(
-                key,
-                value.clone(),
-                weight,
-                generations.clone(),
-                options,
-                epoch,
-            );
+            self.l1_insert(key, value.clone(), weight, &generations, options, epoch);
             return Ok((value, generations));
         }
         if shared.redis.is_some() {
@@ -542,14 +535,7 @@ impl HybridCache {
             Ok(bytes) if bytes.len() <= shared.settings.max_value_bytes => {
                 let weight = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
                 self.l2_write(key, bytes, options.l2_ttl).await;
-                self.l1_insert(
-                    key,
-                    value.clone(),
-                    weight,
-                    generations.clone(),
-                    options,
-                    epoch,
-                );
+                self.l1_insert(key, value.clone(), weight, &generations, options, epoch);
             }
             Ok(_) => {} // too large to cache: served, not kept
             Err(error) => tracing::warn!(%error, kind, "cache: value not encodable"),
@@ -646,7 +632,7 @@ impl HybridCache {
         key: &CacheKey,
         value: AnyValue,
         weight: u32,
-        tags: Vec<(Tag, u64)>,
+        tags: &[(Tag, u64)],
         options: EntryOptions,
         epoch: u64,
     ) {
@@ -661,7 +647,7 @@ impl HybridCache {
             Arc::new(L1Entry {
                 value,
                 weight,
-                tags,
+                tags: tags.to_vec(),
                 fresh_until,
                 stale_until: fresh_until + options.serve_stale_for,
                 epoch,

@@ -57,42 +57,41 @@ async fn run(shared: Weak<Shared>, mut queue: mpsc::UnboundedReceiver<Check>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let cache = HybridCache { shared };
-        let mut position: HashMap<&str, usize> = HashMap::new();
-        let mut keys: Vec<&str> = Vec::new();
-        for check in &batch {
-            for key in &check.keys {
-                position.entry(key.as_str()).or_insert_with(|| {
-                    keys.push(key.as_str());
-                    keys.len() - 1
-                });
-            }
-        }
-        let fetched: Option<Vec<Option<u64>>> = match cache.redis() {
-            Some(mut redis) => {
-                cache
-                    .redis_call(async {
-                        redis::cmd("MGET").arg(&keys).query_async(&mut redis).await
-                    })
-                    .await
-            }
-            None => None,
-        };
-        let answers: Vec<Option<Vec<Option<u64>>>> = batch
-            .iter()
-            .map(|check| {
-                let values = fetched.as_ref()?;
-                check
-                    .keys
-                    .iter()
-                    .map(|key| values.get(position[key.as_str()]).copied())
-                    .collect()
-            })
-            .collect();
-        drop(position);
-        drop(keys);
+        let answers = answer(&HybridCache { shared }, &batch).await;
         for (check, answer) in batch.drain(..).zip(answers) {
             let _ = check.reply.send(answer);
         }
     }
+}
+
+/// One `MGET` of the union of the batch's keys; each check's values in its
+/// own order (`None` for every check when Redis did not answer).
+async fn answer(cache: &HybridCache, batch: &[Check]) -> Vec<Option<Vec<Option<u64>>>> {
+    let mut position: HashMap<&str, usize> = HashMap::new();
+    let mut keys: Vec<&str> = Vec::new();
+    for key in batch.iter().flat_map(|check| &check.keys) {
+        position.entry(key.as_str()).or_insert_with(|| {
+            keys.push(key.as_str());
+            keys.len() - 1
+        });
+    }
+    let fetched: Option<Vec<Option<u64>>> = match cache.redis() {
+        Some(mut redis) => {
+            cache
+                .redis_call(async { redis::cmd("MGET").arg(&keys).query_async(&mut redis).await })
+                .await
+        }
+        None => None,
+    };
+    batch
+        .iter()
+        .map(|check| {
+            let values = fetched.as_ref()?;
+            check
+                .keys
+                .iter()
+                .map(|key| values.get(position[key.as_str()]).copied())
+                .collect()
+        })
+        .collect()
 }
