@@ -253,13 +253,7 @@ async fn vector_search_answers_are_cached_until_a_write_changes_them() {
 
             // A change behind the API's back (no event, no invalidation): the
             // cached answers stay — this is what shows they are cached.
-            let info = state
-                .tenancy
-                .resolve(&tenant.name)
-                .await
-                .expect("resolve")
-                .expect("tenant");
-            let pool = state.tenancy.pools.pool(&info).expect("pool");
+            let pool = state.tenancy.open(&tenant.name).await.expect("tenant").pool;
             sqlx::query("DELETE FROM embeddings WHERE id = 'a'")
                 .execute(&pool)
                 .await
@@ -309,13 +303,7 @@ async fn collection_rows_are_cached_for_reads_and_dropped_by_collection_events()
             assert_eq!(version(api.clone(), owner.clone(), c.clone()).await, 1);
 
             // Behind the API's back: reads keep the cached row.
-            let info = state
-                .tenancy
-                .resolve(&tenant.name)
-                .await
-                .expect("resolve")
-                .expect("tenant");
-            let pool = state.tenancy.pools.pool(&info).expect("pool");
+            let pool = state.tenancy.open(&tenant.name).await.expect("tenant").pool;
             sqlx::query("UPDATE collections SET version = 40 WHERE name = 'books'")
                 .execute(&pool)
                 .await
@@ -384,13 +372,7 @@ async fn object_rows_answer_head_and_304_from_the_cache_and_bodies_from_the_data
             assert_eq!((head.status, etag(&head)), (200, first.clone()));
 
             // A change behind the API's back (no event, no invalidation).
-            let info = state
-                .tenancy
-                .resolve(&tenant.name)
-                .await
-                .expect("resolve")
-                .expect("tenant");
-            let pool = state.tenancy.pools.pool(&info).expect("pool");
+            let pool = state.tenancy.open(&tenant.name).await.expect("tenant").pool;
             sqlx::query("UPDATE objects SET etag = 'changed-behind' WHERE key = 'notes/a.txt'")
                 .execute(&pool)
                 .await

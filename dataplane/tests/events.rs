@@ -455,13 +455,7 @@ async fn a_redis_outage_retries_then_dead_letters_and_replays() {
             let api = Client::new(&server.base);
             let owner = api.accept_invitation(tenant).await;
             let t = format!("/v1/tenants/{}", tenant.name);
-            let info = state
-                .tenancy
-                .resolve(&tenant.name)
-                .await
-                .expect("resolve")
-                .expect("tenant");
-            let pool = state.tenancy.pools.pool(&info).expect("pool");
+            let pool = state.tenancy.open(&tenant.name).await.expect("tenant").pool;
             // The dispatcher's Redis is a private server the test kills.
             let mut private = strata_tests::process::PrivateRedis::start().await;
             let client = redis::Client::open(private.url.as_str()).expect("client");

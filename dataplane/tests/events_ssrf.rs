@@ -58,8 +58,7 @@ async fn non_public_targets_are_refused() {
         // registered). http is allowed here so only the address decides.
         let receiver = Receiver::start().await;
         let port = receiver.url.rsplit(':').next().expect("port").trim_end_matches("/hook").to_string();
-        let info = state.tenancy.resolve(&tenant.name).await.expect("resolve").expect("tenant");
-        let pool = state.tenancy.pools.pool(&info).expect("pool");
+        let pool = state.tenancy.open(&tenant.name).await.expect("tenant").pool;
         for url in [format!("http://localhost:{port}/hook"), format!("http://127.0.0.1:{port}/hook")] {
             sqlx::query("INSERT INTO webhook_endpoints (url, secret) VALUES ($1, 'whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=')")
                 .bind(url)

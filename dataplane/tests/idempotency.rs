@@ -68,8 +68,7 @@ async fn retries_are_safe() {
         let listed = api.get(&docs, &owner).await;
         assert_eq!(listed.json["items"].as_array().expect("items").len(), 1, "{}", listed.text);
         // The outbox has exactly one document.created.
-        let info = state.tenancy.resolve(&tenant.name).await.expect("resolve").expect("tenant");
-        let pool = state.tenancy.pools.pool(&info).expect("pool");
+        let pool = state.tenancy.open(&tenant.name).await.expect("tenant").pool;
         let events: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE topic = 'document.created'")
             .fetch_one(&pool)
             .await
@@ -384,13 +383,7 @@ async fn storage_posts_take_keys() {
             assert_eq!(rotated.status, 200, "{}", rotated.text);
             let again = post(&api, &rotate, &owner, "rot-1", serde_json::Value::Null).await;
             assert_eq!(again.text, rotated.text);
-            let info = state
-                .tenancy
-                .resolve(&tenant.name)
-                .await
-                .expect("resolve")
-                .expect("tenant");
-            let pool = state.tenancy.pools.pool(&info).expect("pool");
+            let pool = state.tenancy.open(&tenant.name).await.expect("tenant").pool;
             let active: i64 = sqlx::query_scalar("SELECT count(*) FROM signing_keys")
                 .fetch_one(&pool)
                 .await
