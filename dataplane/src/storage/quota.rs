@@ -103,6 +103,15 @@ struct Change {
 }
 
 impl Change {
+    /// Reserved bytes and objects only.
+    fn reserved(bytes: i64, objects: i64) -> Self {
+        Self {
+            reserved_bytes: bytes,
+            reserved_objects: objects,
+            ..Self::default()
+        }
+    }
+
     fn inverse(self) -> Self {
         Self {
             bytes: -self.bytes,
@@ -254,26 +263,6 @@ pub fn check_fits(
     Ok(())
 }
 
-async fn add_reserved(
-    conn: &mut PgConnection,
-    bucket_id: Uuid,
-    bytes: i64,
-    objects: i64,
-) -> Result<(), ApiError> {
-    sqlx::query(
-        "UPDATE bucket_usage
-            SET reserved_bytes = reserved_bytes + $2, reserved_objects = reserved_objects + $3,
-                updated_at = now()
-          WHERE bucket_id = ANY($1)",
-    )
-    .bind(vec![TENANT_ROW, bucket_id])
-    .bind(bytes)
-    .bind(objects)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
 fn lease_secs(lease: Duration) -> f64 {
     lease.as_secs_f64().max(1.0)
 }
@@ -333,11 +322,7 @@ impl Reservation {
         .bind(lease_secs(lease))
         .execute(&mut *tx)
         .await?;
-        let change = Change {
-            reserved_bytes: bytes,
-            reserved_objects: objects,
-            ..Change::default()
-        };
+        let change = Change::reserved(bytes, objects);
         let check = Check {
             more_bytes: bytes,
             more_objects: objects,
@@ -346,7 +331,7 @@ impl Reservation {
         if !try_apply(&mut tx, bucket, change, check).await? {
             let (tenant, row) = lock_usage(&mut tx, bucket.id).await?;
             check_fits(bucket, &tenant, &row, bytes, objects)?;
-            add_reserved(&mut tx, bucket.id, bytes, objects).await?;
+            apply_locked(&mut tx, bucket.id, change).await?;
         }
         tx.commit().await?;
         Ok(Self {
@@ -383,7 +368,7 @@ impl Reservation {
             check_fits(bucket, &tenant, &row, more, 0)?;
             more
         };
-        add_reserved(&mut tx, bucket.id, step, 0).await?;
+        apply_locked(&mut tx, bucket.id, Change::reserved(step, 0)).await?;
         sqlx::query(
             "UPDATE reservations SET bytes = bytes + $3,
                     expires_at = now() + make_interval(secs => $4)
@@ -519,7 +504,7 @@ pub async fn release(pool: &PgPool, bucket_id: Uuid, id: Uuid) -> Result<(), Api
     .fetch_optional(&mut *tx)
     .await?;
     if let Some((bytes, objects)) = gone {
-        add_reserved(&mut tx, bucket_id, -bytes, -objects).await?;
+        apply_locked(&mut tx, bucket_id, Change::reserved(-bytes, -objects)).await?;
     }
     tx.commit().await?;
     Ok(())
