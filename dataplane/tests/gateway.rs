@@ -408,6 +408,45 @@ async fn with_redis_a_revoked_cached_key_is_refused_at_once_by_the_other_process
     .await;
 }
 
+/// An output-cache hit revalidates two things against Redis, the API
+/// key's row and the entry; both generations travel in one read
+/// (`cache::Prefetched`), not two in sequence.
+#[tokio::test]
+async fn a_cached_answer_costs_one_redis_read_for_the_key_and_the_entry() {
+    with_tenants(
+        "gateway",
+        &["oneread"],
+        |catalog_url, _catalog, tenants| async move {
+            let tenant = &tenants[0];
+            let ((a_proc, a), (b_proc, b)) = cached_pair(&catalog_url).await;
+            let owner = a.accept_invitation(tenant).await;
+            let viewer = a.new_key(&tenant.name, &owner, "viewer").await;
+            let doc =
+                collection_with_document(&a, tenant, &owner, "one", "d1", json!({"v": 1})).await;
+            // B caches the key row and the answer.
+            for _ in 0..2 {
+                assert_eq!(b.get(&doc, &viewer).await.status, 200);
+            }
+            let reads = "strata_cache_revalidation_reads_total";
+            let before = metric(&b, reads, &[]).await;
+            for n in 0..10 {
+                let reply = b.get(&doc, &viewer).await;
+                assert_eq!(reply.status, 200, "{}", reply.text);
+                assert_eq!(
+                    reply.header("cache-status"),
+                    Some("strata; hit"),
+                    "request {n}"
+                );
+            }
+            let after = metric(&b, reads, &[]).await;
+            assert_eq!(after - before, 10.0, "one Redis read per request");
+            a_proc.terminate(Duration::from_secs(20)).await;
+            b_proc.terminate(Duration::from_secs(20)).await;
+        },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_write_on_one_process_is_read_on_the_other_within_100_ms() {
     with_tenants(

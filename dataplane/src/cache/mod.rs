@@ -40,6 +40,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt as _;
+use futures::future::{self, BoxFuture};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -152,6 +154,24 @@ impl EntryOptions {
     }
 }
 
+/// Tags with their generations, as read from Redis.
+type Generations = Arc<Vec<(Tag, u64)>>;
+
+/// One read of some tags' generations, shared by the revalidated lookups of
+/// one request: the output cache knows, before it authenticates, the tags
+/// of the API key's row and of the entry it will serve, so both checks
+/// travel in one `MGET` instead of two in sequence.
+///
+/// The read starts when the first lookup awaits it, so it leaves after the
+/// request arrived: what an own read guarantees ("a bump acknowledged
+/// before the request is seen") holds. It belongs to one request and is
+/// never reused by another.
+#[derive(Clone)]
+pub struct Prefetched {
+    tags: Arc<[Tag]>,
+    read: future::Shared<BoxFuture<'static, Option<Generations>>>,
+}
+
 /// A circuit breaker for Redis: after a failure, calls are skipped until
 /// the cooldown is over, so an outage costs one timeout, not one per call.
 pub struct Breaker {
@@ -223,6 +243,7 @@ struct Metrics {
     factory_seconds: Family<KindLabels, Histogram>,
     evictions: Counter,
     invalidations_received: Counter,
+    revalidation_reads: Counter,
     l1_bytes: Gauge,
 }
 
@@ -235,6 +256,7 @@ impl Metrics {
             }),
             evictions: Counter::default(),
             invalidations_received: Counter::default(),
+            revalidation_reads: Counter::default(),
             l1_bytes: Gauge::default(),
         };
         if let Some(registry) = registry {
@@ -258,6 +280,11 @@ impl Metrics {
                 "invalidations_received",
                 "Invalidation messages received from other replicas",
                 metrics.invalidations_received.clone(),
+            );
+            registry.register(
+                "revalidation_reads",
+                "Redis reads (one MGET each) that revalidated L1 hits; one serves every check queued while the previous one was in flight",
+                metrics.revalidation_reads.clone(),
             );
             registry.register(
                 "l1_bytes",
@@ -416,6 +443,27 @@ impl HybridCache {
         E: From<CacheError>,
         Fut: Future<Output = Result<T, E>>,
     {
+        self.get_or_create_prefetched(key, tags, options, None, factory)
+            .await
+    }
+
+    /// [`Self::get_or_create`], where a revalidated L1 hit whose tags are
+    /// all in `prefetched` is checked against that read instead of a read
+    /// of its own (see [`Prefetched`]).
+    pub async fn get_or_create_prefetched<T, E, F, Fut>(
+        &self,
+        key: &CacheKey,
+        tags: &[Tag],
+        options: EntryOptions,
+        prefetched: Option<&Prefetched>,
+        factory: F,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        E: From<CacheError>,
+        Fut: Future<Output = Result<T, E>>,
+    {
         let shared = &self.shared;
         if !shared.settings.enabled {
             return factory().await;
@@ -423,7 +471,7 @@ impl HybridCache {
         let kind = key.kind();
         let stale = match self.l1_lookup::<T>(key) {
             L1Lookup::Fresh(value, made_with)
-                if !options.revalidate || self.revalidate(&made_with).await =>
+                if !options.revalidate || self.revalidate_with(&made_with, prefetched).await =>
             {
                 shared.metrics.lookup("l1", kind, true);
                 return Ok(value);
@@ -577,31 +625,80 @@ impl HybridCache {
     /// Redis cannot answer, and always false without Redis: another replica
     /// may have changed the value and nothing would tell this one.
     async fn revalidate(&self, made_with: &[(Tag, u64)]) -> bool {
+        self.revalidate_with(made_with, None).await
+    }
+
+    /// [`Self::revalidate`], answered from `prefetched` when it holds every
+    /// tag of the entry (its read, like a read of our own, left after the
+    /// request arrived).
+    async fn revalidate_with(
+        &self,
+        made_with: &[(Tag, u64)],
+        prefetched: Option<&Prefetched>,
+    ) -> bool {
         if self.shared.redis.is_none() {
             return false;
         }
         if made_with.is_empty() {
             return true;
         }
-        if self.redis().is_none() {
-            return false; // the circuit is open
-        }
-        let tags: Vec<Tag> = made_with.iter().map(|(tag, _)| tag.clone()).collect();
+        let current = match prefetched {
+            Some(prefetched)
+                if made_with
+                    .iter()
+                    .all(|(tag, _)| prefetched.tags.contains(tag)) =>
+            {
+                prefetched.read.clone().await
+            }
+            _ => {
+                let tags: Vec<Tag> = made_with.iter().map(|(tag, _)| tag.clone()).collect();
+                self.read_generations(tags).await.map(Arc::new)
+            }
+        };
+        let Some(current) = current else {
+            return false;
+        };
+        made_with
+            .iter()
+            .all(|made| current.iter().any(|now| now == made))
+    }
+
+    /// The current generations of `tags`, read from Redis after this call
+    /// (batched, see [`revalidation`]) and learnt; `None` when Redis cannot
+    /// answer (or the circuit is open).
+    async fn read_generations(&self, tags: Vec<Tag>) -> Option<Vec<(Tag, u64)>> {
+        self.redis()?;
         let keys: Vec<String> = tags.iter().map(Tag::generation_key).collect();
         let queue = self
             .shared
             .revalidations
             .get_or_init(|| revalidation::Queue::start(Arc::downgrade(&self.shared)));
-        let Some(fetched) = queue.generations(keys).await else {
-            return false;
-        };
+        let fetched = queue.generations(keys).await?;
         let current: Vec<(Tag, u64)> = tags
-            .iter()
-            .cloned()
+            .into_iter()
             .zip(fetched.into_iter().map(Option::unwrap_or_default))
             .collect();
         self.learn_generations(&current);
-        current == made_with
+        Some(current)
+    }
+
+    /// Starts one read of the current generations of `tags`, for the
+    /// revalidated lookups a request is about to make (see [`Prefetched`]);
+    /// `None` when nothing would be revalidated (cache off, no Redis).
+    pub fn prefetch_generations(&self, tags: Vec<Tag>) -> Option<Prefetched> {
+        if !self.shared.settings.enabled || self.shared.redis.is_none() || tags.is_empty() {
+            return None;
+        }
+        let tags: Arc<[Tag]> = tags.into();
+        let cache = self.clone();
+        let read = {
+            let tags = tags.clone();
+            async move { cache.read_generations(tags.to_vec()).await.map(Arc::new) }
+        };
+        Some(Prefetched {
+            tags,
+            read: read.boxed().shared(),
+        })
     }
 
     /// Whether a joined flight's value is still current for this caller:

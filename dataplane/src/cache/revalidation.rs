@@ -77,6 +77,7 @@ async fn answer(cache: &HybridCache, batch: &[Check]) -> Vec<Option<Vec<Option<u
     }
     let fetched: Option<Vec<Option<u64>>> = match cache.redis() {
         Some(mut redis) => {
+            cache.shared.metrics.revalidation_reads.inc();
             cache
                 .redis_call(async { redis::cmd("MGET").arg(&keys).query_async(&mut redis).await })
                 .await

@@ -25,7 +25,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::ts;
-use crate::cache::{CacheKey, EntryOptions, HybridCache, invalidation};
+use crate::cache::{CacheKey, EntryOptions, HybridCache, Prefetched, invalidation};
 use crate::events::{self, Event, types};
 use crate::http::HttpContext;
 use crate::http::auth::{
@@ -95,11 +95,12 @@ pub async fn lookup_cached(
     tenant_id: Uuid,
     pool: &PgPool,
     key_id: &str,
+    prefetched: Option<&Prefetched>,
 ) -> Result<Option<KeyRecord>, ApiError> {
     let key = CacheKey::tenant(tenant_id, "api-key").id(key_id).build();
     let tags = invalidation::api_key_tags(tenant_id, key_id);
     let found = cache
-        .get_or_create(&key, &tags, KEY_CACHE, || async {
+        .get_or_create_prefetched(&key, &tags, KEY_CACHE, prefetched, || async {
             lookup(pool, key_id).await?.ok_or(ApiError::NotFound)
         })
         .await;
