@@ -1,3 +1,4 @@
+use axum::serve::ListenerExt as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -136,9 +137,16 @@ async fn main() -> anyhow::Result<()> {
     // Sweeper (orphaned blobs, expired reservations) and lifecycle rules.
     strata_dataplane::storage::sweeper::spawn_workers(state.clone());
     let app = router(state, registry, config.max_body_bytes);
+    // No Nagle: an answer written in more than one piece (a streamed body's
+    // last chunk) must not wait for the client's delayed ACK.
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("binding {}", config.listen))?;
+        .with_context(|| format!("binding {}", config.listen))?
+        .tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "TCP_NODELAY not set");
+            }
+        });
     tracing::info!(addr = %config.listen, "serving");
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

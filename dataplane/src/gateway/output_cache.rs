@@ -29,6 +29,7 @@
 //!   (public rows get the table's `public, max-age=…` from
 //!   [`super::policy::enforce`]), `Age`, and `Cache-Status` (RFC 9211).
 
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
@@ -65,14 +66,40 @@ const PER_REQUEST: &[&str] = &[
     "cache-status",
 ];
 
-/// A stored answer.
+/// A stored answer. Every hit clones the cache's value, so it is shared,
+/// not copied.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct CachedResponse {
+#[serde(transparent)]
+pub struct CachedResponse(Arc<Stored>);
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Stored {
     status: u16,
     headers: Vec<(String, String)>,
     body: String,
     /// When it was made (ms since the Unix epoch), for `Age`.
     stored_at_ms: u64,
+    /// `headers` parsed, once per process (not stored in L2).
+    #[serde(skip)]
+    parsed: OnceLock<HeaderMap>,
+}
+
+impl CachedResponse {
+    /// The stored headers as a map (each hit clones it: shared values).
+    fn header_map(&self) -> &HeaderMap {
+        self.0.parsed.get_or_init(|| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in &self.0.headers {
+                if let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(value),
+                ) {
+                    headers.append(name, value);
+                }
+            }
+            headers
+        })
+    }
 }
 
 /// Why the answer of a miss is not kept.
@@ -185,12 +212,13 @@ async fn store(response: Response) -> Result<CachedResponse, Miss> {
         let etag = EntityTag::from_digest(false, &[body.as_bytes()]);
         headers.push(("etag".into(), etag.to_string()));
     }
-    Ok(CachedResponse {
+    Ok(CachedResponse(Arc::new(Stored {
         status: parts.status.as_u16(),
         headers,
         body,
         stored_at_ms: now_ms(),
-    })
+        parsed: OnceLock::new(),
+    })))
 }
 
 /// The stored answer for this request: 304 when its validators match.
@@ -201,15 +229,7 @@ fn respond(
     is_head: bool,
     hit: bool,
 ) -> Response {
-    let mut headers = HeaderMap::new();
-    for (name, value) in &cached.headers {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            headers.append(name, value);
-        }
-    }
+    let mut headers = cached.header_map().clone();
     // Public rows get theirs from the route table's cache-control column
     // (gateway::policy::enforce, outside this layer); a private entry says
     // how long it is kept here.
@@ -227,7 +247,7 @@ fn respond(
             Vary::Query => {}
         }
     }
-    let age = now_ms().saturating_sub(cached.stored_at_ms) / 1000;
+    let age = now_ms().saturating_sub(cached.0.stored_at_ms) / 1000;
     headers.insert(header::AGE, HeaderValue::from(age));
     let status = if hit {
         "strata; hit"
@@ -269,11 +289,11 @@ fn respond(
             return response;
         }
     }
-    let status = StatusCode::from_u16(cached.status).unwrap_or(StatusCode::OK);
+    let status = StatusCode::from_u16(cached.0.status).unwrap_or(StatusCode::OK);
     let body = if is_head {
         Body::empty()
     } else {
-        Body::from(cached.body)
+        Body::from(cached.0.body.clone())
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;
@@ -565,7 +585,7 @@ mod tests {
         let Ok(cached) = store(response).await else {
             panic!("stored");
         };
-        assert!(cached.headers.iter().all(|(n, _)| n != "x-request-id"));
+        assert!(cached.0.headers.iter().all(|(n, _)| n != "x-request-id"));
         let policy = openapi_policy();
         let first = respond(cached.clone(), &policy, &HeaderMap::new(), false, true);
         assert_eq!(first.status(), StatusCode::OK);

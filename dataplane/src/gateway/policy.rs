@@ -9,7 +9,9 @@
 //! `tests::every_route_has_a_policy` fails when a mounted route has no row
 //! (or a row names no mounted route).
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request};
@@ -382,10 +384,22 @@ pub fn lookup(method: &Method, path: &str) -> Option<&'static RoutePolicy> {
     } else {
         method.as_str()
     };
-    ROUTES
-        .iter()
-        .find(|row| row.method == method && row.path == path)
+    BY_ROUTE.get(method)?.get(path).copied()
 }
+
+/// [`ROUTES`] by method, then template: every request looks its row up
+/// (policy, output cache), so not by a scan. The first row wins, as in
+/// the table.
+static BY_ROUTE: LazyLock<HashMap<&str, HashMap<&str, &RoutePolicy>>> = LazyLock::new(|| {
+    let mut rows: HashMap<&str, HashMap<&str, &RoutePolicy>> = HashMap::new();
+    for row in ROUTES {
+        rows.entry(row.method)
+            .or_default()
+            .entry(row.path)
+            .or_insert(row);
+    }
+    rows
+});
 
 /// Middleware over every route: applies the row's fixed body limit (by
 /// `Content-Length`; streamed bodies are bounded where they are read),
