@@ -149,6 +149,10 @@ pub enum BackendError {
     Config(String),
 }
 
+/// The SHA-256 of a whole body and its length in bytes, sent once the body
+/// has ended (see [`Backend::put_hashed`]).
+pub type BodyDigest = tokio::sync::oneshot::Receiver<([u8; 32], u64)>;
+
 /// A byte store. Implementations: [`fs::FsBackend`] (the embedded default)
 /// and [`s3::S3Backend`].
 #[async_trait::async_trait]
@@ -163,6 +167,22 @@ pub trait Backend: Send + Sync + 'static {
         body: ByteStream,
         size_hint: Option<u64>,
     ) -> Result<u64, BackendError>;
+
+    /// [`Self::put`] of a body that the caller hashes on its way in: once the
+    /// body has ended, `sha256` receives its SHA-256 and the number of bytes
+    /// it covers. A backend that must hash what it sends anyway (S3's SigV4
+    /// payload signature) may use it instead of a pass of its own; the
+    /// default ignores it.
+    async fn put_hashed(
+        &self,
+        key: &BlobKey,
+        body: ByteStream,
+        size_hint: Option<u64>,
+        sha256: BodyDigest,
+    ) -> Result<u64, BackendError> {
+        drop(sha256);
+        self.put(key, body, size_hint).await
+    }
 
     /// Streams a blob, or the given range of it (already checked against the
     /// blob's size by the caller).

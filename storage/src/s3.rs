@@ -13,11 +13,15 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use aws_runtime::auth::PayloadSigningOverride;
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextMut;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
+use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_s3::error::BoxError;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
 use aws_sdk_s3::types::{
@@ -27,7 +31,9 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
 use crate::fs::check_length;
-use crate::{Backend, BackendError, BlobInfo, BlobKey, ByteRange, ByteStream, StorageArgs};
+use crate::{
+    Backend, BackendError, BlobInfo, BlobKey, BodyDigest, ByteRange, ByteStream, StorageArgs,
+};
 
 /// Part size of multipart uploads, and the largest body sent with a single
 /// PutObject. One part is buffered while the previous one is in flight, so a
@@ -136,22 +142,74 @@ impl S3Backend {
         }
     }
 
-    async fn put_single(&self, key: &BlobKey, body: Bytes) -> Result<(), BackendError> {
+    /// [`Backend::put`]; a body that fits one part is one PutObject, signed
+    /// with the caller's hash of it when `sha256` brings one for exactly
+    /// those bytes (a multipart upload's parts are hashed by the SDK: the
+    /// body's hash is not theirs).
+    async fn put_body(
+        &self,
+        key: &BlobKey,
+        body: ByteStream,
+        size_hint: Option<u64>,
+        sha256: Option<BodyDigest>,
+    ) -> Result<u64, BackendError> {
+        key.validate()?;
+        let part_size = part_size_for(size_hint);
+        // Buffer up to one part: a body that ends by then is one PutObject
+        // with its exact length.
+        let mut parts = Parts::new(body, size_hint);
+        let first = parts.next(part_size).await?;
+        if first.len() <= PART_SIZE && parts.at_end().await? {
+            let total = parts.read;
+            check_length(size_hint, total)?;
+            // Sent before the body's end, so it is here now (or never).
+            let hash = match sha256 {
+                Some(digest) => digest
+                    .await
+                    .ok()
+                    .filter(|(_, len)| *len == total)
+                    .map(|(hash, _)| hash),
+                None => None,
+            };
+            self.put_single(key, first, hash).await?;
+            return Ok(total);
+        }
+        self.put_multipart(key, first, parts, size_hint, part_size)
+            .await
+    }
+
+    /// One PutObject. `sha256`, when given, is the body's hash: SigV4 signs
+    /// it instead of hashing the body again, and the server still checks
+    /// the body against it.
+    async fn put_single(
+        &self,
+        key: &BlobKey,
+        body: Bytes,
+        sha256: Option<[u8; 32]>,
+    ) -> Result<(), BackendError> {
         let len = body.len();
-        self.client
+        let request = self
+            .client
             .put_object()
             .bucket(&self.bucket)
             .key(key.as_str())
             .content_length(i64::try_from(len).unwrap_or(i64::MAX))
             .body(SdkByteStream::from(body))
+            .customize();
+        let request = match sha256 {
+            Some(sha256) => request.interceptor(PrecomputedPayloadHash(hex::encode(sha256))),
+            None => request,
+        };
+        request
             .send()
             .await
             .map_err(|e| sdk_error("PutObject", key.as_str(), e))?;
         Ok(())
     }
 
-    /// Multipart put of `first` and the rest of `parts`. On any error the upload is aborted before returning; if
-    /// this future is dropped instead, [`AbortOnDrop`] aborts it.
+    /// Multipart put of `first` and the rest of `parts`. On any error the
+    /// upload is aborted before returning; if this future is dropped
+    /// instead, [`AbortOnDrop`] aborts it.
     async fn put_multipart(
         &self,
         key: &BlobKey,
@@ -390,20 +448,17 @@ impl Backend for S3Backend {
         body: ByteStream,
         size_hint: Option<u64>,
     ) -> Result<u64, BackendError> {
-        key.validate()?;
-        let part_size = part_size_for(size_hint);
-        // Buffer up to one part: a body that ends by then is one PutObject
-        // with its exact length.
-        let mut parts = Parts::new(body, size_hint);
-        let first = parts.next(part_size).await?;
-        if first.len() <= PART_SIZE && parts.at_end().await? {
-            let total = parts.read;
-            check_length(size_hint, total)?;
-            self.put_single(key, first).await?;
-            return Ok(total);
-        }
-        self.put_multipart(key, first, parts, size_hint, part_size)
-            .await
+        self.put_body(key, body, size_hint, None).await
+    }
+
+    async fn put_hashed(
+        &self,
+        key: &BlobKey,
+        body: ByteStream,
+        size_hint: Option<u64>,
+        sha256: BodyDigest,
+    ) -> Result<u64, BackendError> {
+        self.put_body(key, body, size_hint, Some(sha256)).await
     }
 
     async fn get(
@@ -673,6 +728,30 @@ async fn abort(client: &Client, bucket: &str, key: &str, upload_id: &str) {
 
 /// Reads from `body` into `buf` until it holds at least `target` bytes or the
 /// body ends; returns the bytes added and whether the body ended.
+/// Has SigV4 sign a payload hash computed elsewhere (lowercase hex)
+/// instead of hashing the body again. Set before signing on every attempt;
+/// the SDK keeps its own runtime plugins per operation private, so this
+/// goes through an interceptor.
+#[derive(Debug)]
+struct PrecomputedPayloadHash(String);
+
+impl Intercept for PrecomputedPayloadHash {
+    fn name(&self) -> &'static str {
+        "PrecomputedPayloadHash"
+    }
+
+    fn modify_before_signing(
+        &self,
+        _context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        cfg.interceptor_state()
+            .store_put(PayloadSigningOverride::Precomputed(self.0.clone()));
+        Ok(())
+    }
+}
+
 /// A body cut into parts, each in one buffer allocated at its final size
 /// (a growing buffer would double, and copy, on its way to 8 MiB; two of
 /// them at 16 MiB were most of a 1 GiB upload's peak memory).

@@ -55,6 +55,57 @@ async fn s3_large_put_is_multipart() {
     backend.delete(&single).await.expect("delete");
 }
 
+/// A body's hash from the caller is what SigV4 signs for a single
+/// PutObject (no second pass over the bytes), and the server still checks
+/// the body against it: a wrong hash stores nothing. A hash that does not
+/// cover the body's length is not used.
+#[tokio::test]
+async fn s3_put_hashed_signs_the_callers_hash_and_the_server_checks_it() {
+    use sha2::{Digest, Sha256};
+    let backend = support::s3_backend(support::TEST_BUCKET).await;
+    let data: Vec<u8> = (0..MIB as usize).map(|i| (i % 253) as u8).collect();
+    let right: [u8; 32] = Sha256::digest(&data).into();
+    let wrong: [u8; 32] = Sha256::digest(b"other bytes").into();
+    let len = data.len() as u64;
+    let put = |key: &BlobKey, hash: [u8; 32], covers: u64| {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tx.send((hash, covers)).expect("send");
+        let backend = &backend;
+        let key = key.clone();
+        let data = data.clone();
+        async move {
+            backend
+                .put_hashed(&key, body(&data, 65_536), Some(len), rx)
+                .await
+        }
+    };
+
+    let good = BlobKey::parse(format!("{}/hashed", support::unique_prefix())).expect("key");
+    assert_eq!(put(&good, right, len).await.expect("put"), len);
+    assert_eq!(
+        read_all(backend.get(&good, None).await.expect("get")).await,
+        data
+    );
+
+    let bad = BlobKey::parse(format!("{}/tampered", support::unique_prefix())).expect("key");
+    let refused = put(&bad, wrong, len).await;
+    assert!(
+        refused.is_err(),
+        "a body that does not match its signed hash was stored"
+    );
+    assert!(matches!(
+        backend.get(&bad, None).await.map(|_| ()),
+        Err(BackendError::NotFound)
+    ));
+
+    // Not this body's length: the SDK hashes the body itself.
+    let other = BlobKey::parse(format!("{}/other", support::unique_prefix())).expect("key");
+    assert_eq!(put(&other, wrong, len - 1).await.expect("put"), len);
+    for key in [&good, &other] {
+        backend.delete(key).await.expect("delete");
+    }
+}
+
 /// Copies over the single-request limit go part by part (UploadPartCopy);
 /// the limit is lowered from 5 GiB to exercise that here.
 #[tokio::test]

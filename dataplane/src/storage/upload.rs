@@ -162,15 +162,15 @@ pub async fn ingest(
     let scan = request.bucket.antivirus_scan;
     let (to_scanner, scanner_rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
 
-    let pump = pump(
-        state,
-        &request,
-        reservation,
-        body,
-        to_backend,
-        scan.then_some(to_scanner),
-        failure.clone(),
-    );
+    // The body's hash, for a backend that signs what it sends (S3): only
+    // when it stores the body as it came (not compressed).
+    let (to_digest, digest) = tokio::sync::oneshot::channel();
+    let outlets = Outlets {
+        backend: to_backend,
+        scanner: scan.then_some(to_scanner),
+        digest: (!request.compress).then_some(to_digest),
+    };
+    let pump = pump(state, &request, reservation, body, outlets, failure.clone());
     let mut backend_stream: ByteStream = Box::pin(ReceiverStream::new(backend_rx));
     let mut size_hint = request.declared_len;
     if request.compress {
@@ -183,7 +183,9 @@ pub async fn ingest(
         );
         size_hint = None;
     }
-    let put = state.backend.put(&request.blob, backend_stream, size_hint);
+    let put = state
+        .backend
+        .put_hashed(&request.blob, backend_stream, size_hint, digest);
     let scanning = async {
         if scan {
             Some(state.scan(Box::pin(ReceiverStream::new(scanner_rx))).await)
@@ -264,16 +266,29 @@ struct Summary {
     stored: Option<i64>,
 }
 
+/// Where the pump sends what it reads.
+struct Outlets {
+    backend: mpsc::Sender<std::io::Result<Bytes>>,
+    scanner: Option<mpsc::Sender<std::io::Result<Bytes>>>,
+    /// The whole body's SHA-256 and length, sent before the backend's
+    /// channel closes (see `Backend::put_hashed`).
+    digest: Option<tokio::sync::oneshot::Sender<([u8; 32], u64)>>,
+}
+
 /// Reads the body and feeds the channels; every check happens here.
 async fn pump(
     state: &StorageState,
     request: &IngestRequest<'_>,
     reservation: &mut Reservation,
     body: Body,
-    to_backend: mpsc::Sender<std::io::Result<Bytes>>,
-    to_scanner: Option<mpsc::Sender<std::io::Result<Bytes>>>,
+    outlets: Outlets,
     failure: Arc<Mutex<Option<ApiError>>>,
 ) -> Result<Summary, ApiError> {
+    let Outlets {
+        backend: to_backend,
+        scanner: to_scanner,
+        digest,
+    } = outlets;
     let fail = |error: ApiError| {
         let message = error.to_string();
         *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
@@ -361,11 +376,19 @@ async fn pump(
     }
     .await;
     match result {
-        Ok(()) => Ok(Summary {
-            size: size as i64,
-            sha256: hasher.finalize().into(),
-            stored: None,
-        }),
+        Ok(()) => {
+            let sha256: [u8; 32] = hasher.finalize().into();
+            if let Some(digest) = digest {
+                // `to_backend` is still open: the backend sees the digest
+                // before the body's end.
+                let _ = digest.send((sha256, size));
+            }
+            Ok(Summary {
+                size: size as i64,
+                sha256,
+                stored: None,
+            })
+        }
         Err(error) => {
             let kind = error.kind();
             let message = error.to_string();
