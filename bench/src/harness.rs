@@ -285,6 +285,43 @@ pub fn cpu_ticks(pid: &str) -> u64 {
     field(11) + field(12)
 }
 
+/// Busy and total jiffies of all CPUs (`/proc/stat`).
+fn cpu_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let values: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = values.iter().take(8).sum();
+    // idle and iowait are not busy.
+    let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
+    (total.saturating_sub(idle), total)
+}
+
+/// Waits until the machine is quiet — under 10 % of all CPUs busy over a
+/// quarter of a second — or 30 s have passed, and returns how long it
+/// waited. Services keep working after a run (an S3 server settles block
+/// references and metadata after large writes, PostgreSQL checkpoints):
+/// a run started in that tail pays for the previous one's work, and in a
+/// fixed order always the same side pays.
+pub async fn settle() -> Duration {
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        let (busy_before, total_before) = cpu_jiffies();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let (busy, total) = cpu_jiffies();
+        let share = (busy - busy_before) as f64 / (total - total_before).max(1) as f64;
+        if share < 0.10 {
+            break;
+        }
+    }
+    started.elapsed()
+}
+
 /// The 1-minute load average.
 pub fn load() -> f64 {
     std::fs::read_to_string("/proc/loadavg")

@@ -472,6 +472,12 @@ fn s3_client() -> S3 {
     S3::from_conf(config)
 }
 
+/// [`harness::settle`], saying how long it waited.
+async fn settle_before(what: &str) {
+    let waited = harness::settle().await;
+    eprintln!("{what}: machine quiet after {:.1} s", waited.as_secs_f64());
+}
+
 /// The pid of the stack's Garage server, for its CPU time.
 fn garage_pid() -> Option<u32> {
     std::fs::read_dir("/proc").ok()?.find_map(|entry| {
@@ -625,8 +631,16 @@ async fn measure(
     let big = big_mib * MIB;
     let mut big_runs: Vec<(Side, Op, Run)> = Vec::new();
     for round in 0..rounds {
-        for side in [Side::Api, Side::Direct] {
+        // Each side goes first in every other round, and every transfer
+        // starts on a quiet machine (harness::settle).
+        let sides = if round % 2 == 0 {
+            [Side::Api, Side::Direct]
+        } else {
+            [Side::Direct, Side::Api]
+        };
+        for side in sides {
             let body = payload(&ctx, big, ctx.seq.fetch_add(1, Ordering::Relaxed));
+            settle_before(&format!("round {round}: PUT {}", side.name())).await;
             let run = big_once(&ctx, side, "big", big as u64, Some(body)).await?;
             eprintln!(
                 "round {round}: {big_mib} MiB PUT {}: {:.0} MiB/s",
@@ -635,7 +649,8 @@ async fn measure(
             );
             big_runs.push((side, Op::Put, run));
         }
-        for side in [Side::Api, Side::Direct] {
+        for side in sides {
+            settle_before(&format!("round {round}: GET {}", side.name())).await;
             let run = big_once(&ctx, side, "big", big as u64, None).await?;
             eprintln!(
                 "round {round}: {big_mib} MiB GET {}: {:.0} MiB/s",
@@ -674,9 +689,20 @@ async fn measure(
         drive(&ctx, Side::Api, op, concurrency, warm).await?;
         drive(&ctx, Side::Direct, op, concurrency, warm).await?;
         let (mut api, mut direct) = (Run::default(), Run::default());
-        for _ in 0..2 {
-            api.merge(drive(&ctx, Side::Api, op, concurrency, half).await?);
-            direct.merge(drive(&ctx, Side::Direct, op, concurrency, half).await?);
+        for half_run in 0..2 {
+            let sides = if half_run == 0 {
+                [Side::Api, Side::Direct]
+            } else {
+                [Side::Direct, Side::Api]
+            };
+            for side in sides {
+                settle_before(&format!("1 MiB {op:?} {}", side.name())).await;
+                let run = drive(&ctx, side, op, concurrency, half).await?;
+                match side {
+                    Side::Api => api.merge(run),
+                    Side::Direct => direct.merge(run),
+                }
+            }
         }
         eprintln!(
             "1 MiB {op:?}: API {:.0} MiB/s, direct {:.0} MiB/s",
