@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use harness::{CLOCK_TICKS, cpu_ticks, peak_rss_kib};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -372,30 +373,6 @@ impl Stats {
 }
 
 /// `concurrency` workers, each sending requests back to back for `time`.
-/// `USER_HZ`: the unit of `utime`/`stime` in `/proc/<pid>/stat` (100 on
-/// every Linux architecture this runs on).
-const CLOCK_TICKS: f64 = 100.0;
-
-/// utime + stime of a process (all its threads), in clock ticks.
-fn cpu_ticks(pid: &str) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    // Fields after the parenthesised command name (which may hold spaces).
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    field(11) + field(12)
-}
-
 /// The ticks of the data plane, of the tenant database's backends (the
 /// stack's PostgreSQL runs on this machine) and of this process.
 async fn cpu_now(ctx: &Ctx) -> anyhow::Result<(Cpu, Vec<i32>)> {
@@ -457,17 +434,6 @@ async fn drive(
         client: cpu_ticks("self").saturating_sub(before.client),
     };
     Ok(stats)
-}
-
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 fn clustered(rng: &mut StdRng, centres: &[Vec<f32>]) -> Vec<f32> {
@@ -638,15 +604,7 @@ async fn run(
     for chunk in (0..DOCS).collect::<Vec<_>>().chunks(1000) {
         let ids: Vec<String> = chunk.iter().map(|i| doc_id(*i)).collect();
         let data: Vec<Value> = chunk.iter().map(|_| doc_data(&mut rng)).collect();
-        sqlx::query(
-            "INSERT INTO documents (collection_id, id, data) \
-             SELECT $1, u.id, u.data FROM unnest($2::text[], $3::jsonb[]) AS u(id, data)",
-        )
-        .bind(docs_id)
-        .bind(&ids)
-        .bind(&data)
-        .execute(&pool)
-        .await?;
+        harness::insert_documents(&pool, docs_id, &ids, &data).await?;
     }
     let centres: Vec<Vec<f32>> = (0..CLUSTERS)
         .map(|_| (0..DIM).map(|_| rng.random_range(-1.0f32..1.0)).collect())

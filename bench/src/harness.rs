@@ -227,15 +227,7 @@ pub async fn load_docs_collection(
     for chunk in documents.chunks(1000) {
         let (ids, data): (Vec<&str>, Vec<&Value>) =
             chunk.iter().map(|(id, data)| (id.as_str(), data)).unzip();
-        sqlx::query(
-            "INSERT INTO documents (collection_id, id, data) \
-             SELECT $1, u.id, u.data FROM unnest($2::text[], $3::jsonb[]) AS u(id, data)",
-        )
-        .bind(collection)
-        .bind(&ids)
-        .bind(&data)
-        .execute(&pool)
-        .await?;
+        insert_documents(&pool, collection, &ids, &data).await?;
     }
     sqlx::query("ANALYZE documents").execute(&pool).await.ok();
     pool.close().await;
@@ -244,6 +236,28 @@ pub async fn load_docs_collection(
 }
 
 /// Peak resident set (`VmHWM`) of `pid`, KiB.
+/// Inserts documents straight into a collection's table, in one statement
+/// (bulk loading for benchmarks; no events, no validation).
+pub async fn insert_documents(
+    pool: &sqlx::PgPool,
+    collection: uuid::Uuid,
+    ids: &[impl AsRef<str>],
+    data: &[impl std::borrow::Borrow<Value>],
+) -> anyhow::Result<()> {
+    let ids: Vec<&str> = ids.iter().map(AsRef::as_ref).collect();
+    let data: Vec<&Value> = data.iter().map(std::borrow::Borrow::borrow).collect();
+    sqlx::query(
+        "INSERT INTO documents (collection_id, id, data) \
+         SELECT $1, u.id, u.data FROM unnest($2::text[], $3::jsonb[]) AS u(id, data)",
+    )
+    .bind(collection)
+    .bind(&ids)
+    .bind(&data)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmHWM:")
 }
