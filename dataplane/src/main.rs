@@ -1,8 +1,8 @@
-use axum::serve::ListenerExt as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use clap::Parser;
 use prometheus_client::registry::Registry;
 use sqlx::postgres::PgPoolOptions;

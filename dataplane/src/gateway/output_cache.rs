@@ -76,7 +76,7 @@ pub struct CachedResponse(Arc<Stored>);
 struct Stored {
     status: u16,
     headers: Vec<(String, String)>,
-    body: String,
+    body: bytes::Bytes,
     /// When it was made (ms since the Unix epoch), for `Age`.
     stored_at_ms: u64,
     /// `headers` parsed, once per process (not stored in L2).
@@ -194,28 +194,27 @@ async fn store(response: Response) -> Result<CachedResponse, Miss> {
             ));
         }
     };
-    let rebuild = |bytes: bytes::Bytes| Response::from_parts(parts.clone(), Body::from(bytes));
-    let Ok(body) = String::from_utf8(bytes.to_vec()) else {
-        return Err(Miss::Pass(rebuild(bytes)));
-    };
     let mut headers = Vec::new();
     for (name, value) in &parts.headers {
         if PER_REQUEST.contains(&name.as_str()) {
             continue;
         }
         let Ok(value) = value.to_str() else {
-            return Err(Miss::Pass(rebuild(bytes)));
+            return Err(Miss::Pass(Response::from_parts(
+                parts.clone(),
+                Body::from(bytes),
+            )));
         };
         headers.push((name.as_str().to_string(), value.to_string()));
     }
     if !parts.headers.contains_key(header::ETAG) {
-        let etag = EntityTag::from_digest(false, &[body.as_bytes()]);
+        let etag = EntityTag::from_digest(false, &[&bytes]);
         headers.push(("etag".into(), etag.to_string()));
     }
     Ok(CachedResponse(Arc::new(Stored {
         status: parts.status.as_u16(),
         headers,
-        body,
+        body: bytes,
         stored_at_ms: now_ms(),
         parsed: OnceLock::new(),
     })))
