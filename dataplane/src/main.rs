@@ -80,8 +80,8 @@ async fn main() -> anyhow::Result<()> {
     let cache = config
         .cache
         .build(redis.clone(), config.redis_url.as_deref(), &mut registry)?;
-    let tenancy =
-        Tenancy::new(catalog.clone(), config.tenancy.settings(&catalog_url)?).with_cache(cache);
+    let tenancy = Tenancy::new(catalog.clone(), config.tenancy.settings(&catalog_url)?)
+        .with_cache(cache.clone());
     // The backend must answer at startup: a misconfigured store fails here
     // rather than on the first upload.
     let backend = strata_storage::connect(&config.storage)
@@ -155,6 +155,9 @@ async fn main() -> anyhow::Result<()> {
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;
+        // Writes on other replicas stop waiting for this one's
+        // acknowledgements; requests still in flight read through L2.
+        cache.leave().await;
         let _ = tx.send(());
     });
     // Stop waiting for slow clients once the grace period is over.

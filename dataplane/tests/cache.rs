@@ -303,8 +303,10 @@ async fn a_failing_factory_gets_the_stale_entry_only_when_marked() {
     );
 }
 
+/// A write's invalidation returns once every replica applied it, so the
+/// other replica's very next read, without any wait, misses its L1.
 #[tokio::test]
-async fn revalidated_entries_see_an_invalidation_on_the_very_next_read() {
+async fn an_invalidation_is_seen_by_the_other_replicas_very_next_read() {
     let redis = PrivateRedis::start().await;
     let a = replica(&redis).await;
     let b = replica(&redis).await;
@@ -313,12 +315,21 @@ async fn revalidated_entries_see_an_invalidation_on_the_very_next_read() {
         .id("0123456789abcdef")
         .build();
     let tags = [Tag::tenant(tenant, "api-key", ["0123456789abcdef"])];
-    let strict = LONG.revalidated();
     let calls = Arc::new(AtomicUsize::new(0));
     for round in 0..200 {
+        let strict = if round % 2 == 0 { LONG } else { LONG.strict() };
         b.get_or_create(&key, &tags, strict, || counted(&calls, "active"))
             .await
             .expect("value");
+        let hit = calls.load(Ordering::SeqCst);
+        b.get_or_create(&key, &tags, strict, || counted(&calls, "active"))
+            .await
+            .expect("value");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            hit,
+            "round {round}: no L1 hit"
+        );
         let before = calls.load(Ordering::SeqCst);
         // B has it in L1 now; A revokes, and B's next read, without any
         // wait for the pub/sub message, goes back to the database.
@@ -334,8 +345,11 @@ async fn revalidated_entries_see_an_invalidation_on_the_very_next_read() {
     }
 }
 
+/// Under load (L1 hits, refills in flight), a change acknowledged to its
+/// writer is what the other replica's next read returns, every time; and
+/// the L1 hits cost no Redis round trip.
 #[tokio::test]
-async fn batched_revalidations_still_see_an_invalidation_on_the_very_next_read() {
+async fn under_load_the_next_read_sees_an_acknowledged_change_and_hits_cost_no_redis_read() {
     let redis = PrivateRedis::start().await;
     let a = replica(&redis).await;
     let b = replica(&redis).await;
@@ -344,7 +358,7 @@ async fn batched_revalidations_still_see_an_invalidation_on_the_very_next_read()
         .id("fedcba9876543210")
         .build();
     let tags = [Tag::tenant(tenant, "api-key", ["fedcba9876543210"])];
-    let strict = LONG.revalidated();
+    let strict = LONG.strict();
     // The "database": its version, which a factory reads when it runs.
     let db = Arc::new(AtomicUsize::new(0));
     let read_db = |db: &Arc<AtomicUsize>| {
@@ -355,8 +369,8 @@ async fn batched_revalidations_still_see_an_invalidation_on_the_very_next_read()
         .await
         .expect("value");
 
-    // 32 tasks keep B revalidating (and, after each change, refilling) the
-    // key, so batches and flights are in progress when A invalidates.
+    // 32 tasks keep B reading (and, after each change, refilling) the key,
+    // so flights are in progress when A invalidates.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reads = Arc::new(AtomicUsize::new(0));
     let mut load = Vec::new();
@@ -375,10 +389,14 @@ async fn batched_revalidations_still_see_an_invalidation_on_the_very_next_read()
                     .await
                     .expect("value");
                 reads.fetch_add(1, Ordering::Relaxed);
+                // An L1 hit awaits nothing: let the runtime's other tasks
+                // (the subscriber, the invalidations) run, as a server's
+                // I/O would.
+                tokio::task::yield_now().await;
             }
         }));
     }
-    let mget_calls = || async {
+    let read_calls = || async {
         let mut conn = redis::Client::open(redis.url.as_str())
             .expect("url")
             .get_multiplexed_async_connection()
@@ -389,13 +407,19 @@ async fn batched_revalidations_still_see_an_invalidation_on_the_very_next_read()
             .query_async(&mut conn)
             .await
             .expect("info");
-        info.lines()
-            .find_map(|line| line.strip_prefix("cmdstat_mget:calls="))
-            .and_then(|rest| rest.split(',').next())
-            .map_or(0, |n| n.parse::<usize>().expect("calls"))
+        // Every command that reads a value or a generation.
+        ["cmdstat_get:calls=", "cmdstat_mget:calls="]
+            .iter()
+            .map(|prefix| {
+                info.lines()
+                    .find_map(|line| line.strip_prefix(prefix))
+                    .and_then(|rest| rest.split(',').next())
+                    .map_or(0, |n| n.parse::<usize>().expect("calls"))
+            })
+            .sum::<usize>()
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let (mgets_before, reads_before) = (mget_calls().await, reads.load(Ordering::Relaxed));
+    let (redis_before, reads_before) = (read_calls().await, reads.load(Ordering::Relaxed));
     for round in 1..=100 {
         // Two changes back to back: after the first, the load refills the
         // key (flights reading Redis and the database) while the second
@@ -406,25 +430,110 @@ async fn batched_revalidations_still_see_an_invalidation_on_the_very_next_read()
         db.store(2 * round, Ordering::SeqCst);
         a.invalidate_tag(&tags[0]).await;
         // …so the next read must see the second: not from L1, not from a
-        // batch or a flight that read Redis or the database before it.
+        // flight that read Redis or the database before it.
         let seen = b
             .get_or_create(&key, &tags, strict, read_db(&db))
             .await
             .expect("value");
         assert_eq!(seen, format!("v{}", 2 * round), "round {round}");
     }
-    let (mgets, done) = (
-        mget_calls().await - mgets_before,
+    let (redis_reads, done) = (
+        read_calls().await - redis_before,
         reads.load(Ordering::Relaxed) - reads_before,
     );
     stop.store(true, Ordering::Relaxed);
     for task in load {
         task.await.expect("load task");
     }
-    // Round trips are shared: far fewer MGETs than revalidated reads.
+    // Redis is read by refills (two changes a round), not by hits.
     assert!(done > 1000, "only {done} reads under load");
     assert!(
-        mgets * 4 < done,
-        "{mgets} MGETs for {done} revalidated reads: not batched"
+        redis_reads * 4 < done,
+        "{redis_reads} Redis reads for {done} cache reads: hits went to Redis"
     );
+}
+
+async fn redis_connection(redis: &PrivateRedis) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect")
+}
+
+/// Redis' clock, in ms (what leases are measured in).
+async fn redis_now_ms(conn: &mut redis::aio::MultiplexedConnection) -> i64 {
+    let (seconds, micros): (i64, i64) = redis::cmd("TIME").query_async(conn).await.expect("TIME");
+    seconds * 1000 + micros / 1000
+}
+
+/// A replica that holds a lease but never acknowledges (crashed, or cut
+/// off) holds a write until its lease has run out, and no longer: by then
+/// it has stopped serving from memory.
+#[tokio::test]
+async fn a_write_waits_for_a_silent_replica_until_its_lease_ends() {
+    let redis = PrivateRedis::start().await;
+    let a = replica(&redis).await;
+    let mut conn = redis_connection(&redis).await;
+    let lease_end = redis_now_ms(&mut conn).await + 600;
+    let _: () = redis::cmd("ZADD")
+        .arg(strata_dataplane::cache::coherence::REPLICAS)
+        .arg(lease_end)
+        .arg("silent")
+        .query_async(&mut conn)
+        .await
+        .expect("ZADD");
+    let tag = Tag::whole_tenant(Uuid::new_v4());
+    a.invalidate_tag(&tag).await;
+    let returned = redis_now_ms(&mut conn).await;
+    assert!(
+        returned >= lease_end,
+        "returned at {returned}, before the silent lease's end {lease_end}"
+    );
+    // Leases that ran out are swept by the live replicas' renewals.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let score: Option<f64> = redis::cmd("ZSCORE")
+            .arg(strata_dataplane::cache::coherence::REPLICAS)
+            .arg("silent")
+            .query_async(&mut conn)
+            .await
+            .expect("ZSCORE");
+        if score.is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the ended lease was never swept");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A replica that shuts down leaves the set of leases at once (writes stop
+/// waiting for it) and stops serving from memory.
+#[tokio::test]
+async fn a_replica_that_leaves_stops_serving_and_is_not_waited_for() {
+    let redis = PrivateRedis::start().await;
+    let a = replica(&redis).await;
+    let b = replica(&redis).await;
+    let mut conn = redis_connection(&redis).await;
+    let members = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut conn = conn.clone();
+        async move {
+            let count: usize = redis::cmd("ZCARD")
+                .arg(strata_dataplane::cache::coherence::REPLICAS)
+                .query_async(&mut conn)
+                .await
+                .expect("ZCARD");
+            count
+        }
+    };
+    assert_eq!(members(&mut conn).await, 2);
+    b.leave().await;
+    assert!(!b.l1_serving());
+    assert_eq!(members(&mut conn).await, 1, "b left the set");
+    // b's subscriber stopped renewing: it stays out.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(members(&mut conn).await, 1);
+    assert!(!b.l1_serving());
+    a.invalidate_tag(&Tag::whole_tenant(Uuid::new_v4())).await;
+    assert!(a.l1_serving());
 }

@@ -408,14 +408,15 @@ async fn with_redis_a_revoked_cached_key_is_refused_at_once_by_the_other_process
     .await;
 }
 
-/// An output-cache hit revalidates two things against Redis, the API
-/// key's row and the entry; both generations travel in one read
-/// (`cache::Prefetched`), not two in sequence.
+/// An output-cache hit is served from memory: the API key's row and the
+/// answer both come from L1, with no Redis round trip (no L2 lookup, and
+/// no generation check: writes are acknowledged by every replica instead,
+/// `cache::coherence`).
 #[tokio::test]
-async fn a_cached_answer_costs_one_redis_read_for_the_key_and_the_entry() {
+async fn a_cached_answer_is_served_from_memory_without_asking_redis() {
     with_tenants(
         "gateway",
-        &["oneread"],
+        &["memhit"],
         |catalog_url, _catalog, tenants| async move {
             let tenant = &tenants[0];
             let ((a_proc, a), (b_proc, b)) = cached_pair(&catalog_url).await;
@@ -427,8 +428,17 @@ async fn a_cached_answer_costs_one_redis_read_for_the_key_and_the_entry() {
             for _ in 0..2 {
                 assert_eq!(b.get(&doc, &viewer).await.status, 200);
             }
-            let reads = "strata_cache_revalidation_reads_total";
-            let before = metric(&b, reads, &[]).await;
+            let l1_hits = || async {
+                metric(
+                    &b,
+                    "strata_cache_lookups_total",
+                    &["level=\"l1\"", "outcome=\"hit\""],
+                )
+                .await
+            };
+            let l2_lookups =
+                || async { metric(&b, "strata_cache_lookups_total", &["level=\"l2\""]).await };
+            let (l1_before, l2_before) = (l1_hits().await, l2_lookups().await);
             for n in 0..10 {
                 let reply = b.get(&doc, &viewer).await;
                 assert_eq!(reply.status, 200, "{}", reply.text);
@@ -438,8 +448,15 @@ async fn a_cached_answer_costs_one_redis_read_for_the_key_and_the_entry() {
                     "request {n}"
                 );
             }
-            let after = metric(&b, reads, &[]).await;
-            assert_eq!(after - before, 10.0, "one Redis read per request");
+            let (l1_after, l2_after) = (l1_hits().await, l2_lookups().await);
+            // The tenant's catalog row is an L1 hit too (resolution).
+            assert!(
+                l1_after - l1_before >= 20.0,
+                "the key row and the answer, ten times: {}",
+                l1_after - l1_before
+            );
+            assert!(l2_before > 0.0, "B filled its L1 through L2");
+            assert_eq!(l2_after, l2_before, "nothing read from Redis");
             a_proc.terminate(Duration::from_secs(20)).await;
             b_proc.terminate(Duration::from_secs(20)).await;
         },

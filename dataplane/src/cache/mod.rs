@@ -9,17 +9,15 @@
 //!   entry records the generations of its tags when it was made;
 //!   `invalidate_tag` bumps the counter, so it is O(1) however many keys
 //!   carry the tag, and every entry made before is invalid from then on.
-//! - **Across replicas**: invalidations are published on [`CHANNEL`]; each
-//!   replica's subscriber applies them to its L1 (and its view of tag
-//!   generations) as they arrive. While the subscription is down, L1 is
-//!   cleared and bypassed: a replica that cannot hear invalidations serves
-//!   nothing from memory, so nothing stale outlives its TTL.
-//! - **Revalidated entries** (API keys, private output-cache answers)
-//!   check their tags' generations in Redis on every L1 hit. Checks share
-//!   round trips ([`revalidation`]): those that arrive while one `MGET` is
-//!   in flight go together in the next, which leaves after all of them
-//!   arrived, so each still reads generations at least as new as any bump
-//!   acknowledged before it arrived.
+//! - **Across replicas, at once**: invalidations are published on
+//!   [`CHANNEL`]; each replica's subscriber applies them to its L1 (and its
+//!   view of tag generations) and acknowledges them, and the writer waits
+//!   for every replica's acknowledgement (or for its lease to run out)
+//!   before its write is answered ([`coherence`]). So an L1 hit needs no
+//!   Redis round trip, and a write acknowledged to its client is seen by
+//!   the very next read on any replica (a revoked key is refused at once).
+//!   L1 serves only under a live lease: while the subscription is down, L1
+//!   is cleared and bypassed, so nothing stale outlives its TTL.
 //! - **Redis down**: every call has a short timeout and a failure opens a
 //!   circuit for a few seconds; reads then go to the factory (the database)
 //!   and requests keep working. Entries made with `serve_stale_for` are
@@ -28,20 +26,18 @@
 //! Keys and tags are built by [`key`] only (conventions in
 //! ARCHITECTURE.md, "Cache").
 
+pub mod coherence;
 pub mod invalidation;
 pub mod key;
-mod revalidation;
 mod subscriber;
 
 use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::FutureExt as _;
-use futures::future::{self, BoxFuture};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -49,6 +45,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use rand::Rng as _;
+use redis::AsyncCommands as _;
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -69,19 +66,6 @@ const INVALIDATION_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// How long a failed invalidation is retried in the background.
 const INVALIDATION_RETRY_FOR: Duration = Duration::from_secs(600);
-
-/// Bumps the tags' generations (KEYS: their counters; ARGV: the tags, then
-/// the channel) and publishes them, atomically, in one round trip.
-const INVALIDATE_SCRIPT: &str = r#"
-local t = {}
-for i, key in ipairs(KEYS) do
-  t[i] = {ARGV[i], redis.call('INCR', key)}
-end
-redis.call('PUBLISH', ARGV[#KEYS + 1], cjson.encode({t = t}))
-local gens = {}
-for i, pair in ipairs(t) do gens[i] = pair[2] end
-return gens
-"#;
 
 #[derive(Clone, Debug)]
 pub struct CacheSettings {
@@ -125,12 +109,11 @@ pub struct EntryOptions {
     /// After its freshness, an L1 entry may still be served this long when
     /// the factory fails (zero: never).
     pub serve_stale_for: Duration,
-    /// Check the tags' generations in Redis on every L1 hit (one Redis
-    /// round trip, no database): for entries whose invalidation must hold
-    /// at once on every replica, not within the pub/sub delay (API keys:
-    /// a revoked key is refused by the very next request anywhere). When
-    /// Redis cannot answer, the factory (the database) decides.
-    pub revalidate: bool,
+    /// Kept in L1 only where every replica's invalidation reaches it at
+    /// once, i.e. with Redis ([`coherence`]); without Redis another
+    /// replica's change could not be heard, so the entry is never served
+    /// from memory (API keys: a revoked key must be refused at once).
+    pub strict: bool,
 }
 
 impl EntryOptions {
@@ -139,12 +122,12 @@ impl EntryOptions {
             l1_ttl,
             l2_ttl,
             serve_stale_for: Duration::ZERO,
-            revalidate: false,
+            strict: false,
         }
     }
 
-    pub const fn revalidated(mut self) -> Self {
-        self.revalidate = true;
+    pub const fn strict(mut self) -> Self {
+        self.strict = true;
         self
     }
 
@@ -152,24 +135,6 @@ impl EntryOptions {
         self.serve_stale_for = window;
         self
     }
-}
-
-/// Tags with their generations, as read from Redis.
-type Generations = Arc<Vec<(Tag, u64)>>;
-
-/// One read of some tags' generations, shared by the revalidated lookups of
-/// one request: the output cache knows, before it authenticates, the tags
-/// of the API key's row and of the entry it will serve, so both checks
-/// travel in one `MGET` instead of two in sequence.
-///
-/// The read starts when the first lookup awaits it, so it leaves after the
-/// request arrived: what an own read guarantees ("a bump acknowledged
-/// before the request is seen") holds. It belongs to one request and is
-/// never reused by another.
-#[derive(Clone)]
-pub struct Prefetched {
-    tags: Arc<[Tag]>,
-    read: future::Shared<BoxFuture<'static, Option<Generations>>>,
 }
 
 /// A circuit breaker for Redis: after a failure, calls are skipped until
@@ -243,7 +208,8 @@ struct Metrics {
     factory_seconds: Family<KindLabels, Histogram>,
     evictions: Counter,
     invalidations_received: Counter,
-    revalidation_reads: Counter,
+    acknowledgement_seconds: Histogram,
+    unacknowledged: Counter,
     l1_bytes: Gauge,
 }
 
@@ -256,7 +222,8 @@ impl Metrics {
             }),
             evictions: Counter::default(),
             invalidations_received: Counter::default(),
-            revalidation_reads: Counter::default(),
+            acknowledgement_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            unacknowledged: Counter::default(),
             l1_bytes: Gauge::default(),
         };
         if let Some(registry) = registry {
@@ -282,9 +249,14 @@ impl Metrics {
                 metrics.invalidations_received.clone(),
             );
             registry.register(
-                "revalidation_reads",
-                "Redis reads (one MGET each) that revalidated L1 hits; one serves every check queued while the previous one was in flight",
-                metrics.revalidation_reads.clone(),
+                "acknowledgement_seconds",
+                "Time a write waited for every replica to acknowledge its invalidation",
+                metrics.acknowledgement_seconds.clone(),
+            );
+            registry.register(
+                "unacknowledged_invalidations",
+                "Invalidations a replica did not acknowledge before its lease ran out",
+                metrics.unacknowledged.clone(),
             );
             registry.register(
                 "l1_bytes",
@@ -312,6 +284,7 @@ struct Shared {
     redis: Option<ConnectionManager>,
     breaker: Breaker,
     invalidate_script: redis::Script,
+    renew_script: redis::Script,
     /// Tag → generation, as last seen (Redis, or our own bumps).
     generations: Mutex<HashMap<Tag, u64>>,
     /// Key → the one computation in flight for it (its value, and the
@@ -320,10 +293,9 @@ struct Shared {
     /// Bumped whenever invalidations may have been missed (subscription
     /// lost or re-made): entries of an older epoch are never served.
     epoch: AtomicU64,
-    /// With Redis, L1 serves only while the subscription is up.
-    l1_usable: AtomicBool,
-    /// The queue of generation checks (started on first use, in a runtime).
-    revalidations: std::sync::OnceLock<revalidation::Queue>,
+    /// This replica's lease and the acknowledgements it waits for; L1
+    /// serves only under the lease.
+    coherence: coherence::Coherence,
     metrics: Metrics,
 }
 
@@ -351,6 +323,11 @@ struct Invalidation {
     /// Tags and their new generations.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     t: Vec<(String, u64)>,
+    /// The writer waiting for acknowledgements, and its sequence number.
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    n: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -396,7 +373,8 @@ impl HybridCache {
         Self {
             shared: Arc::new(Shared {
                 breaker: Breaker::new(settings.breaker_cooldown),
-                invalidate_script: redis::Script::new(INVALIDATE_SCRIPT),
+                invalidate_script: redis::Script::new(coherence::INVALIDATE_SCRIPT),
+                renew_script: redis::Script::new(coherence::RENEW_SCRIPT),
                 settings,
                 l1,
                 redis,
@@ -404,8 +382,7 @@ impl HybridCache {
                 flights: Mutex::new(HashMap::new()),
                 epoch: AtomicU64::new(0),
                 // Without Redis there is no one to hear from: L1 is safe.
-                l1_usable: AtomicBool::new(!has_redis),
-                revalidations: std::sync::OnceLock::new(),
+                coherence: coherence::Coherence::new(!has_redis),
                 metrics,
             }),
         }
@@ -443,83 +420,67 @@ impl HybridCache {
         E: From<CacheError>,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.get_or_create_prefetched(key, tags, options, None, factory)
-            .await
-    }
-
-    /// [`Self::get_or_create`], where a revalidated L1 hit whose tags are
-    /// all in `prefetched` is checked against that read instead of a read
-    /// of its own (see [`Prefetched`]).
-    pub async fn get_or_create_prefetched<T, E, F, Fut>(
-        &self,
-        key: &CacheKey,
-        tags: &[Tag],
-        options: EntryOptions,
-        prefetched: Option<&Prefetched>,
-        factory: F,
-    ) -> Result<T, E>
-    where
-        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-        F: FnOnce() -> Fut,
-        E: From<CacheError>,
-        Fut: Future<Output = Result<T, E>>,
-    {
         let shared = &self.shared;
         if !shared.settings.enabled {
             return factory().await;
         }
         let kind = key.kind();
-        let stale = match self.l1_lookup::<T>(key) {
-            L1Lookup::Fresh(value, made_with)
-                if !options.revalidate || self.revalidate_with(&made_with, prefetched).await =>
-            {
+        let in_memory = !options.strict || shared.redis.is_some();
+        let stale = match in_memory.then(|| self.l1_lookup::<T>(key)) {
+            Some(L1Lookup::Fresh(value)) => {
                 shared.metrics.lookup("l1", kind, true);
                 return Ok(value);
             }
-            L1Lookup::Fresh(..) => None,
-            L1Lookup::Stale(value) => Some(value),
-            L1Lookup::Miss => None,
+            Some(L1Lookup::Stale(value)) => Some(value),
+            Some(L1Lookup::Miss) | None => None,
         };
         shared.metrics.lookup("l1", kind, false);
 
-        let cell = {
-            let mut flights = shared.flights.lock().unwrap_or_else(|e| e.into_inner());
-            flights
-                .entry(flight_key::<T>(key))
-                .or_insert_with(|| Arc::new(OnceCell::new()))
-                .clone()
-        };
+        let flight = flight_key::<T>(key);
         let mut factory = Some(factory);
-        let mut led = false;
-        let mut result = cell
-            .get_or_try_init(|| {
-                led = true;
-                let factory = factory.take().expect("called once");
-                self.fill::<T, E, F, Fut>(key, tags, options, factory)
-            })
-            .await
-            .cloned();
-        // A flight this caller joined may have read before a bump that was
-        // acknowledged before this caller arrived; a revalidated entry must
-        // not be taken from it unchecked (a revoked key would pass once).
-        if options.revalidate
-            && !led
-            && let Ok((_, made_with)) = &result
-            && !self.flight_current(made_with).await
-            && let Some(factory) = factory.take()
-        {
-            result = self.fill::<T, E, F, Fut>(key, tags, options, factory).await;
-        }
-        {
-            let mut flights = shared.flights.lock().unwrap_or_else(|e| e.into_inner());
-            let flight = flight_key::<T>(key);
-            if flights
-                .get(&flight)
-                .is_some_and(|current| Arc::ptr_eq(current, &cell))
+        let mut attempts = 0;
+        let result = loop {
+            attempts += 1;
+            let cell = {
+                let mut flights = shared.flights.lock().unwrap_or_else(|e| e.into_inner());
+                flights
+                    .entry(flight.clone())
+                    .or_insert_with(|| Arc::new(OnceCell::new()))
+                    .clone()
+            };
+            let mut led = false;
+            let result = cell
+                .get_or_try_init(|| {
+                    led = true;
+                    let factory = factory.take().expect("called once");
+                    self.fill::<T, E, F, Fut>(key, tags, options, factory)
+                })
+                .await
+                .cloned();
             {
-                flights.remove(&flight);
+                let mut flights = shared.flights.lock().unwrap_or_else(|e| e.into_inner());
+                if flights
+                    .get(&flight)
+                    .is_some_and(|current| Arc::ptr_eq(current, &cell))
+                {
+                    flights.remove(&flight);
+                }
             }
-        }
+            // A flight this caller joined may have read before a bump that
+            // was acknowledged before this caller arrived (a revoked key
+            // would pass once): then it takes part in a new flight, which
+            // started after it arrived. Known locally, because the bump was
+            // applied here before it was acknowledged; unknowable while
+            // this replica cannot hear invalidations, when only strict
+            // entries insist.
+            let outdated = !led
+                && matches!(&result, Ok((_, made_with))
+                    if (options.strict || self.l1_serving())
+                        && !self.generations_current(made_with));
+            if !outdated || attempts > 1 || factory.is_none() {
+                break result;
+            }
+        };
         match result {
             Ok((value, _)) => value
                 .downcast_ref::<T>()
@@ -593,7 +554,7 @@ impl HybridCache {
 
     fn l1_lookup<T: Clone + 'static>(&self, key: &CacheKey) -> L1Lookup<T> {
         let shared = &self.shared;
-        if !shared.settings.l1_enabled || !shared.l1_usable.load(Ordering::Acquire) {
+        if !shared.settings.l1_enabled || !shared.coherence.serving() {
             return L1Lookup::Miss;
         }
         let Some(entry) = shared.l1.get(key.as_str()) else {
@@ -612,103 +573,11 @@ impl HybridCache {
             // row back. `serve_stale_for` covers entries past their TTL.
             L1Lookup::Miss
         } else if now < entry.fresh_until {
-            L1Lookup::Fresh(value, entry.tags.clone())
+            L1Lookup::Fresh(value)
         } else if now < entry.stale_until {
             L1Lookup::Stale(value)
         } else {
             L1Lookup::Miss
-        }
-    }
-
-    /// Reads the tags' generations from Redis (learning them) and tells
-    /// whether they are still the ones the entry was made with; false when
-    /// Redis cannot answer, and always false without Redis: another replica
-    /// may have changed the value and nothing would tell this one.
-    async fn revalidate(&self, made_with: &[(Tag, u64)]) -> bool {
-        self.revalidate_with(made_with, None).await
-    }
-
-    /// [`Self::revalidate`], answered from `prefetched` when it holds every
-    /// tag of the entry (its read, like a read of our own, left after the
-    /// request arrived).
-    async fn revalidate_with(
-        &self,
-        made_with: &[(Tag, u64)],
-        prefetched: Option<&Prefetched>,
-    ) -> bool {
-        if self.shared.redis.is_none() {
-            return false;
-        }
-        if made_with.is_empty() {
-            return true;
-        }
-        let current = match prefetched {
-            Some(prefetched)
-                if made_with
-                    .iter()
-                    .all(|(tag, _)| prefetched.tags.contains(tag)) =>
-            {
-                prefetched.read.clone().await
-            }
-            _ => {
-                let tags: Vec<Tag> = made_with.iter().map(|(tag, _)| tag.clone()).collect();
-                self.read_generations(tags).await.map(Arc::new)
-            }
-        };
-        let Some(current) = current else {
-            return false;
-        };
-        made_with
-            .iter()
-            .all(|made| current.iter().any(|now| now == made))
-    }
-
-    /// The current generations of `tags`, read from Redis after this call
-    /// (batched, see [`revalidation`]) and learnt; `None` when Redis cannot
-    /// answer (or the circuit is open).
-    async fn read_generations(&self, tags: Vec<Tag>) -> Option<Vec<(Tag, u64)>> {
-        self.redis()?;
-        let keys: Vec<String> = tags.iter().map(Tag::generation_key).collect();
-        let queue = self
-            .shared
-            .revalidations
-            .get_or_init(|| revalidation::Queue::start(Arc::downgrade(&self.shared)));
-        let fetched = queue.generations(keys).await?;
-        let current: Vec<(Tag, u64)> = tags
-            .into_iter()
-            .zip(fetched.into_iter().map(Option::unwrap_or_default))
-            .collect();
-        self.learn_generations(&current);
-        Some(current)
-    }
-
-    /// Starts one read of the current generations of `tags`, for the
-    /// revalidated lookups a request is about to make (see [`Prefetched`]);
-    /// `None` when nothing would be revalidated (cache off, no Redis).
-    pub fn prefetch_generations(&self, tags: Vec<Tag>) -> Option<Prefetched> {
-        if !self.shared.settings.enabled || self.shared.redis.is_none() || tags.is_empty() {
-            return None;
-        }
-        let tags: Arc<[Tag]> = tags.into();
-        let cache = self.clone();
-        let read = {
-            let tags = tags.clone();
-            async move { cache.read_generations(tags.to_vec()).await.map(Arc::new) }
-        };
-        Some(Prefetched {
-            tags,
-            read: read.boxed().shared(),
-        })
-    }
-
-    /// Whether a joined flight's value is still current for this caller:
-    /// checked in Redis (read after this caller arrived), or, without
-    /// Redis, against this process's own bumps (the only ones there are).
-    async fn flight_current(&self, made_with: &[(Tag, u64)]) -> bool {
-        if self.shared.redis.is_none() {
-            self.generations_current(made_with)
-        } else {
-            self.revalidate(made_with).await
         }
     }
 
@@ -734,7 +603,10 @@ impl HybridCache {
         epoch: u64,
     ) {
         let shared = &self.shared;
-        if !shared.settings.l1_enabled || epoch != shared.epoch.load(Ordering::Acquire) {
+        if !shared.settings.l1_enabled || (options.strict && shared.redis.is_none()) {
+            return;
+        }
+        if epoch != shared.epoch.load(Ordering::Acquire) {
             return; // invalidations may have been missed while it was made
         }
         let now = Instant::now();
@@ -891,12 +763,14 @@ impl HybridCache {
     }
 
     /// Bumps each tag's generation and tells every replica, in one Redis
-    /// round trip (a script: `INCR` each, then `PUBLISH`). Invalidations
+    /// round trip (a script: `INCR` each, then `PUBLISH`), then waits until
+    /// every replica with a live lease has applied it ([`coherence`]): on
+    /// return, no replica serves an entry it made stale. Invalidations
     /// ignore the read circuit and get a longer timeout than reads: a slow
     /// moment must not lose one. When Redis cannot be reached, this replica
     /// bumps its own view at once and a background task keeps trying, so
     /// other replicas learn of it when Redis is back (they bypass L1
-    /// meanwhile: their subscription is down too).
+    /// meanwhile: their subscription and lease are down too).
     pub async fn invalidate_tags(&self, tags: &[Tag]) {
         if !self.shared.settings.enabled || tags.is_empty() {
             return;
@@ -914,19 +788,42 @@ impl HybridCache {
     }
 
     async fn try_invalidate(&self, tags: &[Tag]) -> bool {
-        let Some(mut redis) = self.shared.redis.clone() else {
+        let shared = &self.shared;
+        let Some(mut redis) = shared.redis.clone() else {
             return false;
         };
-        let mut invocation = self.shared.invalidate_script.prepare_invoke();
+        // Registered before sending: an acknowledgement may arrive before
+        // the script's answer does.
+        let (seq, acknowledged) = shared.coherence.expect();
+        let mut invocation = shared.invalidate_script.prepare_invoke();
         for tag in tags {
             invocation.key(tag.generation_key()).arg(tag.as_str());
         }
-        invocation.arg(CHANNEL);
-        let call = invocation.invoke_async::<Vec<u64>>(&mut redis);
-        match tokio::time::timeout(INVALIDATION_TIMEOUT, call).await {
-            Ok(Ok(generations)) if generations.len() == tags.len() => {
+        invocation
+            .key(coherence::REPLICAS)
+            .arg(CHANNEL)
+            .arg(&shared.coherence.id)
+            .arg(seq);
+        let call = invocation.invoke_async::<(Vec<u64>, Vec<(String, i64)>)>(&mut redis);
+        let reply = tokio::time::timeout(INVALIDATION_TIMEOUT, call).await;
+        if !matches!(reply, Ok(Ok((ref generations, _))) if generations.len() == tags.len()) {
+            shared.coherence.forget(seq);
+        }
+        match reply {
+            Ok(Ok((generations, leases))) if generations.len() == tags.len() => {
                 let bumped: Vec<(Tag, u64)> = tags.iter().cloned().zip(generations).collect();
                 self.learn_generations(&bumped);
+                let started = Instant::now();
+                if !shared.coherence.wait(seq, acknowledged, leases).await {
+                    shared.metrics.unacknowledged.inc();
+                    tracing::warn!(
+                        "cache: a replica did not acknowledge an invalidation; waited for its lease to end"
+                    );
+                }
+                shared
+                    .metrics
+                    .acknowledgement_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 true
             }
             Ok(Ok(_)) => false,
@@ -993,7 +890,8 @@ impl HybridCache {
         }
     }
 
-    /// Applies a message from [`CHANNEL`] (ours or another replica's).
+    /// Applies a message from [`CHANNEL`] (ours or another replica's), then
+    /// acknowledges it to its writer, who is waiting for that.
     fn apply(&self, payload: &[u8]) {
         let Ok(message) = serde_json::from_slice::<Invalidation>(payload) else {
             tracing::warn!("cache: unreadable invalidation message ignored");
@@ -1009,12 +907,60 @@ impl HybridCache {
             .map(|(tag, g)| (Tag::from_wire(tag), g))
             .collect();
         self.learn_generations(&generations);
+        if let (Some(writer), Some(seq)) = (message.from, message.n)
+            && writer != self.shared.coherence.id
+            && let Some(mut redis) = self.shared.redis.clone()
+        {
+            let ack = coherence::ack(&self.shared.coherence.id, &seq);
+            tokio::spawn(async move {
+                let publish = redis.publish::<_, _, ()>(coherence::own_channel(&writer), ack);
+                // Lost: the writer waits for our lease to end instead.
+                let _ = tokio::time::timeout(INVALIDATION_TIMEOUT, publish).await;
+            });
+        }
+    }
+
+    /// Renews this replica's lease; the renewal's barrier comes back
+    /// through the subscription as `token` (see [`coherence`]).
+    async fn renew_lease(&self, token: u64) {
+        let shared = &self.shared;
+        let Some(mut redis) = shared.redis.clone() else {
+            return;
+        };
+        let lease = u64::try_from(coherence::LEASE.as_millis()).unwrap_or(u64::MAX);
+        let mut invocation = shared.renew_script.prepare_invoke();
+        invocation
+            .key(coherence::REPLICAS)
+            .arg(&shared.coherence.id)
+            .arg(lease)
+            .arg(coherence::own_channel(&shared.coherence.id))
+            .arg(coherence::barrier(token));
+        let call = invocation.invoke_async::<()>(&mut redis);
+        if let Ok(Err(error)) = tokio::time::timeout(INVALIDATION_TIMEOUT, call).await {
+            tracing::debug!(%error, "cache: lease not renewed");
+        }
+    }
+
+    /// Gives up the lease, so writers stop waiting for this replica.
+    async fn withdraw(&self) {
+        let Some(mut redis) = self.shared.redis.clone() else {
+            return;
+        };
+        let call = redis.zrem::<_, _, ()>(coherence::REPLICAS, &self.shared.coherence.id);
+        let _ = tokio::time::timeout(INVALIDATION_TIMEOUT, call).await;
+    }
+
+    /// Shutting down: stops serving from L1 and leaves the replicas'
+    /// set, so writes stop waiting for this replica's acknowledgements.
+    pub async fn leave(&self) {
+        self.shared.coherence.leave();
+        self.withdraw().await;
     }
 
     /// Invalidations may have been missed: nothing in L1 can be trusted.
-    fn forget_everything(&self, usable: bool) {
+    fn forget_everything(&self) {
         let shared = &self.shared;
-        shared.l1_usable.store(usable, Ordering::Release);
+        shared.coherence.suspend();
         shared.epoch.fetch_add(1, Ordering::AcqRel);
         shared.l1.invalidate_all();
         shared
@@ -1031,15 +977,15 @@ impl HybridCache {
         tokio::spawn(subscriber::run(self.clone(), client))
     }
 
-    /// Whether L1 serves now (false while the subscription is down).
+    /// Whether L1 serves now (false while the subscription or the lease
+    /// is down).
     pub fn l1_serving(&self) -> bool {
-        self.shared.l1_usable.load(Ordering::Acquire)
+        self.shared.coherence.serving()
     }
 }
 
 enum L1Lookup<T> {
-    /// The value and the tag generations it was made with.
-    Fresh(T, Vec<(Tag, u64)>),
+    Fresh(T),
     Stale(T),
     Miss,
 }

@@ -20,9 +20,11 @@
 //!   the cache (RFC 9110 §13.2.2, [`crate::http::preconditions`]).
 //! - **Freshness**: each entry carries the tenant-wide tag and the row's
 //!   tags (per collection, …), which [`crate::cache::invalidation`] bumps
-//!   after every successful write, before the write's answer leaves;
-//!   private entries are revalidated against Redis on every in-process hit,
-//!   so a write is visible at once on every replica.
+//!   after every successful write, before the write's answer leaves, and
+//!   every replica has dropped them by then ([`crate::cache::coherence`]):
+//!   a write is visible at once on every replica. Without Redis, private
+//!   entries are not kept in memory at all (another replica's write could
+//!   not be heard).
 //! - **Preconditions on a hit**: all four, as the handler evaluates them
 //!   (RFC 9110 §13.2.2): 304, 412, or 400 for a malformed tag list.
 //! - **Headers out**: `Cache-Control: private, max-age=…` on private rows
@@ -38,13 +40,10 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header}
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use super::policy::{Access, CachePolicy, OutputCache, Vary, lookup};
 use crate::app::AppState;
-use crate::cache::invalidation::api_key_tags;
-use crate::cache::{CacheError, CacheKey, EntryOptions, HybridCache, Prefetched, Tag};
-use crate::http::auth::{Bearer, parse_authorization};
+use crate::cache::{CacheError, CacheKey, EntryOptions, HybridCache, Tag};
 use crate::http::compression::add_vary;
 use crate::http::preconditions::{self, EntityTag, Outcome};
 use crate::tenancy::TenantContext;
@@ -324,19 +323,8 @@ pub async fn output_cache(State(state): State<AppState>, request: Request, next:
     }
     let (mut parts, body) = request.into_parts();
     let mut tags = Vec::new();
-    let mut prefetched = None;
     let tenant = if authenticated {
-        let params = RawPathParams::from_request_parts(&mut parts, &())
-            .await
-            .ok();
-        let early = prefetch(&state, &policy, params.as_ref(), &parts.headers).await;
-        let ctx = match TenantContext::extract(
-            &mut parts,
-            &state,
-            early.as_ref().map(|(_, prefetched)| prefetched),
-        )
-        .await
-        {
+        let ctx = match TenantContext::from_request_parts(&mut parts, &state).await {
             Ok(ctx) => ctx,
             Err(error) => return error.into_response(),
         };
@@ -346,15 +334,25 @@ pub async fn output_cache(State(state): State<AppState>, request: Request, next:
             return error.into_response();
         }
         let id = ctx.tenant_id();
-        let Some(entry_tags) = entry_tags(&policy, id, params.as_ref()) else {
-            return next.run(Request::from_parts(parts, body)).await;
-        };
-        tags = entry_tags;
-        // Read for the tenant the name resolved to a moment before; a
-        // tenant re-created in between has other tags, checked on their own.
-        prefetched = early
-            .filter(|(tenant, _)| *tenant == id)
-            .map(|(_, prefetched)| prefetched);
+        tags.push(Tag::whole_tenant(id));
+        let params = RawPathParams::from_request_parts(&mut parts, &())
+            .await
+            .ok();
+        for template in policy.tags {
+            let values: Option<Vec<&str>> = template
+                .params
+                .iter()
+                .map(|name| {
+                    params
+                        .as_ref()
+                        .and_then(|p| p.iter().find(|(n, _)| n == name).map(|(_, v)| v))
+                })
+                .collect();
+            let Some(values) = values else {
+                return next.run(Request::from_parts(parts, body)).await;
+            };
+            tags.push(Tag::tenant(id, template.name, values));
+        }
         Some((id, ctx.principal().role.clone()))
     } else {
         None
@@ -384,95 +382,35 @@ pub async fn output_cache(State(state): State<AppState>, request: Request, next:
         parts.headers.remove(name);
     }
     let request = Request::from_parts(parts, body);
-    let entry = Entry {
-        key: &key,
-        tags: &tags,
-        prefetched: prefetched.as_ref(),
-    };
-    serve(&cache, entry, &policy, request_headers, request, next).await
-}
-
-/// The tags of the entry a request on `policy`'s row reads: the tenant's,
-/// then the row's, from the path (`None` when a parameter is missing).
-fn entry_tags(
-    policy: &CachePolicy,
-    tenant: Uuid,
-    params: Option<&RawPathParams>,
-) -> Option<Vec<Tag>> {
-    let mut tags = vec![Tag::whole_tenant(tenant)];
-    for template in policy.tags {
-        let values: Option<Vec<&str>> = template
-            .params
-            .iter()
-            .map(|name| params?.iter().find(|(n, _)| n == name).map(|(_, v)| v))
-            .collect();
-        tags.push(Tag::tenant(tenant, template.name, values?));
-    }
-    Some(tags)
-}
-
-/// Before authenticating: one read of the generations a hit will check,
-/// the API key's row's and the entry's, so the two revalidations cost one
-/// round trip instead of two in sequence ([`Prefetched`]). With the tenant
-/// id it was read for; `None` for an unknown tenant or when the cache does
-/// not revalidate.
-async fn prefetch(
-    state: &AppState,
-    policy: &CachePolicy,
-    params: Option<&RawPathParams>,
-    headers: &HeaderMap,
-) -> Option<(Uuid, Prefetched)> {
-    let name = params?.iter().find(|(n, _)| *n == "tenant")?.1;
-    let tenant = state.tenancy.resolve(name).await.ok()??;
-    let mut tags = entry_tags(policy, tenant.id, params)?;
-    if let Ok(Bearer::ApiKey(key)) = parse_authorization(headers) {
-        tags.extend(api_key_tags(tenant.id, key.key_id));
-    }
-    let prefetched = state.tenancy.cache.prefetch_generations(tags)?;
-    Some((tenant.id, prefetched))
-}
-
-/// Which entry a request reads: its key, its tags, and the generations
-/// read for it before authentication (if any).
-struct Entry<'a> {
-    key: &'a CacheKey,
-    tags: &'a [Tag],
-    prefetched: Option<&'a Prefetched>,
+    serve(&cache, &key, &tags, &policy, request_headers, request, next).await
 }
 
 async fn serve(
     cache: &HybridCache,
-    entry: Entry<'_>,
+    key: &CacheKey,
+    tags: &[Tag],
     policy: &CachePolicy,
     request_headers: HeaderMap,
     request: Request,
     next: Next,
 ) -> Response {
-    // Private entries are checked against the tags' generations in Redis
-    // on every in-process hit (a write on another replica is seen at once);
-    // without Redis, nothing could tell this replica of another's writes,
-    // so they are never served from memory (`revalidate` is then false).
+    // Without Redis, nothing could tell this replica of another's writes,
+    // so private answers are never served from memory.
     let mut options = EntryOptions::new(policy.ttl, policy.ttl);
     if !policy.public {
-        options = options.revalidated();
+        options = options.strict();
     }
     let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = ran.clone();
     let result = cache
-        .get_or_create_prefetched::<CachedResponse, Miss, _, _>(
-            entry.key,
-            entry.tags,
-            options,
-            entry.prefetched,
-            || async move {
-                flag.store(true, std::sync::atomic::Ordering::Relaxed);
-                let response = next.run(request).await;
-                if !cacheable(&response) {
-                    return Err(Miss::Pass(response));
-                }
-                store(response).await
-            },
-        )
+        .get_or_create::<CachedResponse, Miss, _, _>(key, tags, options, || async move {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            let response = next.run(request).await;
+            if !cacheable(&response) {
+                return Err(Miss::Pass(response));
+            }
+            store(response).await
+        })
         .await;
     let hit = !ran.load(std::sync::atomic::Ordering::Relaxed);
     match result {

@@ -25,7 +25,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::ts;
-use crate::cache::{CacheKey, EntryOptions, HybridCache, Prefetched, invalidation};
+use crate::cache::{CacheKey, EntryOptions, HybridCache, invalidation};
 use crate::events::{self, Event, types};
 use crate::http::HttpContext;
 use crate::http::auth::{
@@ -44,11 +44,12 @@ const LAST_USED_GRANULARITY_SECONDS: i64 = 60;
 const MAX_NAME_LEN: usize = 200;
 
 /// How long an API-key row may be served from the cache. Revocation does
-/// not wait for it: the entry is revalidated against its tags' generations
-/// in Redis on every use (see `cache::EntryOptions::revalidate`), so this
-/// only bounds the case where the revoking replica could not reach Redis.
+/// not wait for it: the revoking write returns only once every replica has
+/// dropped the row (`cache::coherence`), and without Redis the row is
+/// never kept in memory (`cache::EntryOptions::strict`); so this only
+/// bounds the case where the revoking replica could not reach Redis.
 const KEY_CACHE: EntryOptions =
-    EntryOptions::new(Duration::from_secs(5), Duration::from_secs(60)).revalidated();
+    EntryOptions::new(Duration::from_secs(5), Duration::from_secs(60)).strict();
 
 /// A key row as authentication needs it (what the cache holds).
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
@@ -95,12 +96,11 @@ pub async fn lookup_cached(
     tenant_id: Uuid,
     pool: &PgPool,
     key_id: &str,
-    prefetched: Option<&Prefetched>,
 ) -> Result<Option<KeyRecord>, ApiError> {
     let key = CacheKey::tenant(tenant_id, "api-key").id(key_id).build();
     let tags = invalidation::api_key_tags(tenant_id, key_id);
     let found = cache
-        .get_or_create_prefetched(&key, &tags, KEY_CACHE, prefetched, || async {
+        .get_or_create(&key, &tags, KEY_CACHE, || async {
             lookup(pool, key_id).await?.ok_or(ApiError::NotFound)
         })
         .await;

@@ -33,7 +33,7 @@ use uuid::Uuid;
 
 use super::catalog::TenantInfo;
 use super::{Tenancy, state_gate};
-use crate::cache::{CacheKey, EntryOptions, HybridCache, Prefetched, Tag};
+use crate::cache::{CacheKey, EntryOptions, HybridCache, Tag};
 use crate::http::HttpContext;
 use crate::http::auth::{Bearer, Principal, ensure_tenant, parse_authorization, verify_api_key};
 use crate::http::authz::{self, Action, Permissions, Resource};
@@ -229,34 +229,13 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        TenantContext::extract(parts, state, None).await
-    }
-}
-
-impl TenantContext {
-    /// The extractor, with the API key's revalidation answered from
-    /// `prefetched` when it covers the key (the output cache's one round
-    /// trip). The context is kept in the request's extensions, so the
-    /// handler reuses it.
-    pub async fn extract<S>(
-        parts: &mut Parts,
-        state: &S,
-        prefetched: Option<&Prefetched>,
-    ) -> Result<Self, ApiError>
-    where
-        HttpContext: FromRef<S>,
-        Tenancy: FromRef<S>,
-        S: Send + Sync,
-    {
         if let Some(ctx) = parts.extensions.get::<TenantContext>() {
             return Ok(ctx.clone());
         }
         let path_tenant = path_tenant(parts, state).await?;
         let http = HttpContext::from_ref(state);
         let tenancy = Tenancy::from_ref(state);
-        let ctx =
-            authenticate_prefetched(&parts.headers, &path_tenant, &http, &tenancy, prefetched)
-                .await?;
+        let ctx = authenticate(&parts.headers, &path_tenant, &http, &tenancy).await?;
         tracing::Span::current().record("tenant", ctx.tenant.name.as_str());
         parts.extensions.insert(ctx.clone());
         Ok(ctx)
@@ -286,19 +265,6 @@ pub async fn authenticate(
     http: &HttpContext,
     tenancy: &Tenancy,
 ) -> Result<TenantContext, ApiError> {
-    authenticate_prefetched(headers, path_tenant, http, tenancy, None).await
-}
-
-/// [`authenticate`], with the API key's revalidation answered from
-/// `prefetched` when it holds the key's tags (the output cache reads them
-/// with its entry's, in one round trip).
-pub async fn authenticate_prefetched(
-    headers: &axum::http::HeaderMap,
-    path_tenant: &str,
-    http: &HttpContext,
-    tenancy: &Tenancy,
-    prefetched: Option<&Prefetched>,
-) -> Result<TenantContext, ApiError> {
     let bearer = parse_authorization(headers)?;
     let jwt_principal = match &bearer {
         Bearer::Jwt(token) => {
@@ -322,9 +288,7 @@ pub async fn authenticate_prefetched(
                 state_gate(&tenant)?;
             }
             let pool = tenancy.pools.pool(&tenant)?;
-            let found =
-                keys::lookup_cached(&tenancy.cache, tenant.id, &pool, key.key_id, prefetched)
-                    .await?;
+            let found = keys::lookup_cached(&tenancy.cache, tenant.id, &pool, key.key_id).await?;
             let Some(found) = found else {
                 return Err(ApiError::NotFound);
             };
