@@ -6,8 +6,9 @@
 //! current request, and [`invalidate_after_writes`] (a layer on the API
 //! routes) bumps the matching tags once the handler has answered with a
 //! success, before the response leaves: by the time a client sees its
-//! write acknowledged, no replica serves the old value (within the
-//! pub/sub delay for plain entries, at once for revalidated ones).
+//! write acknowledged, no replica serves the old value (every replica has
+//! acknowledged the invalidation, or its lease has run out:
+//! [`super::coherence`]).
 //!
 //! The outbox dispatcher applies the same mapping to every event it
 //! publishes ([`tags_for_event`]), so a replica that crashed between its
@@ -19,7 +20,7 @@
 //! | `collection.*` | `collection:<name>`, `collections` | the collection's settings, its documents, lists and searches; lists of collections |
 //! | `document.*` | `document:<collection>:<id>`, `documents:<collection>` | that document; the collection's lists |
 //! | `vector.*` | `vectors:<collection>` | the collection's search results |
-//! | `key.revoked` | `api-key:<id>` | the key's row (revalidated: refused at once everywhere) |
+//! | `key.revoked` | `api-key:<id>` | the key's row (refused at once everywhere) |
 //! | `member.*`, `invitation.accepted` | `api-keys` | every key row of the tenant (a member's keys follow their role) |
 //! | `object.*`, `upload.*` | `object:<bucket>:<key>`, `objects:<bucket>` | the object's metadata; the bucket's lists |
 //! | `bucket.*` (the operator's) | `bucket:<bucket>`, `objects:<bucket>` | the bucket's rules and what was cached under them; its lists |
