@@ -143,7 +143,7 @@ async fn create_collection(
     description = "By name; pages of at most 500.",
     params(PageParams),
     responses(
-        (status = 200, description = "A page of collections; `Link: rel=next` when there is more", body = crate::http::pagination::Page<crate::openapi::documents::CollectionView>, headers(("ETag" = String, description = "A digest of the page (strong)"), ("Last-Modified" = String, description = "The latest `updated_at` of the page"))),
+        (status = 200, description = "A page of collections; `Link: rel=next` when there is more", body = crate::http::pagination::Page<crate::openapi::documents::CollectionView>, headers(("ETag" = String, description = "A digest of the page (strong)"))),
         (status = 304, description = "Not modified (`If-None-Match`, `If-Modified-Since`)"),
         (status = 412, description = "A precondition does not hold"),
     ),
@@ -159,7 +159,7 @@ async fn list_collections(
     ctx.require(Resource::Collections, Action::Read)?;
     let page = collections::list(ctx.pool(), &http.cursors, ctx.tenant_id(), &page).await?;
     let response = page.into_response_for(&uri);
-    Ok(conditional_json(response, &method, &headers, Some("updated_at")).await)
+    Ok(conditional_json(response, &method, &headers).await)
 }
 
 #[utoipa::path(
@@ -309,7 +309,7 @@ async fn create_document(
         ("count" = Option<bool>, Query, description = "`true`: add `total`"),
     ),
     responses(
-        (status = 200, description = "A page of documents; `Link: rel=next` when there is more", body = crate::http::pagination::Page<super::store::Document>, headers(("ETag" = String, description = "A digest of the page (strong)"), ("Last-Modified" = String, description = "The latest `updated_at` of the page"))),
+        (status = 200, description = "A page of documents; `Link: rel=next` when there is more", body = crate::http::pagination::Page<super::store::Document>, headers(("ETag" = String, description = "A digest of the page (strong)"))),
         (status = 304, description = "Not modified (`If-None-Match`, `If-Modified-Since`)"),
         (status = 400, description = "A malformed filter, sort or parameter, or a cursor of another query"),
         (status = 412, description = "A precondition does not hold"),
@@ -326,7 +326,7 @@ async fn list_documents(
     ctx.require(Resource::Documents, Action::Read)?;
     let request = list::parse_query_string(uri.query())?;
     let response = list::list_cached(&ctx, &http.cursors, &p.collection, request, &uri).await?;
-    Ok(conditional_json(response, &method, &headers, Some("updated_at")).await)
+    Ok(conditional_json(response, &method, &headers).await)
 }
 
 #[utoipa::path(

@@ -428,20 +428,21 @@ pub fn parse_rfc3339_utc(text: &str) -> Option<SystemTime> {
 
 /// The validators of a JSON answer that has no version of its own (list
 /// pages, bucket metadata): a strong `ETag` over the exact body bytes (the
-/// same bytes are the same representation) and, when `modified` names a
-/// field, `Last-Modified` = the latest `items[*].<field>` of the page.
-/// Then the request's preconditions are evaluated against them (§13.2.2):
-/// 304 with the validators, 412, or 400 for a malformed tag list. Other
-/// answers than 200 pass untouched.
+/// same bytes are the same representation). Then the request's
+/// preconditions are evaluated against it (§13.2.2): 304 with the ETag,
+/// 412, or 400 for a malformed tag list. Other answers than 200 pass
+/// untouched.
 ///
-/// A page's `Last-Modified` does not move when a row leaves it (deleted,
-/// or no longer matching a filter): `If-None-Match`, which takes
-/// precedence over `If-Modified-Since`, sees that change in the digest.
+/// No `Last-Modified`: a page's latest `updated_at` would not move when a
+/// row leaves it (deleted, or no longer matching a filter), so an
+/// `If-Modified-Since` alone would get a 304 for a page that changed. A
+/// date that cannot be "reasonably and consistently determined" is not
+/// sent (RFC 9110 §8.8.2), and `If-Modified-Since` is then ignored
+/// (§13.1.3).
 pub async fn conditional_json(
     response: axum::response::Response,
     method: &Method,
     request_headers: &HeaderMap,
-    modified: Option<&str>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     if response.status() != axum::http::StatusCode::OK {
@@ -456,39 +457,12 @@ pub async fn conditional_json(
         }
     };
     let etag = EntityTag::from_digest(false, &[&bytes]);
-    let last_modified = modified.and_then(|field| latest_of_items(&bytes, field));
-    let current = Some((&etag, last_modified));
+    let current = Some((&etag, None));
     if let Err(error) = evaluate(method, request_headers, current).into_result(current) {
         return error.into_response();
     }
-    set_validators(&mut parts.headers, &etag, last_modified);
+    set_validators(&mut parts.headers, &etag, None);
     axum::response::Response::from_parts(parts, axum::body::Body::from(bytes))
-}
-
-/// The latest `items[*].<field>` timestamp of a page body. Only the two
-/// timestamp fields our lists carry are read; everything else is skipped
-/// without being built (serde ignores unknown fields).
-fn latest_of_items(body: &[u8], field: &str) -> Option<SystemTime> {
-    #[derive(serde::Deserialize)]
-    struct Item {
-        updated_at: Option<String>,
-        modified_at: Option<String>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Items {
-        #[serde(default)]
-        items: Vec<Item>,
-    }
-    let page: Items = serde_json::from_slice(body).ok()?;
-    page.items
-        .iter()
-        .filter_map(|item| match field {
-            "updated_at" => item.updated_at.as_deref(),
-            "modified_at" => item.modified_at.as_deref(),
-            _ => None,
-        })
-        .filter_map(parse_rfc3339_utc)
-        .max()
 }
 
 #[cfg(test)]

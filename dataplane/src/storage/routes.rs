@@ -154,7 +154,7 @@ async fn get_bucket(
         "usage": {"bytes": usage.bytes, "objects": usage.objects, "stored_bytes": stored_bytes},
     }))
     .into_response();
-    Ok(crate::http::preconditions::conditional_json(response, &method, &headers, None).await)
+    Ok(crate::http::preconditions::conditional_json(response, &method, &headers).await)
 }
 
 #[utoipa::path(
@@ -166,7 +166,7 @@ async fn get_bucket(
     description = "In byte order of their keys, optionally under a prefix and grouped at a delimiter (`common_prefixes`); pages of at most 1000 entries and prefixes together.",
     params(objects::ListParams),
     responses(
-        (status = 200, description = "A page; `Link: rel=next` when there is more", body = objects::ListPage, headers(("ETag" = String, description = "A digest of the page (strong)"), ("Last-Modified" = String, description = "The latest `modified_at` of the page"))),
+        (status = 200, description = "A page; `Link: rel=next` when there is more", body = objects::ListPage, headers(("ETag" = String, description = "A digest of the page (strong)"))),
         (status = 304, description = "Not modified (`If-None-Match`, `If-Modified-Since`)"),
     ),
 )]
@@ -188,14 +188,8 @@ async fn list_objects(
     )
     .await?;
     let response = objects::list(access, &state.http.cursors, params, &uri).await?;
-    // ETag: a digest of the page; Last-Modified: its latest object.
-    Ok(crate::http::preconditions::conditional_json(
-        response,
-        &method,
-        &headers,
-        Some("modified_at"),
-    )
-    .await)
+    // ETag: a digest of the page (no Last-Modified: see conditional_json).
+    Ok(crate::http::preconditions::conditional_json(response, &method, &headers).await)
 }
 
 #[utoipa::path(
