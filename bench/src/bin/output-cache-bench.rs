@@ -7,9 +7,9 @@
 //! Chosen because it is the most common cacheable read that does real
 //! work on a miss (a keyset page query, 50 rows decoded and serialised, a
 //! digest for the ETag), and because it is a *private* row: every hit is
-//! authenticated, permission-checked and revalidated against the tags'
-//! generations in Redis — the honest cost of a hit, not a public entry
-//! served from memory alone.
+//! authenticated and permission-checked (its tags' freshness needs no
+//! Redis read: writes wait for every replica's acknowledgement instead,
+//! `cache::coherence`).
 //!
 //! Three release data plane processes on the stack's Redis:
 //!
@@ -21,7 +21,7 @@
 //!
 //! `off` turns the whole two-level cache off, so it also reads the API
 //! key's row from PostgreSQL on every request (a primary-key lookup) where
-//! `on` checks its generation in Redis: that difference is in the ratio.
+//! `on` has it in memory: that difference is in the ratio.
 //!
 //! The load generator is this process (the data planes are others):
 //! CONCURRENCY HTTP/1.1 keep-alive clients sending the same GET back to
