@@ -322,8 +322,7 @@ pub async fn output_cache(State(state): State<AppState>, request: Request, next:
         return next.run(request).await;
     }
     let (mut parts, body) = request.into_parts();
-    let mut tags = Vec::new();
-    let tenant = if authenticated {
+    let (tags, tenant) = if authenticated {
         let ctx = match TenantContext::from_request_parts(&mut parts, &state).await {
             Ok(ctx) => ctx,
             Err(error) => return error.into_response(),
@@ -334,28 +333,15 @@ pub async fn output_cache(State(state): State<AppState>, request: Request, next:
             return error.into_response();
         }
         let id = ctx.tenant_id();
-        tags.push(Tag::whole_tenant(id));
         let params = RawPathParams::from_request_parts(&mut parts, &())
             .await
             .ok();
-        for template in policy.tags {
-            let values: Option<Vec<&str>> = template
-                .params
-                .iter()
-                .map(|name| {
-                    params
-                        .as_ref()
-                        .and_then(|p| p.iter().find(|(n, _)| n == name).map(|(_, v)| v))
-                })
-                .collect();
-            let Some(values) = values else {
-                return next.run(Request::from_parts(parts, body)).await;
-            };
-            tags.push(Tag::tenant(id, template.name, values));
-        }
-        Some((id, ctx.principal().role.clone()))
+        let Some(tags) = entry_tags(&policy, id, params.as_ref()) else {
+            return next.run(Request::from_parts(parts, body)).await;
+        };
+        (tags, Some((id, ctx.principal().role.clone())))
     } else {
-        None
+        (Vec::new(), None)
     };
     let key = key_for(
         &policy,
@@ -383,6 +369,25 @@ pub async fn output_cache(State(state): State<AppState>, request: Request, next:
     }
     let request = Request::from_parts(parts, body);
     serve(&cache, &key, &tags, &policy, request_headers, request, next).await
+}
+
+/// The tags of the entry a request on `policy`'s row reads: the tenant's,
+/// then the row's, from the path (`None` when a parameter is missing).
+fn entry_tags(
+    policy: &CachePolicy,
+    tenant: uuid::Uuid,
+    params: Option<&RawPathParams>,
+) -> Option<Vec<Tag>> {
+    let mut tags = vec![Tag::whole_tenant(tenant)];
+    for template in policy.tags {
+        let values: Option<Vec<&str>> = template
+            .params
+            .iter()
+            .map(|name| params?.iter().find(|(n, _)| n == name).map(|(_, v)| v))
+            .collect();
+        tags.push(Tag::tenant(tenant, template.name, values?));
+    }
+    Some(tags)
 }
 
 async fn serve(
