@@ -425,62 +425,36 @@ impl HybridCache {
             return factory().await;
         }
         let kind = key.kind();
-        let in_memory = !options.strict || shared.redis.is_some();
-        let stale = match in_memory.then(|| self.l1_lookup::<T>(key)) {
-            Some(L1Lookup::Fresh(value)) => {
+        let stale = match self.l1_lookup::<T>(key, options) {
+            L1Lookup::Fresh(value) => {
                 shared.metrics.lookup("l1", kind, true);
                 return Ok(value);
             }
-            Some(L1Lookup::Stale(value)) => Some(value),
-            Some(L1Lookup::Miss) | None => None,
+            L1Lookup::Stale(value) => Some(value),
+            L1Lookup::Miss => None,
         };
         shared.metrics.lookup("l1", kind, false);
 
         let flight = flight_key::<T>(key);
         let mut factory = Some(factory);
-        let mut attempts = 0;
-        let result = loop {
-            attempts += 1;
-            let cell = {
-                let mut flights = shared.flights.lock().unwrap_or_else(|e| e.into_inner());
-                flights
-                    .entry(flight.clone())
-                    .or_insert_with(|| Arc::new(OnceCell::new()))
-                    .clone()
-            };
-            let mut led = false;
-            let result = cell
-                .get_or_try_init(|| {
-                    led = true;
-                    let factory = factory.take().expect("called once");
-                    self.fill::<T, E, F, Fut>(key, tags, options, factory)
-                })
-                .await
-                .cloned();
-            {
-                let mut flights = shared.flights.lock().unwrap_or_else(|e| e.into_inner());
-                if flights
-                    .get(&flight)
-                    .is_some_and(|current| Arc::ptr_eq(current, &cell))
-                {
-                    flights.remove(&flight);
-                }
-            }
-            // A flight this caller joined may have read before a bump that
-            // was acknowledged before this caller arrived (a revoked key
-            // would pass once): then it takes part in a new flight, which
-            // started after it arrived. Known locally, because the bump was
-            // applied here before it was acknowledged; unknowable while
-            // this replica cannot hear invalidations, when only strict
-            // entries insist.
-            let outdated = !led
-                && matches!(&result, Ok((_, made_with))
-                    if (options.strict || self.l1_serving())
-                        && !self.generations_current(made_with));
-            if !outdated || attempts > 1 || factory.is_none() {
-                break result;
-            }
-        };
+        let (mut result, led) = self
+            .join_or_lead(&flight, key, tags, options, &mut factory)
+            .await;
+        // A flight this caller joined may have read before a bump that was
+        // acknowledged before this caller arrived (a revoked key would pass
+        // once): then it takes part in a new flight, which started after it
+        // arrived. Known locally, because the bump was applied here before
+        // it was acknowledged; unknowable while this replica cannot hear
+        // invalidations, when only strict entries insist.
+        let outdated = !led
+            && matches!(&result, Ok((_, made_with))
+                if (options.strict || self.l1_serving())
+                    && !self.generations_current(made_with));
+        if outdated {
+            (result, _) = self
+                .join_or_lead(&flight, key, tags, options, &mut factory)
+                .await;
+        }
         match result {
             Ok((value, _)) => value
                 .downcast_ref::<T>()
@@ -497,6 +471,53 @@ impl HybridCache {
                 None => Err(error),
             },
         }
+    }
+
+    /// Joins the flight of `flight` in progress, or leads a new one with
+    /// `factory` (taken then); true when it led.
+    async fn join_or_lead<T, E, F, Fut>(
+        &self,
+        flight: &str,
+        key: &CacheKey,
+        tags: &[Tag],
+        options: EntryOptions,
+        factory: &mut Option<F>,
+    ) -> (Result<Made, E>, bool)
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let flights = &self.shared.flights;
+        let cell = flights
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(flight.to_string())
+            .or_insert_with(|| Arc::new(OnceCell::new()))
+            .clone();
+        let mut led = false;
+        let result = cell
+            .get_or_try_init(|| {
+                led = true;
+                let factory = factory.take().expect("a flight is led once per caller");
+                self.fill::<T, E, F, Fut>(key, tags, options, factory)
+            })
+            .await
+            .cloned();
+        let mut flights = flights.lock().unwrap_or_else(|e| e.into_inner());
+        if flights
+            .get(flight)
+            .is_some_and(|current| Arc::ptr_eq(current, &cell))
+        {
+            flights.remove(flight);
+        }
+        (result, led)
+    }
+
+    /// Whether entries made with `options` may be kept in L1: strict ones
+    /// only where another replica's change can be heard (with Redis).
+    fn keeps_in_memory(&self, options: EntryOptions) -> bool {
+        !options.strict || self.shared.redis.is_some()
     }
 
     /// L2, then the factory; fills both levels. Runs once per flight.
@@ -552,9 +573,12 @@ impl HybridCache {
         Ok((value, generations))
     }
 
-    fn l1_lookup<T: Clone + 'static>(&self, key: &CacheKey) -> L1Lookup<T> {
+    fn l1_lookup<T: Clone + 'static>(&self, key: &CacheKey, options: EntryOptions) -> L1Lookup<T> {
         let shared = &self.shared;
-        if !shared.settings.l1_enabled || !shared.coherence.serving() {
+        if !shared.settings.l1_enabled
+            || !self.keeps_in_memory(options)
+            || !shared.coherence.serving()
+        {
             return L1Lookup::Miss;
         }
         let Some(entry) = shared.l1.get(key.as_str()) else {
@@ -603,7 +627,7 @@ impl HybridCache {
         epoch: u64,
     ) {
         let shared = &self.shared;
-        if !shared.settings.l1_enabled || (options.strict && shared.redis.is_none()) {
+        if !shared.settings.l1_enabled || !self.keeps_in_memory(options) {
             return;
         }
         if epoch != shared.epoch.load(Ordering::Acquire) {
@@ -805,37 +829,39 @@ impl HybridCache {
             .arg(&shared.coherence.id)
             .arg(seq);
         let call = invocation.invoke_async::<(Vec<u64>, Vec<(String, i64)>)>(&mut redis);
-        let reply = tokio::time::timeout(INVALIDATION_TIMEOUT, call).await;
-        if !matches!(reply, Ok(Ok((ref generations, _))) if generations.len() == tags.len()) {
-            shared.coherence.forget(seq);
-        }
-        match reply {
+        let (generations, leases) = match tokio::time::timeout(INVALIDATION_TIMEOUT, call).await {
             Ok(Ok((generations, leases))) if generations.len() == tags.len() => {
-                let bumped: Vec<(Tag, u64)> = tags.iter().cloned().zip(generations).collect();
-                self.learn_generations(&bumped);
-                let started = Instant::now();
-                if !shared.coherence.wait(seq, acknowledged, leases).await {
-                    shared.metrics.unacknowledged.inc();
-                    tracing::warn!(
-                        "cache: a replica did not acknowledge an invalidation; waited for its lease to end"
-                    );
+                (generations, leases)
+            }
+            failed => {
+                shared.coherence.forget(seq);
+                match failed {
+                    Ok(Err(error)) => tracing::warn!(
+                        %error,
+                        "cache: invalidation not sent; retrying in the background"
+                    ),
+                    Err(_) => {
+                        tracing::warn!("cache: invalidation timed out; retrying in the background")
+                    }
+                    Ok(Ok(_)) => {} // a reply of the wrong shape: retried
                 }
-                shared
-                    .metrics
-                    .acknowledgement_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                true
+                return false;
             }
-            Ok(Ok(_)) => false,
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "cache: invalidation not sent; retrying in the background");
-                false
-            }
-            Err(_) => {
-                tracing::warn!("cache: invalidation timed out; retrying in the background");
-                false
-            }
+        };
+        let bumped: Vec<(Tag, u64)> = tags.iter().cloned().zip(generations).collect();
+        self.learn_generations(&bumped);
+        let started = Instant::now();
+        if !shared.coherence.wait(seq, acknowledged, leases).await {
+            shared.metrics.unacknowledged.inc();
+            tracing::warn!(
+                "cache: a replica did not acknowledge an invalidation; waited for its lease to end"
+            );
         }
+        shared
+            .metrics
+            .acknowledgement_seconds
+            .observe(started.elapsed().as_secs_f64());
+        true
     }
 
     async fn retry_invalidation(&self, tags: Vec<Tag>) {
