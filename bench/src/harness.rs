@@ -235,7 +235,6 @@ pub async fn load_docs_collection(
     Ok(())
 }
 
-/// Peak resident set (`VmHWM`) of `pid`, KiB.
 /// Inserts documents straight into a collection's table, in one statement
 /// (bulk loading for benchmarks; no events, no validation).
 pub async fn insert_documents(
@@ -258,6 +257,7 @@ pub async fn insert_documents(
     Ok(())
 }
 
+/// Peak resident set (`VmHWM`) of `pid`, KiB.
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmHWM:")
 }
@@ -328,7 +328,8 @@ pub async fn settle() -> Duration {
         let (busy_before, total_before) = cpu_jiffies();
         tokio::time::sleep(Duration::from_millis(250)).await;
         let (busy, total) = cpu_jiffies();
-        let share = (busy - busy_before) as f64 / (total - total_before).max(1) as f64;
+        let share = busy.saturating_sub(busy_before) as f64
+            / total.saturating_sub(total_before).max(1) as f64;
         if share < 0.10 {
             break;
         }

@@ -472,6 +472,16 @@ fn s3_client() -> S3 {
     S3::from_conf(config)
 }
 
+/// Both sides, the API first in even turns and the direct side in odd
+/// ones, so neither always runs in the other's wake.
+fn sides_in_turn(turn: usize) -> [Side; 2] {
+    if turn.is_multiple_of(2) {
+        [Side::Api, Side::Direct]
+    } else {
+        [Side::Direct, Side::Api]
+    }
+}
+
 /// [`harness::settle`], saying how long it waited.
 async fn settle_before(what: &str) {
     let waited = harness::settle().await;
@@ -633,11 +643,7 @@ async fn measure(
     for round in 0..rounds {
         // Each side goes first in every other round, and every transfer
         // starts on a quiet machine (harness::settle).
-        let sides = if round % 2 == 0 {
-            [Side::Api, Side::Direct]
-        } else {
-            [Side::Direct, Side::Api]
-        };
+        let sides = sides_in_turn(round);
         for side in sides {
             let body = payload(&ctx, big, ctx.seq.fetch_add(1, Ordering::Relaxed));
             settle_before(&format!("round {round}: PUT {}", side.name())).await;
@@ -690,12 +696,7 @@ async fn measure(
         drive(&ctx, Side::Direct, op, concurrency, warm).await?;
         let (mut api, mut direct) = (Run::default(), Run::default());
         for half_run in 0..2 {
-            let sides = if half_run == 0 {
-                [Side::Api, Side::Direct]
-            } else {
-                [Side::Direct, Side::Api]
-            };
-            for side in sides {
+            for side in sides_in_turn(half_run) {
                 settle_before(&format!("1 MiB {op:?} {}", side.name())).await;
                 let run = drive(&ctx, side, op, concurrency, half).await?;
                 match side {
