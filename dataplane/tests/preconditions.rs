@@ -228,6 +228,9 @@ fn the_reference_follows_the_rfc_examples() {
 
 // ---- Harness ---------------------------------------------------------
 
+/// An `If-Modified-Since` no date of ours can be after.
+const FAR_FUTURE: &str = "Fri, 01 Jan 2100 00:00:00 GMT";
+
 fn last_modified_of(reply: &Reply) -> SystemTime {
     let value = reply.header("last-modified").expect("Last-Modified");
     httpdate::parse_http_date(value).expect("an HTTP date")
@@ -581,13 +584,7 @@ async fn lists_and_metadata_carry_validators() {
                 assert!(!etag.starts_with("W/"), "{path}: strong");
                 assert_eq!(first.header("last-modified").is_some(), *dated, "{path}");
                 let by_tag = api
-                    .send(
-                        "GET",
-                        path,
-                        Some(&key),
-                        Body::None,
-                        &[("if-none-match", etag.as_str())],
-                    )
+                    .get_with(path, &key, &[("if-none-match", etag.as_str())])
                     .await;
                 assert_eq!(by_tag.status, 304, "{path}: {}", by_tag.text);
                 assert_eq!(by_tag.header("etag"), Some(etag.as_str()), "{path}");
@@ -595,13 +592,7 @@ async fn lists_and_metadata_carry_validators() {
                 if *dated {
                     let at = first.header("last-modified").expect("date").to_string();
                     let by_date = api
-                        .send(
-                            "GET",
-                            path,
-                            Some(&key),
-                            Body::None,
-                            &[("if-modified-since", at.as_str())],
-                        )
+                        .get_with(path, &key, &[("if-modified-since", at.as_str())])
                         .await;
                     assert_eq!(by_date.status, 304, "{path}: {}", by_date.text);
                     assert_eq!(is_hit(&by_date), *output_cached, "{path}");
@@ -609,26 +600,12 @@ async fn lists_and_metadata_carry_validators() {
                     // No date to compare: If-Modified-Since is ignored
                     // (RFC 9110 §13.1.3), even one in the future.
                     let ignored = api
-                        .send(
-                            "GET",
-                            path,
-                            Some(&key),
-                            Body::None,
-                            &[("if-modified-since", "Fri, 01 Jan 2100 00:00:00 GMT")],
-                        )
+                        .get_with(path, &key, &[("if-modified-since", FAR_FUTURE)])
                         .await;
                     assert_eq!(ignored.status, 200, "{path}: {}", ignored.text);
                 }
                 // A failed If-Match is a 412, from an entry too.
-                let refused = api
-                    .send(
-                        "GET",
-                        path,
-                        Some(&key),
-                        Body::None,
-                        &[("if-match", "\"other\"")],
-                    )
-                    .await;
+                let refused = api.get_with(path, &key, &[("if-match", "\"other\"")]).await;
                 assert_eq!(refused.status, 412, "{path}: {}", refused.text);
             }
 
@@ -639,11 +616,9 @@ async fn lists_and_metadata_carry_validators() {
                 .await;
             assert_eq!(doc.status, 200, "{}", doc.text);
             let after = api
-                .send(
-                    "GET",
+                .get_with(
                     &docs,
-                    Some(&key),
-                    Body::None,
+                    &key,
                     &[("if-none-match", before.header("etag").expect("etag"))],
                 )
                 .await;
@@ -662,23 +637,15 @@ async fn lists_and_metadata_carry_validators() {
                 .await;
             assert_eq!(gone.status, 204, "{}", gone.text);
             let revalidated = api
-                .send(
-                    "GET",
+                .get_with(
                     &docs,
-                    Some(&key),
-                    Body::None,
+                    &key,
                     &[("if-none-match", full.header("etag").expect("etag"))],
                 )
                 .await;
             assert_eq!(revalidated.status, 200, "{}", revalidated.text);
             let by_date = api
-                .send(
-                    "GET",
-                    &docs,
-                    Some(&key),
-                    Body::None,
-                    &[("if-modified-since", "Fri, 01 Jan 2100 00:00:00 GMT")],
-                )
+                .get_with(&docs, &key, &[("if-modified-since", FAR_FUTURE)])
                 .await;
             assert_eq!(by_date.status, 200, "{}", by_date.text);
         },

@@ -261,7 +261,12 @@ impl Client {
     }
 
     pub async fn get(&self, path: &str, key: &str) -> Reply {
-        self.send("GET", path, Some(key), Body::None, &[]).await
+        self.get_with(path, key, &[]).await
+    }
+
+    /// A GET with extra request headers (preconditions, ranges, …).
+    pub async fn get_with(&self, path: &str, key: &str, headers: &[(&str, &str)]) -> Reply {
+        self.send("GET", path, Some(key), Body::None, headers).await
     }
 
     pub async fn json(&self, method: &str, path: &str, key: &str, body: Value) -> Reply {
