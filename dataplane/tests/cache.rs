@@ -397,11 +397,7 @@ async fn under_load_the_next_read_sees_an_acknowledged_change_and_hits_cost_no_r
         }));
     }
     let read_calls = || async {
-        let mut conn = redis::Client::open(redis.url.as_str())
-            .expect("url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect");
+        let mut conn = redis_connection(&redis).await;
         let info: String = redis::cmd("INFO")
             .arg("commandstats")
             .query_async(&mut conn)
@@ -514,8 +510,8 @@ async fn a_replica_that_leaves_stops_serving_and_is_not_waited_for() {
     let redis = PrivateRedis::start().await;
     let a = replica(&redis).await;
     let b = replica(&redis).await;
-    let mut conn = redis_connection(&redis).await;
-    let members = |conn: &mut redis::aio::MultiplexedConnection| {
+    let conn = redis_connection(&redis).await;
+    let members = || {
         let mut conn = conn.clone();
         async move {
             let count: usize = redis::cmd("ZCARD")
@@ -526,13 +522,13 @@ async fn a_replica_that_leaves_stops_serving_and_is_not_waited_for() {
             count
         }
     };
-    assert_eq!(members(&mut conn).await, 2);
+    assert_eq!(members().await, 2);
     b.leave().await;
     assert!(!b.l1_serving());
-    assert_eq!(members(&mut conn).await, 1, "b left the set");
+    assert_eq!(members().await, 1, "b left the set");
     // b's subscriber stopped renewing: it stays out.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(members(&mut conn).await, 1);
+    assert_eq!(members().await, 1);
     assert!(!b.l1_serving());
     a.invalidate_tag(&Tag::whole_tenant(Uuid::new_v4())).await;
     assert!(a.l1_serving());
