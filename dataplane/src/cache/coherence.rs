@@ -179,7 +179,12 @@ impl Coherence {
 
     /// Whether L1 may serve now.
     pub fn serving(&self) -> bool {
-        self.ms_since_start(Instant::now()) < self.serve_until_ms.load(Ordering::Acquire)
+        self.serving_at(Instant::now())
+    }
+
+    /// [`Self::serving`] at `now` (a lookup that reads the clock anyway).
+    pub fn serving_at(&self, now: Instant) -> bool {
+        self.ms_since_start(now) < self.serve_until_ms.load(Ordering::Acquire)
     }
 
     /// The renewal sent at `sent` came back through the subscription.

@@ -575,9 +575,10 @@ impl HybridCache {
 
     fn l1_lookup<T: Clone + 'static>(&self, key: &CacheKey, options: EntryOptions) -> L1Lookup<T> {
         let shared = &self.shared;
+        let now = Instant::now();
         if !shared.settings.l1_enabled
             || !self.keeps_in_memory(options)
-            || !shared.coherence.serving()
+            || !shared.coherence.serving_at(now)
         {
             return L1Lookup::Miss;
         }
@@ -587,7 +588,6 @@ impl HybridCache {
         let Some(value) = entry.value.downcast_ref::<T>().cloned() else {
             return L1Lookup::Miss;
         };
-        let now = Instant::now();
         let current = entry.epoch == shared.epoch.load(Ordering::Acquire)
             && self.generations_current(&entry.tags);
         if !current {
