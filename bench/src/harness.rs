@@ -283,6 +283,16 @@ pub const CLOCK_TICKS: f64 = 100.0;
 
 /// utime + stime of a process (all its threads), in clock ticks.
 pub fn cpu_ticks(pid: &str) -> u64 {
+    stat_ticks(pid, false)
+}
+
+/// [`cpu_ticks`] plus what the process reaped from its exited children
+/// (`cutime` + `cstime`).
+pub fn cpu_ticks_with_children(pid: &str) -> u64 {
+    stat_ticks(pid, true)
+}
+
+fn stat_ticks(pid: &str, children: bool) -> u64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0;
     };
@@ -296,7 +306,12 @@ pub fn cpu_ticks(pid: &str) -> u64 {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    field(11) + field(12)
+    let own = field(11) + field(12);
+    if children {
+        own + field(13) + field(14)
+    } else {
+        own
+    }
 }
 
 /// Busy and total jiffies of all CPUs (`/proc/stat`).

@@ -96,11 +96,14 @@ struct Ctx {
     garage_pid: Option<u32>,
 }
 
-/// CPU seconds spent during a run: data plane, Garage, this process.
+/// CPU seconds spent during a run: data plane, Garage, PostgreSQL (every
+/// `postgres` process, so the data plane's backends and the stack's
+/// others alike: run it on a quiet stack), this process.
 #[derive(Default, Clone, Copy)]
 struct Cpu {
     dataplane: f64,
     garage: f64,
+    postgres: f64,
     client: f64,
 }
 
@@ -110,6 +113,7 @@ impl Cpu {
         Self {
             dataplane: s(cpu_ticks(&ctx.dataplane_pid.to_string())),
             garage: ctx.garage_pid.map_or(0.0, |p| s(cpu_ticks(&p.to_string()))),
+            postgres: s(postgres_ticks()),
             client: s(cpu_ticks("self")),
         }
     }
@@ -118,6 +122,7 @@ impl Cpu {
         Self {
             dataplane: self.dataplane - before.dataplane,
             garage: self.garage - before.garage,
+            postgres: self.postgres - before.postgres,
             client: self.client - before.client,
         }
     }
@@ -125,6 +130,7 @@ impl Cpu {
     fn add(&mut self, other: Self) {
         self.dataplane += other.dataplane;
         self.garage += other.garage;
+        self.postgres += other.postgres;
         self.client += other.client;
     }
 }
@@ -156,13 +162,14 @@ impl Run {
     }
 
     /// CPU seconds per GiB moved.
-    fn cpu_per_gib(&self) -> (f64, f64, f64) {
+    fn cpu_per_gib(&self) -> Cpu {
         let gib = self.bytes as f64 / (1u64 << 30) as f64;
-        (
-            self.cpu.dataplane / gib,
-            self.cpu.garage / gib,
-            self.cpu.client / gib,
-        )
+        Cpu {
+            dataplane: self.cpu.dataplane / gib,
+            garage: self.cpu.garage / gib,
+            postgres: self.cpu.postgres / gib,
+            client: self.cpu.client / gib,
+        }
     }
 }
 
@@ -488,6 +495,21 @@ async fn settle_before(what: &str) {
     eprintln!("{what}: machine quiet after {:.1} s", waited.as_secs_f64());
 }
 
+/// CPU ticks of every `postgres` process, with what the postmaster reaped
+/// (`cutime`, `cstime`): a backend that exits mid-run still counts.
+fn postgres_ticks() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.filter_map(|entry| {
+        let entry = entry.ok()?;
+        let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+        let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+        (comm.trim() == "postgres").then(|| harness::cpu_ticks_with_children(&pid.to_string()))
+    })
+    .sum()
+}
+
 /// The pid of the stack's Garage server, for its CPU time.
 fn garage_pid() -> Option<u32> {
     std::fs::read_dir("/proc").ok()?.find_map(|entry| {
@@ -499,18 +521,21 @@ fn garage_pid() -> Option<u32> {
 }
 
 fn row(label: &str, side: Side, run: &mut Run, mib_s: f64, ratio: Option<f64>) -> String {
-    let (dp, garage, client) = run.cpu_per_gib();
+    let cpu = run.cpu_per_gib();
     let p50 = percentile(&mut run.latency, 0.5);
     let p99 = percentile(&mut run.latency, 0.99);
     format!(
-        "| {label} | {} | {mib_s:.0} | {} | {p50:.1} | {p99:.1} | {} | {garage:.2} | {client:.2} | {:.1} |",
+        "| {label} | {} | {mib_s:.0} | {} | {p50:.1} | {p99:.1} | {} | {:.2} | {:.2} | {:.2} | {:.1} |",
         side.name(),
         ratio.map_or("–".into(), |r| format!("{r:.2}")),
         if side == Side::Api {
-            format!("{dp:.2}")
+            format!("{:.2}", cpu.dataplane)
         } else {
             "–".into()
         },
+        cpu.garage,
+        cpu.postgres,
+        cpu.client,
         run.load,
     )
 }
@@ -719,9 +744,9 @@ async fn measure(
          1 MiB objects from {concurrency} clients ({seconds} s per side), data plane on S3 (Garage)\n"
     );
     println!(
-        "| operation | side | MiB/s | API/direct | p50 ms | p99 ms | data plane CPU s/GiB | Garage CPU s/GiB | client CPU s/GiB | load (1 min) |"
+        "| operation | side | MiB/s | API/direct | p50 ms | p99 ms | data plane CPU s/GiB | Garage CPU s/GiB | PostgreSQL CPU s/GiB | client CPU s/GiB | load (1 min) |"
     );
-    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for op in [Op::Put, Op::Get] {
         let rates = |side: Side| {
             median(
