@@ -28,6 +28,10 @@ pub trait Sink: Send + Sync {
     /// The sink's name in metrics (`sink` label) and stored errors.
     fn name(&self) -> &'static str;
 
+    /// Whether `rows` hold an event this sink acts on. The dispatcher opens
+    /// the sink's savepoint (two round trips) only for such a batch.
+    fn wants(&self, rows: &[OutboxRow]) -> bool;
+
     /// Works on `rows` (every event of the batch; a sink picks the types it
     /// wants) in `tx`. `pool` is the tenant's, for work after the commit.
     async fn apply(

@@ -219,6 +219,11 @@ impl Sink for StaleVariants {
         "variants"
     }
 
+    fn wants(&self, rows: &[OutboxRow]) -> bool {
+        rows.iter()
+            .any(|row| SOURCE_CHANGED.contains(&row.topic.as_str()))
+    }
+
     async fn apply(
         &self,
         tenant: &TenantInfo,
