@@ -328,7 +328,7 @@ async fn collection_rows_are_cached_for_reads_and_dropped_by_collection_events()
 }
 
 #[tokio::test]
-async fn object_rows_answer_head_and_304_from_the_cache_and_bodies_from_the_database() {
+async fn object_rows_come_from_the_cache_and_a_missing_blob_sends_the_read_to_the_database() {
     with_tenants(
         "catalog-cache",
         &["cco"],
@@ -377,16 +377,55 @@ async fn object_rows_answer_head_and_304_from_the_cache_and_bodies_from_the_data
                 .execute(&pool)
                 .await
                 .expect("update behind the API");
-            // HEAD and a 304 come from the cached row…
+            // HEAD, a 304 and a body all come from the cached row.
             let head = send("HEAD", None, vec![]).await;
             assert_eq!(etag(&head), first, "HEAD served from the cache");
             let revalidated = send("GET", None, vec![("if-none-match", first.clone())]).await;
             assert_eq!(revalidated.status, 304, "304 from the cached row");
             assert_eq!(etag(&revalidated), first);
-            // …a body never: it is read with the row the database has now.
             let body = send("GET", None, vec![]).await;
             assert_eq!((body.status, body.text.as_str()), (200, "one"));
-            assert_ne!(etag(&body), first, "the body's row comes from the database");
+            assert_eq!(etag(&body), first, "the body's row comes from the cache");
+
+            // What a write on another replica does before its invalidation
+            // arrives: the row names other bytes and the old blob is
+            // deleted. The cached row's blob is then missing, and the read
+            // goes to the database instead of answering 200 with a broken
+            // body.
+            let other = "/v1/tenants/{}/buckets/files/objects/notes/b.txt";
+            let other = other.replace("{}", &tenant.name);
+            let put_other = api
+                .send(
+                    "PUT",
+                    &other,
+                    Some(&owner),
+                    Body::Raw(Some("text/plain"), b"two".to_vec()),
+                    &[],
+                )
+                .await;
+            assert_eq!(put_other.status, 201, "{}", put_other.text);
+            let old_blob: String = sqlx::query_scalar(
+                "SELECT blobs -> 0 ->> 'key' FROM objects WHERE key = 'notes/a.txt'",
+            )
+            .fetch_one(&pool)
+            .await
+            .expect("old blob");
+            sqlx::query(
+                "UPDATE objects SET etag = 'replaced-behind', size = 3,
+                        blobs = (SELECT blobs FROM objects WHERE key = 'notes/b.txt')
+                  WHERE key = 'notes/a.txt'",
+            )
+            .execute(&pool)
+            .await
+            .expect("replace behind the API");
+            store
+                .backend
+                .delete(&strata_storage::BlobKey::from_stored(old_blob))
+                .await
+                .expect("delete the old blob");
+            let body = send("GET", None, vec![]).await;
+            assert_eq!((body.status, body.text.as_str()), (200, "two"));
+            assert_ne!(etag(&body), first, "the row read again from the database");
 
             // A write through the API drops the row before it is acknowledged.
             let put = send("PUT", Some(b"two"), vec![]).await;

@@ -486,7 +486,8 @@ async fn read_source(
         .unwrap_or_else(|| row.blobs.iter().map(|b| b.size.max(0)).sum())
         .max(0) as u64;
     let mut stream =
-        crate::storage::serving::blob_stream(storage.backend.clone(), bucket, row, 0, stored)?;
+        crate::storage::serving::open_blobs(storage.backend.clone(), bucket, row, 0, stored)
+            .await?;
     if row.content_encoding.as_deref() == Some("br") {
         stream = crate::http::compression::decode(stream);
     }

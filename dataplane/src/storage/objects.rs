@@ -23,6 +23,7 @@ use super::buckets::BucketInfo;
 use super::content_type::{self, ContentType};
 use super::keys::ObjectKey;
 use super::quota::Reservation;
+use super::serving;
 use super::store::{self, BlobRef, NewObject, ObjectRow};
 use super::upload::{self, IngestRequest};
 use super::{MAX_USER_METADATA_BYTES, META_PREFIX};
@@ -208,6 +209,16 @@ pub async fn commit_version(
     let mut attempt = 0;
     let (row, created, replaced, usage) = loop {
         attempt += 1;
+        // A write whose preconditions allow a create tries the insert
+        // first: a create then costs one round trip, not a look and an
+        // insert, and an overwrite the same two (the insert finds the key
+        // taken and changes nothing, then the locked look).
+        if attempt == 1
+            && check_preconditions(method, headers, None).is_ok()
+            && let Some(row) = store::insert(&mut tx, bucket, &new).await?
+        {
+            break (row, true, None, (new.size, 1));
+        }
         let current = store::get(&mut tx, bucket.id, new.key.as_str(), true).await?;
         check_preconditions(method, headers, current.as_ref())?;
         match current {
@@ -271,6 +282,14 @@ pub async fn discard_blobs(
     }
 }
 
+/// The request headers that make a write conditional (RFC 9110 §13.1).
+const PRECONDITION_HEADERS: [header::HeaderName; 4] = [
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_UNMODIFIED_SINCE,
+];
+
 /// `PUT …/objects/{key}` with a body.
 pub async fn put(
     state: &StorageState,
@@ -295,12 +314,23 @@ pub async fn put(
     {
         return Err(ApiError::PayloadTooLarge { limit: Some(max) });
     }
-    // Fail early on preconditions (they are checked again at commit).
-    let existing = {
+    // A first look at the current row, before any byte is stored: for the
+    // preconditions (checked again at commit), and for the object count
+    // (an overwrite adds none), which only a quota of objects needs. An
+    // upload with neither reserves one object, given back at commit if it
+    // overwrote: one round trip fewer per upload.
+    let conditional = PRECONDITION_HEADERS
+        .iter()
+        .any(|name| headers.contains_key(name));
+    let counted = bucket.quota_objects.is_some() || bucket.tenant_quota_objects.is_some();
+    let existing = if conditional || counted {
         let mut conn = access.pool.acquire().await?;
-        store::get(&mut conn, bucket.id, key.as_str(), false).await?
+        let existing = store::get(&mut conn, bucket.id, key.as_str(), false).await?;
+        check_preconditions(method, headers, existing.as_ref())?;
+        existing
+    } else {
+        None
     };
-    check_preconditions(method, headers, existing.as_ref())?;
     let objects = i64::from(existing.is_none());
     // In i64 range: checked by declared_length.
     let bytes = declared_len.map_or(0, |l| l as i64);
@@ -537,19 +567,22 @@ pub async fn copy(
     }
 }
 
-/// Object rows in the cache: a HEAD, or a conditional GET that ends in
-/// 304, needs only the row; 30 s in L1, dropped on every replica by the
-/// object's events (see cache::invalidation).
+/// Object rows in the cache (reads, see [`read`]): 30 s in L1, dropped on
+/// every replica by the object's events (see cache::invalidation).
 const OBJECT_CACHE: EntryOptions =
     EntryOptions::new(Duration::from_secs(30), Duration::from_secs(300));
 
 /// GET or HEAD.
 ///
-/// HEAD and 304 answers come from the cached row. A body never does: the
-/// row names the blobs, and a cached row can be a version that a write on
-/// another replica has just replaced and whose blobs it has deleted
-/// (within the invalidation delay); streaming those would fail after the
-/// 200 has left. So a body reads the row from the database, as writes do.
+/// With the cache on, the row comes from it (no database round trip for
+/// a hot object). A cached row can be a version that a write on another
+/// replica has just replaced, whose blobs that write deletes before its
+/// invalidation is acknowledged; the body's first blob is opened before
+/// the status is chosen ([`serving::open_blobs`]), so such a row shows as
+/// a missing blob, and the row is read again from the database, as writes
+/// do. A read that overlaps a write may answer with either version; one
+/// that starts after the write's answer sees the new one (the cache's
+/// acknowledged invalidation).
 pub async fn read(
     state: &StorageState,
     cache: &HybridCache,
@@ -558,17 +591,11 @@ pub async fn read(
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    // Only these headers can make a GET a 304.
-    let may_not_modify = headers.contains_key(header::IF_NONE_MATCH)
-        || headers.contains_key(header::IF_MODIFIED_SINCE);
-    if cache.is_enabled() && (method == Method::HEAD || may_not_modify) {
+    if cache.is_enabled() {
         let row = cached_row(cache, &access, &key).await?;
-        if method == Method::HEAD {
-            return answer(state, &access, &row, method, headers);
-        }
-        if let Err(ApiError::NotModified { .. }) = check_preconditions(method, headers, Some(&row))
-        {
-            return answer(state, &access, &row, method, headers);
+        match answer(state, &access, &row, method, headers).await {
+            Err(serving::Unserved::BlobMissing) => {}
+            answered => return answered.map_err(ApiError::from),
         }
     }
     let row = {
@@ -577,6 +604,8 @@ pub async fn read(
     }
     .ok_or(ApiError::NotFound)?;
     answer(state, &access, &row, method, headers)
+        .await
+        .map_err(ApiError::from)
 }
 
 /// The row of `key` through the cache; a missing object is never cached.
@@ -603,25 +632,25 @@ async fn cached_row(
 }
 
 /// The answer to a GET or HEAD of `row`, after its preconditions.
-fn answer(
+async fn answer(
     state: &StorageState,
     access: &Access,
     row: &ObjectRow,
     method: &Method,
     headers: &HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Result<Response, serving::Unserved> {
     match check_preconditions(method, headers, Some(row)) {
         Ok(()) => {}
         Err(ApiError::NotModified { .. }) => {
             // 304 carries the headers a 200 would (RFC 9110 §15.4.5).
             let mut response = StatusCode::NOT_MODIFIED.into_response();
-            super::serving::not_modified_headers(response.headers_mut(), row, headers);
+            serving::not_modified_headers(response.headers_mut(), row, headers);
             response.headers_mut().remove(header::CONTENT_TYPE);
             return Ok(response);
         }
-        Err(error) => return Err(error),
+        Err(error) => return Err(error.into()),
     }
-    super::serving::respond(state.backend.clone(), &access.bucket, row, method, headers)
+    serving::respond(state.backend.clone(), &access.bucket, row, method, headers).await
 }
 
 /// DELETE.

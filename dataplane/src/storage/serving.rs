@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::{StreamExt, TryStreamExt};
-use strata_storage::{Backend, BlobKey, ByteRange, ByteStream};
+use strata_storage::{Backend, BackendError, BlobKey, ByteRange, ByteStream};
 
 use super::buckets::BucketInfo;
 use super::content_type;
@@ -115,36 +115,52 @@ pub fn unsatisfiable(size: u64) -> Response {
     response
 }
 
-/// Streams bytes `start..end` of the object's blobs, opening each blob
-/// only when the stream reaches it. Every blob key is checked against the
-/// bucket's prefix first (rows are tenant-writable).
-pub fn stream_blobs(
-    backend: Arc<dyn Backend>,
-    bucket: &BucketInfo,
-    row: &ObjectRow,
-    start: u64,
-    end: u64,
-) -> Result<Body, ApiError> {
-    Ok(Body::from_stream(blob_stream(
-        backend, bucket, row, start, end,
-    )?))
+/// Why an object's body could not be opened.
+#[derive(Debug)]
+pub enum Unserved {
+    /// The row names a blob the backend does not have: a row read from the
+    /// cache while a newer version replaced it (and deleted its blobs), or
+    /// a real loss. The caller reads the row again from the database.
+    BlobMissing,
+    /// Any other failure: the answer as it is.
+    Failed(ApiError),
 }
 
-/// [`stream_blobs`] as a [`ByteStream`] (offsets count stored bytes).
-pub fn blob_stream(
+impl From<ApiError> for Unserved {
+    fn from(error: ApiError) -> Self {
+        Self::Failed(error)
+    }
+}
+
+impl From<Unserved> for ApiError {
+    fn from(unserved: Unserved) -> Self {
+        match unserved {
+            Unserved::BlobMissing => super::upload::backend_error(BackendError::NotFound),
+            Unserved::Failed(error) => error,
+        }
+    }
+}
+
+/// Bytes `start..end` of the object's blobs (offsets count stored bytes).
+/// The first blob is opened before this returns, so a missing blob is an
+/// error here and not a `200` whose body breaks; each later blob opens when
+/// the stream reaches it. Every blob key is checked against the bucket's
+/// prefix first (rows are tenant-writable).
+pub async fn open_blobs(
     backend: Arc<dyn Backend>,
     bucket: &BucketInfo,
     row: &ObjectRow,
     start: u64,
     end: u64,
-) -> Result<ByteStream, ApiError> {
+) -> Result<ByteStream, Unserved> {
     let mut segments = Vec::new();
     let mut offset = 0u64;
     for blob in row.blobs.iter() {
         if !bucket.owns_blob(&blob.key) {
             return Err(ApiError::internal(anyhow::anyhow!(
                 "object row names a blob outside its bucket"
-            )));
+            ))
+            .into());
         }
         let size = blob.size.max(0) as u64;
         let (blob_start, blob_end) = (offset, offset + size);
@@ -159,7 +175,16 @@ pub fn blob_stream(
         });
         segments.push((BlobKey::from_stored(blob.key.clone()), range));
     }
-    let stream = futures::stream::iter(segments)
+    let mut segments = segments.into_iter();
+    let Some((first_key, first_range)) = segments.next() else {
+        return Ok(Box::pin(futures::stream::empty()));
+    };
+    let first = match backend.get(&first_key, first_range).await {
+        Ok(stream) => stream,
+        Err(BackendError::NotFound) => return Err(Unserved::BlobMissing),
+        Err(error) => return Err(super::upload::backend_error(error).into()),
+    };
+    let rest = futures::stream::iter(segments)
         .then(move |(key, range)| {
             let backend = backend.clone();
             async move {
@@ -170,7 +195,7 @@ pub fn blob_stream(
             }
         })
         .try_flatten();
-    Ok(Box::pin(stream))
+    Ok(Box::pin(first.chain(rest)))
 }
 
 fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
@@ -257,13 +282,13 @@ pub fn not_modified_headers(headers: &mut HeaderMap, row: &ObjectRow, request_he
 }
 
 /// GET or HEAD of an object whose preconditions passed.
-pub fn respond(
+pub async fn respond(
     backend: Arc<dyn Backend>,
     bucket: &BucketInfo,
     row: &ObjectRow,
     method: &Method,
     request_headers: &HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Unserved> {
     let size = row.size.max(0) as u64;
     let stored_size = row
         .stored_size
@@ -290,9 +315,9 @@ pub fn respond(
         Choice::Brotli => true,
         Choice::Identity => false,
         Choice::NotAcceptable => {
-            return Err(ApiError::NotAcceptable(
-                "Accept-Encoding refuses identity and br".into(),
-            ));
+            return Err(
+                ApiError::NotAcceptable("Accept-Encoding refuses identity and br".into()).into(),
+            );
         }
     };
     // Brotli answers are whole: a Range is ignored (RFC 9110 allows it).
@@ -304,9 +329,9 @@ pub fn respond(
     let body = if method == Method::HEAD || (start == end && !brotli) {
         Body::empty()
     } else if brotli && stored_br {
-        Body::from_stream(blob_stream(backend, bucket, row, 0, stored_size)?)
+        Body::from_stream(open_blobs(backend, bucket, row, 0, stored_size).await?)
     } else if brotli {
-        let stream = blob_stream(backend, bucket, row, 0, size)?;
+        let stream = open_blobs(backend, bucket, row, 0, size).await?;
         Body::from_stream(compression::encode(
             stream,
             compression::WIRE_QUALITY,
@@ -315,10 +340,10 @@ pub fn respond(
         ))
     } else if stored_br {
         // Decompressed on the fly; a range is cut from the identity bytes.
-        let stream = blob_stream(backend, bucket, row, 0, stored_size)?;
+        let stream = open_blobs(backend, bucket, row, 0, stored_size).await?;
         Body::from_stream(compression::slice(compression::decode(stream), start, end))
     } else {
-        stream_blobs(backend, bucket, row, start, end)?
+        Body::from_stream(open_blobs(backend, bucket, row, start, end).await?)
     };
     let mut response = (status, body).into_response();
     let headers = response.headers_mut();
