@@ -27,7 +27,7 @@ use aws_sdk_s3::types::{
     BucketLocationConstraint, CompletedMultipartUpload, CompletedPart, CreateBucketConfiguration,
 };
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 use crate::fs::check_length;
 use crate::{
@@ -44,6 +44,9 @@ const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 /// The largest object CopyObject copies in one request (S3's limit); larger
 /// ones are copied part by part with UploadPartCopy.
 const MAX_SINGLE_COPY: u64 = 5 * 1024 * 1024 * 1024;
+/// A read of more than two of these goes as consecutive ranged GetObjects,
+/// each sent while the one before it streams (see [`S3Backend::get_segments`]).
+const READ_SEGMENT: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct S3Backend {
@@ -337,6 +340,156 @@ impl S3Backend {
             .build())
     }
 
+    /// One GetObject of the blob or of `range` of it.
+    async fn get_one(
+        &self,
+        key: &BlobKey,
+        range: Option<ByteRange>,
+    ) -> Result<ByteStream, BackendError> {
+        match range {
+            Some(range) if !range.is_empty() => {
+                self.get_one_sized(key, range).await.map(|(body, _)| body)
+            }
+            _ => self.get_whole_or_empty(key, range).await,
+        }
+    }
+
+    /// One ranged GetObject, with the blob's whole size when the server
+    /// says it (`Content-Range: bytes a-b/size`).
+    async fn get_one_sized(
+        &self,
+        key: &BlobKey,
+        range: ByteRange,
+    ) -> Result<(ByteStream, Option<u64>), BackendError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key.as_str())
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .send()
+            .await
+            .map_err(|e| sdk_error("GetObject", key.as_str(), e))?;
+        // S3 serves a range that runs past the end as far as it goes; the
+        // caller asked for exact bytes, as the filesystem backend gives.
+        let got = out.content_length().and_then(|n| u64::try_from(n).ok());
+        if got != Some(range.len()) {
+            return Err(BackendError::InvalidRange(format!(
+                "bytes {}..{}: the blob is shorter",
+                range.start, range.end
+            )));
+        }
+        let size = out
+            .content_range()
+            .and_then(|value| value.rsplit_once('/'))
+            .and_then(|(_, size)| size.parse().ok());
+        Ok((body_stream(out.body), size))
+    }
+
+    /// One GetObject of the whole blob (`None`), or what an empty range
+    /// needs: HTTP cannot ask for zero bytes, but the blob must still exist
+    /// and be long enough, as on the filesystem.
+    async fn get_whole_or_empty(
+        &self,
+        key: &BlobKey,
+        range: Option<ByteRange>,
+    ) -> Result<ByteStream, BackendError> {
+        if let Some(range) = range {
+            if range.start > range.end {
+                return Err(BackendError::InvalidRange(format!(
+                    "bytes {}..{}",
+                    range.start, range.end
+                )));
+            }
+            let size = self.head_size(key).await?;
+            if range.end > size {
+                return Err(BackendError::InvalidRange(format!(
+                    "bytes {}..{} of a blob of {size} bytes",
+                    range.start, range.end
+                )));
+            }
+            return Ok(Box::pin(futures::stream::empty()));
+        }
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key.as_str())
+            .send()
+            .await
+            .map_err(|e| sdk_error("GetObject", key.as_str(), e))?;
+        Ok(body_stream(out.body))
+    }
+
+    /// `range` as consecutive ranged GetObjects of [`READ_SEGMENT`] bytes.
+    /// The first is sent at once (a missing blob fails here, before the
+    /// caller answers); each next one as soon as the one before it has
+    /// answered, so the server works on the next segment — into the
+    /// socket's buffers, not our memory — while we pass the current one on.
+    /// One stream would make the whole read wait on one request's pipeline
+    /// (S3 transfer managers split reads the same way). Segments are of an
+    /// immutable blob, so they always fit together.
+    async fn get_segments(
+        &self,
+        key: &BlobKey,
+        range: ByteRange,
+    ) -> Result<ByteStream, BackendError> {
+        let segments: Vec<ByteRange> = (range.start..range.end)
+            .step_by(READ_SEGMENT as usize)
+            .map(|start| ByteRange {
+                start,
+                end: start.saturating_add(READ_SEGMENT).min(range.end),
+            })
+            .collect();
+        let mut later = segments.into_iter();
+        let Some(first) = later.next() else {
+            return Ok(Box::pin(futures::stream::empty()));
+        };
+        let (current, size) = self.get_one_sized(key, first).await?;
+        // What a single request would refuse before any byte: a range that
+        // runs past the end.
+        if size.is_some_and(|size| size < range.end) {
+            return Err(BackendError::InvalidRange(format!(
+                "bytes {}..{}: the blob is shorter",
+                range.start, range.end
+            )));
+        }
+        let (this, key) = (self.clone(), key.clone());
+        // The request runs in a task of its own; dropping the handle (the
+        // reader went away) cancels it.
+        let send = move |segment: ByteRange| {
+            let (this, key) = (this.clone(), key.clone());
+            let (request, handle) =
+                async move { this.get_one(&key, Some(segment)).await }.remote_handle();
+            tokio::spawn(request);
+            handle
+        };
+        let next = later.next().map(&send);
+        let stream = futures::stream::unfold(
+            (current, next, later, send),
+            |(mut current, mut next, mut later, send)| async move {
+                loop {
+                    if let Some(chunk) = current.next().await {
+                        return Some((chunk, (current, next, later, send)));
+                    }
+                    match next.take()?.await {
+                        Ok(stream) => {
+                            current = stream;
+                            next = later.next().map(&send);
+                        }
+                        Err(error) => {
+                            // The error is the stream's last item.
+                            let error = std::io::Error::other(error.to_string());
+                            let done: ByteStream = Box::pin(futures::stream::empty());
+                            return Some((Err(error), (done, None, later, send)));
+                        }
+                    }
+                }
+            },
+        );
+        Ok(Box::pin(stream))
+    }
+
     async fn head_size(&self, key: &BlobKey) -> Result<u64, BackendError> {
         let head = self
             .client
@@ -466,54 +619,10 @@ impl Backend for S3Backend {
         range: Option<ByteRange>,
     ) -> Result<ByteStream, BackendError> {
         key.validate()?;
-        let mut request = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key.as_str());
-        if let Some(range) = range {
-            if range.start > range.end {
-                return Err(BackendError::InvalidRange(format!(
-                    "bytes {}..{}",
-                    range.start, range.end
-                )));
-            }
-            if range.is_empty() {
-                // HTTP cannot ask for zero bytes; the blob must still exist
-                // and be long enough, as on the filesystem.
-                let size = self.head_size(key).await?;
-                if range.end > size {
-                    return Err(BackendError::InvalidRange(format!(
-                        "bytes {}..{} of a blob of {size} bytes",
-                        range.start, range.end
-                    )));
-                }
-                return Ok(Box::pin(futures::stream::empty()));
-            }
-            request = request.range(format!("bytes={}-{}", range.start, range.end - 1));
+        match range {
+            Some(range) if range.len() > 2 * READ_SEGMENT => self.get_segments(key, range).await,
+            _ => self.get_one(key, range).await,
         }
-        let out = request
-            .send()
-            .await
-            .map_err(|e| sdk_error("GetObject", key.as_str(), e))?;
-        if let Some(range) = range {
-            // S3 serves a range that runs past the end as far as it goes; the
-            // caller asked for exact bytes, as the filesystem backend gives.
-            let got = out.content_length().and_then(|n| u64::try_from(n).ok());
-            if got != Some(range.len()) {
-                return Err(BackendError::InvalidRange(format!(
-                    "bytes {}..{}: the blob is shorter",
-                    range.start, range.end
-                )));
-            }
-        }
-        // The response's own chunks, as hyper read them: no copy into a
-        // buffer of ours (and no fresh 256 KiB allocation per chunk).
-        let body = futures::stream::unfold(out.body, |mut body| async move {
-            let chunk = body.next().await?;
-            Some((chunk.map_err(std::io::Error::other), body))
-        });
-        Ok(Box::pin(body))
     }
 
     async fn copy(&self, from: &BlobKey, to: &BlobKey) -> Result<(), BackendError> {
@@ -723,6 +832,15 @@ async fn abort(client: &Client, bucket: &str, key: &str, upload_id: &str) {
         // Left for `sweep_partial`; nothing of it is visible meanwhile.
         tracing::warn!(key, error = %DisplayErrorContext(&e), "aborting a multipart upload failed");
     }
+}
+
+/// A GetObject's body as the response's own chunks, as hyper read them: no
+/// copy into a buffer of ours (and no fresh 256 KiB allocation per chunk).
+fn body_stream(body: SdkByteStream) -> ByteStream {
+    Box::pin(futures::stream::unfold(body, |mut body| async move {
+        let chunk = body.next().await?;
+        Some((chunk.map_err(std::io::Error::other), body))
+    }))
 }
 
 /// Has SigV4 sign a payload hash computed elsewhere (lowercase hex)

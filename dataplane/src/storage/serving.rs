@@ -169,11 +169,14 @@ pub async fn open_blobs(
         if from >= to {
             continue;
         }
-        let range = (from != blob_start || to != blob_end).then_some(ByteRange {
+        // Always an exact range, the whole blob too: the row knows each
+        // blob's size, the backend then checks the blob has all of it, and
+        // may split a long read (the S3 backend does).
+        let range = ByteRange {
             start: from - blob_start,
             end: to - blob_start,
-        });
-        segments.push((BlobKey::from_stored(blob.key.clone()), range));
+        };
+        segments.push((BlobKey::from_stored(blob.key.clone()), Some(range)));
     }
     let mut segments = segments.into_iter();
     let Some((first_key, first_range)) = segments.next() else {
