@@ -11,6 +11,7 @@
 //! a multipart upload, one part buffered while the previous one is sent, and
 //! is aborted on any failure, so an interrupted put leaves nothing behind.
 
+use std::collections::VecDeque;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_runtime::auth::PayloadSigningOverride;
@@ -45,8 +46,11 @@ const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 /// ones are copied part by part with UploadPartCopy.
 const MAX_SINGLE_COPY: u64 = 5 * 1024 * 1024 * 1024;
 /// A read of more than two of these goes as consecutive ranged GetObjects,
-/// each sent while the one before it streams (see [`S3Backend::get_segments`]).
+/// sent ahead while an earlier one streams (see [`S3Backend::get_segments`]).
 const READ_SEGMENT: u64 = 16 * 1024 * 1024;
+/// How many segment requests of a long read are in flight beyond the one
+/// being streamed (two read a 1 GiB blob no faster than one: bench/README.md).
+const READ_AHEAD: usize = 1;
 
 #[derive(Debug, Clone)]
 pub struct S3Backend {
@@ -423,9 +427,9 @@ impl S3Backend {
 
     /// `range` as consecutive ranged GetObjects of [`READ_SEGMENT`] bytes.
     /// The first is sent at once (a missing blob fails here, before the
-    /// caller answers); each next one as soon as the one before it has
-    /// answered, so the server works on the next segment — into the
-    /// socket's buffers, not our memory — while we pass the current one on.
+    /// caller answers); then [`READ_AHEAD`] more, and another each time one
+    /// is finished, so the server works on the next segments — into the
+    /// sockets' buffers, not our memory — while we pass the current one on.
     /// One stream would make the whole read wait on one request's pipeline
     /// (S3 transfer managers split reads the same way). Segments are of an
     /// immutable blob, so they always fit together.
@@ -464,24 +468,25 @@ impl S3Backend {
             tokio::spawn(request);
             handle
         };
-        let next = later.next().map(&send);
+        let ahead: VecDeque<_> = later.by_ref().take(READ_AHEAD).map(&send).collect();
         let stream = futures::stream::unfold(
-            (current, next, later, send),
-            |(mut current, mut next, mut later, send)| async move {
+            (current, ahead, later, send),
+            |(mut current, mut ahead, mut later, send)| async move {
                 loop {
                     if let Some(chunk) = current.next().await {
-                        return Some((chunk, (current, next, later, send)));
+                        return Some((chunk, (current, ahead, later, send)));
                     }
-                    match next.take()?.await {
+                    match ahead.pop_front()?.await {
                         Ok(stream) => {
                             current = stream;
-                            next = later.next().map(&send);
+                            ahead.extend(later.next().map(&send));
                         }
                         Err(error) => {
-                            // The error is the stream's last item.
+                            // The error is the stream's last item; the
+                            // requests still ahead are cancelled.
                             let error = std::io::Error::other(error.to_string());
                             let done: ByteStream = Box::pin(futures::stream::empty());
-                            return Some((Err(error), (done, None, later, send)));
+                            return Some((Err(error), (done, VecDeque::new(), later, send)));
                         }
                     }
                 }
