@@ -344,44 +344,34 @@ impl S3Backend {
             .build())
     }
 
-    /// One GetObject of the blob or of `range` of it.
-    async fn get_one(
+    /// One GetObject of the blob, or of the (non-empty) `range` of it,
+    /// with the blob's whole size when the server says it
+    /// (`Content-Range: bytes a-b/size`).
+    async fn get_object(
         &self,
         key: &BlobKey,
         range: Option<ByteRange>,
-    ) -> Result<ByteStream, BackendError> {
-        match range {
-            Some(range) if !range.is_empty() => {
-                self.get_one_sized(key, range).await.map(|(body, _)| body)
-            }
-            _ => self.get_whole_or_empty(key, range).await,
-        }
-    }
-
-    /// One ranged GetObject, with the blob's whole size when the server
-    /// says it (`Content-Range: bytes a-b/size`).
-    async fn get_one_sized(
-        &self,
-        key: &BlobKey,
-        range: ByteRange,
     ) -> Result<(ByteStream, Option<u64>), BackendError> {
         let out = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(key.as_str())
-            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .set_range(range.map(|r| format!("bytes={}-{}", r.start, r.end - 1)))
             .send()
             .await
             .map_err(|e| sdk_error("GetObject", key.as_str(), e))?;
-        // S3 serves a range that runs past the end as far as it goes; the
-        // caller asked for exact bytes, as the filesystem backend gives.
-        let got = out.content_length().and_then(|n| u64::try_from(n).ok());
-        if got != Some(range.len()) {
-            return Err(BackendError::InvalidRange(format!(
-                "bytes {}..{}: the blob is shorter",
-                range.start, range.end
-            )));
+        if let Some(range) = range {
+            // S3 serves a range that runs past the end as far as it goes;
+            // the caller asked for exact bytes, as the filesystem backend
+            // gives.
+            let got = out.content_length().and_then(|n| u64::try_from(n).ok());
+            if got != Some(range.len()) {
+                return Err(BackendError::InvalidRange(format!(
+                    "bytes {}..{}: the blob is shorter",
+                    range.start, range.end
+                )));
+            }
         }
         let size = out
             .content_range()
@@ -390,39 +380,23 @@ impl S3Backend {
         Ok((body_stream(out.body), size))
     }
 
-    /// One GetObject of the whole blob (`None`), or what an empty range
-    /// needs: HTTP cannot ask for zero bytes, but the blob must still exist
-    /// and be long enough, as on the filesystem.
-    async fn get_whole_or_empty(
-        &self,
-        key: &BlobKey,
-        range: Option<ByteRange>,
-    ) -> Result<ByteStream, BackendError> {
-        if let Some(range) = range {
-            if range.start > range.end {
-                return Err(BackendError::InvalidRange(format!(
-                    "bytes {}..{}",
-                    range.start, range.end
-                )));
-            }
-            let size = self.head_size(key).await?;
-            if range.end > size {
-                return Err(BackendError::InvalidRange(format!(
-                    "bytes {}..{} of a blob of {size} bytes",
-                    range.start, range.end
-                )));
-            }
-            return Ok(Box::pin(futures::stream::empty()));
+    /// What an empty range needs: HTTP cannot ask for zero bytes, but the
+    /// blob must still exist and be long enough, as on the filesystem.
+    async fn get_empty(&self, key: &BlobKey, range: ByteRange) -> Result<ByteStream, BackendError> {
+        if range.start > range.end {
+            return Err(BackendError::InvalidRange(format!(
+                "bytes {}..{}",
+                range.start, range.end
+            )));
         }
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key.as_str())
-            .send()
-            .await
-            .map_err(|e| sdk_error("GetObject", key.as_str(), e))?;
-        Ok(body_stream(out.body))
+        let size = self.head_size(key).await?;
+        if range.end > size {
+            return Err(BackendError::InvalidRange(format!(
+                "bytes {}..{} of a blob of {size} bytes",
+                range.start, range.end
+            )));
+        }
+        Ok(Box::pin(futures::stream::empty()))
     }
 
     /// `range` as consecutive ranged GetObjects of [`READ_SEGMENT`] bytes.
@@ -449,7 +423,7 @@ impl S3Backend {
         let Some(first) = later.next() else {
             return Ok(Box::pin(futures::stream::empty()));
         };
-        let (current, size) = self.get_one_sized(key, first).await?;
+        let (current, size) = self.get_object(key, Some(first)).await?;
         // What a single request would refuse before any byte: a range that
         // runs past the end.
         if size.is_some_and(|size| size < range.end) {
@@ -463,8 +437,12 @@ impl S3Backend {
         // reader went away) cancels it.
         let send = move |segment: ByteRange| {
             let (this, key) = (this.clone(), key.clone());
-            let (request, handle) =
-                async move { this.get_one(&key, Some(segment)).await }.remote_handle();
+            let (request, handle) = async move {
+                this.get_object(&key, Some(segment))
+                    .await
+                    .map(|(body, _)| body)
+            }
+            .remote_handle();
             tokio::spawn(request);
             handle
         };
@@ -625,8 +603,9 @@ impl Backend for S3Backend {
     ) -> Result<ByteStream, BackendError> {
         key.validate()?;
         match range {
+            Some(range) if range.is_empty() => self.get_empty(key, range).await,
             Some(range) if range.len() > 2 * READ_SEGMENT => self.get_segments(key, range).await,
-            _ => self.get_one(key, range).await,
+            _ => Ok(self.get_object(key, range).await?.0),
         }
     }
 
