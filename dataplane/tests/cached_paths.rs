@@ -392,8 +392,10 @@ async fn object_rows_come_from_the_cache_and_a_missing_blob_sends_the_read_to_th
             // deleted. The cached row's blob is then missing, and the read
             // goes to the database instead of answering 200 with a broken
             // body.
-            let other = "/v1/tenants/{}/buckets/files/objects/notes/b.txt";
-            let other = other.replace("{}", &tenant.name);
+            let other = format!(
+                "/v1/tenants/{}/buckets/files/objects/notes/b.txt",
+                tenant.name
+            );
             let put_other = api
                 .send(
                     "PUT",

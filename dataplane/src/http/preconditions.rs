@@ -255,6 +255,19 @@ fn is_safe(method: &Method) -> bool {
     is_get_or_head(method) || method == Method::OPTIONS || method == Method::TRACE
 }
 
+/// Whether the request carries a precondition (RFC 9110 §13.1): only then
+/// can the current representation change its outcome.
+pub fn is_conditional(headers: &HeaderMap) -> bool {
+    [
+        header::IF_MATCH,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_UNMODIFIED_SINCE,
+    ]
+    .iter()
+    .any(|name| headers.contains_key(name))
+}
+
 /// [`evaluate_with`] for resources that do not require conditional writes.
 pub fn evaluate(
     method: &Method,

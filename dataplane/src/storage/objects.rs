@@ -282,14 +282,6 @@ pub async fn discard_blobs(
     }
 }
 
-/// The request headers that make a write conditional (RFC 9110 §13.1).
-const PRECONDITION_HEADERS: [header::HeaderName; 4] = [
-    header::IF_MATCH,
-    header::IF_NONE_MATCH,
-    header::IF_MODIFIED_SINCE,
-    header::IF_UNMODIFIED_SINCE,
-];
-
 /// `PUT …/objects/{key}` with a body.
 pub async fn put(
     state: &StorageState,
@@ -319,9 +311,7 @@ pub async fn put(
     // (an overwrite adds none), which only a quota of objects needs. An
     // upload with neither reserves one object, given back at commit if it
     // overwrote: one round trip fewer per upload.
-    let conditional = PRECONDITION_HEADERS
-        .iter()
-        .any(|name| headers.contains_key(name));
+    let conditional = preconditions::is_conditional(headers);
     let counted = bucket.quota_objects.is_some() || bucket.tenant_quota_objects.is_some();
     let existing = if conditional || counted {
         let mut conn = access.pool.acquire().await?;
