@@ -90,8 +90,10 @@ bench-api: stack-up ## REST API vs the same queries sent directly (release build
 	$(CARGO) build --release -p strata-dataplane -p strata-bench && source $(ENV) && $(CARGO) run --release -q -p strata-bench --bin api-bench
 
 .PHONY: bench-storage
-bench-storage: stack-up ## Object PUT/GET through the API vs straight to S3 (release builds; bench/README.md)
-	$(CARGO) build --release -p strata-dataplane -p strata-bench && source $(ENV) && $(CARGO) run --release -q -p strata-bench --bin storage-bench
+bench-storage: stack-up ## Object PUT/GET through the API vs straight to S3, cores shared then split (release builds; bench/README.md)
+	$(CARGO) build --release -p strata-dataplane -p strata-bench && source $(ENV) && \
+	  $(CARGO) run --release -q -p strata-bench --bin storage-bench -- 10 16 1024 3 shared && \
+	  $(CARGO) run --release -q -p strata-bench --bin storage-bench -- 10 16 1024 3 split
 
 .PHONY: bench-cache
 bench-cache: stack-up ## Document GET with L1 hit, L2 hit and cache off (release builds; bench/README.md)

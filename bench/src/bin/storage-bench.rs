@@ -21,8 +21,22 @@
 //! 4 KiB with a run nonce and their offset, so no two blocks are alike and
 //! Garage's block deduplication cannot skip a write.
 //!
-//! `storage-bench [SECONDS] [CONCURRENCY] [BIG_MIB] [ROUNDS]` (defaults 10,
-//! 16, 1024, 2), stack env sourced, after
+//! Two CPU topologies (`CPUS`):
+//!
+//! - `shared` (default): every process on every core. On a small machine
+//!   the client, the data plane, PostgreSQL and Garage then compete for
+//!   the same cores, so the ratio is that of each side's total CPU per GiB:
+//!   it prices the data plane's work, not the throughput it leaves.
+//! - `split`: Garage alone on the first half of the cores, everything else
+//!   (this process and its data plane, PostgreSQL, Redis) on the other
+//!   half — the S3 server on hardware of its own, as it is in any
+//!   deployment (an external S3 service, or its own nodes). The ratio then
+//!   says what going through the API costs in throughput when the S3
+//!   server's resources are the same on both sides. The previous
+//!   affinities are put back at the end, also on failure.
+//!
+//! `storage-bench [SECONDS] [CONCURRENCY] [BIG_MIB] [ROUNDS] [CPUS]`
+//! (defaults 10, 16, 1024, 2, shared), stack env sourced, after
 //! `cargo build --release -p strata-dataplane -p strata-bench`. Everything
 //! it creates (catalog, tenant database and roles, blobs) is removed at the
 //! end.
@@ -498,26 +512,29 @@ async fn settle_before(what: &str) {
 /// CPU ticks of every `postgres` process, with what the postmaster reaped
 /// (`cutime`, `cstime`): a backend that exits mid-run still counts.
 fn postgres_ticks() -> u64 {
+    processes_named(&["postgres"])
+        .into_iter()
+        .map(|pid| harness::cpu_ticks_with_children(&pid.to_string()))
+        .sum()
+}
+
+/// The pids of every process whose command is one of `names`.
+fn processes_named(names: &[&str]) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
+        return Vec::new();
     };
     dir.filter_map(|entry| {
         let entry = entry.ok()?;
         let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
         let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
-        (comm.trim() == "postgres").then(|| harness::cpu_ticks_with_children(&pid.to_string()))
+        names.contains(&comm.trim()).then_some(pid)
     })
-    .sum()
+    .collect()
 }
 
 /// The pid of the stack's Garage server, for its CPU time.
 fn garage_pid() -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.find_map(|entry| {
-        let entry = entry.ok()?;
-        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-        let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
-        (comm.trim() == "garage").then_some(pid)
-    })
+    processes_named(&["garage"]).first().copied()
 }
 
 fn row(label: &str, side: Side, run: &mut Run, mib_s: f64, ratio: Option<f64>) -> String {
@@ -547,10 +564,92 @@ async fn main() -> anyhow::Result<()> {
     let concurrency: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(16);
     let big_mib: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(1024);
     let rounds: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(2);
+    let topology = match args.next().as_deref() {
+        None | Some("shared") => None,
+        Some("split") => Some(SplitCpus::apply()?),
+        Some(other) => anyhow::bail!("CPUS is `shared` or `split`, not {other:?}"),
+    };
+    let label = topology.as_ref().map_or(
+        "every process on every core".to_string(),
+        SplitCpus::describe,
+    );
     harness::with_tenant("storage-bench", move |setup| {
-        run(setup, seconds, concurrency, big_mib, rounds)
+        run(setup, seconds, concurrency, big_mib, rounds, label)
     })
     .await
+    // `topology` is dropped here: the affinities are put back.
+}
+
+/// The `split` topology: Garage's threads on `s3_cpus`, this process
+/// (whose data plane child inherits it), PostgreSQL's and Redis's
+/// processes on `other_cpus`. New PostgreSQL backends fork from the
+/// postmaster, so they inherit its affinity. Set with util-linux's
+/// `taskset` (every thread of a process with `-a`).
+struct SplitCpus {
+    s3_cpus: String,
+    other_cpus: String,
+    all_cpus: String,
+    /// Every process pinned, to be given every core back.
+    pinned: Vec<u32>,
+}
+
+impl SplitCpus {
+    fn apply() -> anyhow::Result<Self> {
+        let n = std::thread::available_parallelism()?.get();
+        anyhow::ensure!(
+            n >= 2,
+            "the split topology needs two cores or more, not {n}"
+        );
+        let half = n / 2;
+        let list = |from: usize, to: usize| format!("{from}-{}", to - 1);
+        let mut split = Self {
+            s3_cpus: list(0, half),
+            other_cpus: list(half, n),
+            all_cpus: list(0, n),
+            pinned: Vec::new(),
+        };
+        let garage = garage_pid().context("no garage process to pin")?;
+        split.pin(garage, &split.s3_cpus.clone())?;
+        let others = processes_named(&["postgres", "redis-server"])
+            .into_iter()
+            .chain([std::process::id()]);
+        for pid in others {
+            split.pin(pid, &split.other_cpus.clone())?;
+        }
+        Ok(split)
+    }
+
+    fn pin(&mut self, pid: u32, cpus: &str) -> anyhow::Result<()> {
+        self.pinned.push(pid);
+        taskset(pid, cpus)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "Garage on CPUs {}, the client, data plane, PostgreSQL and Redis on CPUs {}",
+            self.s3_cpus, self.other_cpus
+        )
+    }
+}
+
+impl Drop for SplitCpus {
+    fn drop(&mut self) {
+        for &pid in &self.pinned {
+            if let Err(e) = taskset(pid, &self.all_cpus) {
+                eprintln!("could not give pid {pid} every core back: {e:#}");
+            }
+        }
+    }
+}
+
+fn taskset(pid: u32, cpus: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("taskset")
+        .args(["--all-tasks", "--cpu-list", "--pid", cpus, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("run taskset (util-linux)")?;
+    anyhow::ensure!(status.success(), "taskset {cpus} {pid}: {status}");
+    Ok(())
 }
 
 async fn run(
@@ -559,6 +658,7 @@ async fn run(
     concurrency: usize,
     big_mib: usize,
     rounds: usize,
+    topology: String,
 ) -> anyhow::Result<()> {
     let s3 = s3_client();
     let s3_bucket = env("STRATA_S3_BUCKET");
@@ -575,6 +675,7 @@ async fn run(
         concurrency,
         big_mib,
         rounds,
+        &topology,
     )
     .await;
     // The blobs of both sides, whatever happened.
@@ -598,6 +699,7 @@ async fn measure(
     concurrency: usize,
     big_mib: usize,
     rounds: usize,
+    topology: &str,
 ) -> anyhow::Result<()> {
     // The bucket, as the operator's Bucket reconcile writes it.
     let bucket_id = Uuid::new_v4();
@@ -741,7 +843,8 @@ async fn measure(
 
     println!(
         "\n{big_mib} MiB single stream ({rounds} rounds, API and direct alternately), \
-         1 MiB objects from {concurrency} clients ({seconds} s per side), data plane on S3 (Garage)\n"
+         1 MiB objects from {concurrency} clients ({seconds} s per side), data plane on S3 (Garage); \
+         {topology}\n"
     );
     println!(
         "| operation | side | MiB/s | API/direct | p50 ms | p99 ms | data plane CPU s/GiB | Garage CPU s/GiB | PostgreSQL CPU s/GiB | client CPU s/GiB | load (1 min) |"
