@@ -120,6 +120,12 @@ pub struct ObjectArgs {
     #[arg(long, env = "STRATA_OBJECT_REQUEST_TIMEOUT_SECONDS", default_value_t = 3600,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub object_request_timeout_seconds: u64,
+    /// Seconds a replaced or deleted object's blobs are kept before the
+    /// sweeper deletes them, so reads already under way finish whole
+    /// (0: deleted right after the change).
+    #[arg(long, env = "STRATA_RETIRED_BLOB_GRACE_SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub retired_blob_grace_seconds: u64,
 }
 
 impl ObjectArgs {
@@ -134,6 +140,7 @@ impl ObjectArgs {
             sweep_interval: Duration::from_secs(self.sweep_interval_seconds),
             lifecycle_interval: Duration::from_secs(self.lifecycle_interval_seconds),
             request_timeout: Duration::from_secs(self.object_request_timeout_seconds),
+            retired_blob_grace: Duration::from_secs(self.retired_blob_grace_seconds),
             ..crate::storage::StorageSettings::default()
         }
     }

@@ -197,7 +197,7 @@ pub async fn remove_stale(
         .filter(|(key, _)| bucket.owns_blob(key))
         .map(|(key, size)| BlobRef { key, size })
         .collect();
-    crate::storage::store::doom_blobs(conn, bucket.id, &blobs).await?;
+    crate::storage::store::doom_blobs(conn, bucket.id, &blobs, std::time::Duration::ZERO).await?;
     Ok(blobs)
 }
 

@@ -129,9 +129,9 @@ async fn expire(
     if !still_old {
         return Ok(false);
     }
-    objects::remove_locked(&mut tx, bucket, &row).await?;
+    objects::remove_locked(state, &mut tx, bucket, &row).await?;
     tx.commit().await?;
-    objects::discard_blobs(state, pool, bucket, &row.blobs).await;
+    objects::retire_blobs(state, pool, bucket, &row.blobs).await;
     Ok(true)
 }
 

@@ -67,6 +67,15 @@ pub struct StorageSettings {
     pub batch: i64,
     /// Longest an object request may take (uploads of large bodies).
     pub request_timeout: Duration,
+    /// How long the blobs of a replaced or deleted object outlive it, so
+    /// that reads which started before the change finish whole: a read
+    /// opens a multipart object's later blobs, and the S3 backend each
+    /// segment of a long blob, only when the stream reaches them. The
+    /// sweeper deletes them once due. Zero deletes them right after the
+    /// commit. The bytes are not counted in usage meanwhile (Ceph RGW's
+    /// garbage collection keeps deleted data for two hours by default for
+    /// the same reason).
+    pub retired_blob_grace: Duration,
 }
 
 impl Default for StorageSettings {
@@ -81,6 +90,7 @@ impl Default for StorageSettings {
             lifecycle_interval: Duration::from_secs(3600),
             batch: 500,
             request_timeout: Duration::from_secs(3600),
+            retired_blob_grace: Duration::from_secs(300),
         }
     }
 }

@@ -11,6 +11,7 @@
 //! every part.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -348,7 +349,9 @@ pub async fn upload_part(
         .execute(&mut *tx)
         .await?;
         if let Some(old) = &old {
-            store::doom_blobs(&mut tx, bucket.id, &blob_refs(std::slice::from_ref(old))).await?;
+            // A part is never read: its old blob goes at once.
+            let old = blob_refs(std::slice::from_ref(old));
+            store::doom_blobs(&mut tx, bucket.id, &old, Duration::ZERO).await?;
         }
         store::clear_intents(&mut tx, bucket.id, &[ingested.blob.as_str().to_string()]).await?;
         tx.commit().await?;
@@ -393,6 +396,7 @@ fn unquote(tag: &str) -> &str {
 /// the run has committed — never before, or a rolled-back run would lose
 /// the bytes of the object it kept.
 pub async fn complete(
+    state: &StorageState,
     access: &Access,
     conn: &mut sqlx::PgConnection,
     upload: &str,
@@ -496,7 +500,7 @@ pub async fn complete(
         .cloned()
         .collect();
     let unused_bytes: i64 = unused.iter().map(|p| p.size).sum();
-    let (row, created, mut doomed) = match &current {
+    let (row, created, retired) = match &current {
         None => {
             // The parts' bytes are in usage already; the object is new.
             quota::adjust(&mut tx, &bucket, -unused_bytes, 1, true).await?;
@@ -513,8 +517,16 @@ pub async fn complete(
             (row, false, old.blobs.0.clone())
         }
     };
-    doomed.extend(blob_refs(&unused));
-    store::doom_blobs(&mut tx, bucket.id, &doomed).await?;
+    // Unused parts go at once; the replaced version's blobs after the
+    // grace that lets reads under way finish (objects::retire_blobs).
+    let mut doomed = blob_refs(&unused);
+    let grace = state.settings.retired_blob_grace;
+    if grace.is_zero() {
+        doomed.extend(retired);
+    } else if !retired.is_empty() {
+        store::doom_blobs(&mut tx, bucket.id, &retired, grace).await?;
+    }
+    store::doom_blobs(&mut tx, bucket.id, &doomed, Duration::ZERO).await?;
     delete_upload_rows(&mut tx, bucket.id, upload_id).await?;
     tx.commit().await?;
     let mut response = (
@@ -534,8 +546,8 @@ pub async fn complete(
     Ok((response, doomed))
 }
 
-/// Deletes the blobs a committed completion doomed (the sweeper deletes
-/// them later if this fails or the process dies first).
+/// Deletes the blobs a committed completion doomed at once (the sweeper
+/// deletes them later if this fails or the process dies first).
 pub async fn discard(state: &StorageState, access: &Access, doomed: &[BlobRef]) {
     discard_blobs(state, &access.pool, &access.bucket, doomed).await;
 }
@@ -571,7 +583,7 @@ pub async fn abort_upload(
     let bytes: i64 = parts.iter().map(|p| p.size).sum();
     quota::adjust(&mut tx, bucket, -bytes, 0, false).await?;
     let blobs = blob_refs(&parts);
-    store::doom_blobs(&mut tx, bucket.id, &blobs).await?;
+    store::doom_blobs(&mut tx, bucket.id, &blobs, Duration::ZERO).await?;
     delete_upload_rows(&mut tx, bucket.id, upload_id).await?;
     crate::events::record(
         &mut tx,

@@ -237,7 +237,8 @@ pub async fn commit_version(
                     new.owner = old.owner.clone();
                 }
                 let row = store::replace(&mut tx, bucket, &new).await?;
-                store::doom_blobs(&mut tx, bucket.id, &old.blobs).await?;
+                let grace = state.settings.retired_blob_grace;
+                store::doom_blobs(&mut tx, bucket.id, &old.blobs, grace).await?;
                 // The old version's rendered variants are removed from this
                 // write's `object.replaced` event (media::variants::StaleVariants).
                 let usage = (new.size - old.size, 0);
@@ -255,9 +256,23 @@ pub async fn commit_version(
     tx.commit().await?;
     reservation.settled();
     if let Some(old) = replaced {
-        delete_blobs(state, access, &old.blobs).await;
+        retire_blobs(state, &access.pool, bucket, &old.blobs).await;
     }
     Ok((row, created))
+}
+
+/// The blobs of a version a committed change replaced or deleted: deleted
+/// now when there is no grace, else left to the sweeper once their intents
+/// are due ([`super::StorageSettings::retired_blob_grace`]).
+pub async fn retire_blobs(
+    state: &StorageState,
+    pool: &sqlx::PgPool,
+    bucket: &BucketInfo,
+    blobs: &[BlobRef],
+) {
+    if state.settings.retired_blob_grace.is_zero() {
+        discard_blobs(state, pool, bucket, blobs).await;
+    }
 }
 
 /// Deletes blobs no row references any more (their intents are due, so a
@@ -657,24 +672,26 @@ pub async fn delete(
         .await?
         .ok_or(ApiError::NotFound)?;
     check_preconditions(method, headers, Some(&row))?;
-    remove_locked(&mut tx, &bucket, &row).await?;
+    remove_locked(state, &mut tx, &bucket, &row).await?;
     tx.commit().await?;
-    delete_blobs(state, &access, &row.blobs).await;
+    retire_blobs(state, &access.pool, &bucket, &row.blobs).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Deletes a locked row: usage, outbox, and its blobs marked for deletion
-/// (the caller deletes them after the commit). Its rendered variants go
-/// from the `object.deleted` event (media::variants::StaleVariants).
-/// Shared with lifecycle expiry (whose leftovers the sweeper deletes).
+/// Deletes a locked row: usage, outbox, and its blobs retired (the caller
+/// hands them to [`retire_blobs`] after the commit). Its rendered variants
+/// go from the `object.deleted` event (media::variants::StaleVariants).
+/// Shared with lifecycle expiry.
 pub async fn remove_locked(
+    state: &StorageState,
     conn: &mut sqlx::PgConnection,
     bucket: &BucketInfo,
     row: &ObjectRow,
 ) -> Result<(), ApiError> {
     store::delete(conn, bucket, row).await?;
     super::quota::adjust(conn, bucket, -row.size, -1, false).await?;
-    store::doom_blobs(conn, bucket.id, &row.blobs).await
+    let grace = state.settings.retired_blob_grace;
+    store::doom_blobs(conn, bucket.id, &row.blobs, grace).await
 }
 
 /// `GET …/objects` query.

@@ -665,7 +665,8 @@ async fn complete_upload(
         Err(replay) => return Ok(replay),
     };
     let (response, doomed) =
-        multipart::complete(&access, run.db(), &p.upload, &method, &headers, body).await?;
+        multipart::complete(&state.storage, &access, run.db(), &p.upload, &method, &headers, body)
+            .await?;
     let response = run.finish(response).await?;
     multipart::discard(&state.storage, &access, &doomed).await;
     Ok(response)

@@ -235,21 +235,25 @@ pub async fn delete(
 }
 
 /// Blobs that are no longer referenced after this transaction: recorded as
-/// intents that are already due, so if the process dies before it deletes
-/// them (after the commit), the sweeper does.
+/// intents due `after` from now. Due at once (`Duration::ZERO`), the caller
+/// deletes them after the commit and the sweeper does if the process dies
+/// first; due later (a replaced or deleted object's blobs, see
+/// [`super::StorageSettings::retired_blob_grace`]), only the sweeper does.
 pub async fn doom_blobs(
     conn: &mut PgConnection,
     bucket: Uuid,
     blobs: &[BlobRef],
+    after: Duration,
 ) -> Result<(), ApiError> {
     let keys: Vec<&str> = blobs.iter().map(|b| b.key.as_str()).collect();
     sqlx::query(
         "INSERT INTO blob_intents (bucket_id, blob_key, expires_at)
-         SELECT $1, k, now() FROM unnest($2::text[]) AS k
-         ON CONFLICT (bucket_id, blob_key) DO UPDATE SET expires_at = now()",
+         SELECT $1, k, now() + make_interval(secs => $3) FROM unnest($2::text[]) AS k
+         ON CONFLICT (bucket_id, blob_key) DO UPDATE SET expires_at = excluded.expires_at",
     )
     .bind(bucket)
     .bind(&keys)
+    .bind(after.as_secs_f64())
     .execute(conn)
     .await?;
     Ok(())
