@@ -929,71 +929,151 @@ async fn reads_under_way_finish_whole_across_a_replace_or_delete_on_s3() {
 /// there, long after the change; each first blob is bigger than what the
 /// sockets' buffers hold, so the read really is under way.
 async fn reads_under_way(store: Store) {
-    with_tenants("storage-under-way", &["suw"], move |catalog_url, catalog, tenants| async move {
-        let tb = backend(store).await;
-        let state = app_state(&catalog_url, tb.backend.clone(), None, settings());
-        assert!(!state.storage.settings.retired_blob_grace.is_zero());
-        let server = Server::start(state.clone(), 1 << 20).await;
-        let client = Client::new(&server.base);
-        let t = &tenants[0];
-        let admin = client.accept_invitation(t).await;
-        let bucket = create_bucket(&catalog, t.id, "live", json!({})).await;
-        let pool = state.tenancy.open(&t.name).await.expect("tenant").pool;
+    with_tenants(
+        "storage-under-way",
+        &["suw"],
+        move |catalog_url, catalog, tenants| async move {
+            let tb = backend(store).await;
+            let state = app_state(&catalog_url, tb.backend.clone(), None, settings());
+            assert!(!state.storage.settings.retired_blob_grace.is_zero());
+            let server = Server::start(state.clone(), 1 << 20).await;
+            let client = Client::new(&server.base);
+            let t = &tenants[0];
+            let admin = client.accept_invitation(t).await;
+            let bucket = create_bucket(&catalog, t.id, "live", json!({})).await;
+            let pool = state.tenancy.open(&t.name).await.expect("tenant").pool;
 
-        // A multipart object of two blobs, and one long blob (read from S3
-        // as several ranged GetObjects).
-        let uploads = format!("/v1/tenants/{}/buckets/live/uploads", t.name);
-        let created = client.json("POST", &uploads, &admin, json!({"key": "parts.bin"})).await;
-        assert_eq!(created.status, 201, "{}", created.text);
-        let upload = format!("{uploads}/{}", created.json["upload_id"].as_str().expect("id"));
-        let (part1, part2) = (bytes(24 << 20, 1), bytes(1 << 20, 2));
-        let mut etags = Vec::new();
-        for (n, part) in [(1, &part1), (2, &part2)] {
-            let reply = client.send("PUT", &format!("{upload}/parts/{n}"), Some(&admin), Body::Raw(None, part.clone()), &[]).await;
-            assert_eq!(reply.status, 200, "{}", reply.text);
-            etags.push(json!({"part_number": n, "etag": reply.json["etag"]}));
-        }
-        let done = client.json("POST", &upload, &admin, json!({"parts": etags})).await;
-        assert_eq!(done.status, 201, "{}", done.text);
-        let mut multipart_body = part1.clone();
-        multipart_body.extend_from_slice(&part2);
-        let long = bytes(40 << 20, 3);
-        let reply = client.send("PUT", &obj(&t.name, "live", "long.bin"), Some(&admin), Body::Raw(None, long.clone()), &[]).await;
-        assert_eq!(reply.status, 201, "{}", reply.text);
-
-        let http = reqwest::Client::new();
-        for (key, expected, change) in [("parts.bin", &multipart_body, "PUT"), ("long.bin", &long, "DELETE")] {
-            let path = obj(&t.name, "live", key);
-            let mut get = http.get(format!("{}{path}", server.base)).bearer_auth(&admin).send().await.expect("GET");
-            assert_eq!(get.status(), 200, "{key}");
-            let mut got = get.chunk().await.expect("first chunk").expect("a chunk").to_vec();
-            let reply = match change {
-                "PUT" => client.send("PUT", &path, Some(&admin), Body::Raw(None, b"new".to_vec()), &[]).await,
-                _ => client.send("DELETE", &path, Some(&admin), Body::None, &[]).await,
-            };
-            assert!(reply.status == 200 || reply.status == 204, "{change} {key}: {}", reply.text);
-            // Not due yet: the sweeper leaves them.
-            let swept = strata_dataplane::storage::sweeper::sweep_once(&state).await.expect("sweep");
-            assert_eq!(swept.blobs, 0, "{key}: retired blobs are not due yet");
-            while let Some(chunk) = get.chunk().await.unwrap_or_else(|e| panic!("{key}: read cut after {} bytes: {e}", got.len())) {
-                got.extend_from_slice(&chunk);
+            // A multipart object of two blobs, and one long blob (read from S3
+            // as several ranged GetObjects).
+            let uploads = format!("/v1/tenants/{}/buckets/live/uploads", t.name);
+            let created = client
+                .json("POST", &uploads, &admin, json!({"key": "parts.bin"}))
+                .await;
+            assert_eq!(created.status, 201, "{}", created.text);
+            let upload = format!(
+                "{uploads}/{}",
+                created.json["upload_id"].as_str().expect("id")
+            );
+            let (part1, part2) = (bytes(24 << 20, 1), bytes(1 << 20, 2));
+            let mut etags = Vec::new();
+            for (n, part) in [(1, &part1), (2, &part2)] {
+                let reply = client
+                    .send(
+                        "PUT",
+                        &format!("{upload}/parts/{n}"),
+                        Some(&admin),
+                        Body::Raw(None, part.clone()),
+                        &[],
+                    )
+                    .await;
+                assert_eq!(reply.status, 200, "{}", reply.text);
+                etags.push(json!({"part_number": n, "etag": reply.json["etag"]}));
             }
-            assert_eq!(got.len(), expected.len(), "{key}: whole old version");
-            assert!(got == *expected, "{key}: the old version's bytes");
-        }
-        assert_eq!(client.get(&obj(&t.name, "live", "parts.bin"), &admin).await.text, "new");
-        assert_eq!(client.get(&obj(&t.name, "live", "long.bin"), &admin).await.status, 404);
+            let done = client
+                .json("POST", &upload, &admin, json!({"parts": etags}))
+                .await;
+            assert_eq!(done.status, 201, "{}", done.text);
+            let mut multipart_body = part1.clone();
+            multipart_body.extend_from_slice(&part2);
+            let long = bytes(40 << 20, 3);
+            let reply = client
+                .send(
+                    "PUT",
+                    &obj(&t.name, "live", "long.bin"),
+                    Some(&admin),
+                    Body::Raw(None, long.clone()),
+                    &[],
+                )
+                .await;
+            assert_eq!(reply.status, 201, "{}", reply.text);
 
-        // Once due, the sweeper deletes the three retired blobs; only the
-        // new version's blob stays.
-        sqlx::query("UPDATE blob_intents SET expires_at = now() - interval '1 second'")
-            .execute(&pool).await.expect("due");
-        let swept = strata_dataplane::storage::sweeper::sweep_once(&state).await.expect("sweep");
-        assert_eq!(swept.blobs, 3);
-        let prefix = strata_db::catalog::backend_prefix(t.id, bucket);
-        let left = tb.backend.list(&prefix, None, 10).await.expect("list");
-        assert_eq!(left.len(), 1, "{left:?}");
-        drop(tb);
-    })
+            let http = reqwest::Client::new();
+            for (key, expected, change) in [
+                ("parts.bin", &multipart_body, "PUT"),
+                ("long.bin", &long, "DELETE"),
+            ] {
+                let path = obj(&t.name, "live", key);
+                let mut get = http
+                    .get(format!("{}{path}", server.base))
+                    .bearer_auth(&admin)
+                    .send()
+                    .await
+                    .expect("GET");
+                assert_eq!(get.status(), 200, "{key}");
+                let mut got = get
+                    .chunk()
+                    .await
+                    .expect("first chunk")
+                    .expect("a chunk")
+                    .to_vec();
+                let reply = match change {
+                    "PUT" => {
+                        client
+                            .send(
+                                "PUT",
+                                &path,
+                                Some(&admin),
+                                Body::Raw(None, b"new".to_vec()),
+                                &[],
+                            )
+                            .await
+                    }
+                    _ => {
+                        client
+                            .send("DELETE", &path, Some(&admin), Body::None, &[])
+                            .await
+                    }
+                };
+                assert!(
+                    reply.status == 200 || reply.status == 204,
+                    "{change} {key}: {}",
+                    reply.text
+                );
+                // Not due yet: the sweeper leaves them.
+                let swept = strata_dataplane::storage::sweeper::sweep_once(&state)
+                    .await
+                    .expect("sweep");
+                assert_eq!(swept.blobs, 0, "{key}: retired blobs are not due yet");
+                while let Some(chunk) = get
+                    .chunk()
+                    .await
+                    .unwrap_or_else(|e| panic!("{key}: read cut after {} bytes: {e}", got.len()))
+                {
+                    got.extend_from_slice(&chunk);
+                }
+                assert_eq!(got.len(), expected.len(), "{key}: whole old version");
+                assert!(got == *expected, "{key}: the old version's bytes");
+            }
+            assert_eq!(
+                client
+                    .get(&obj(&t.name, "live", "parts.bin"), &admin)
+                    .await
+                    .text,
+                "new"
+            );
+            assert_eq!(
+                client
+                    .get(&obj(&t.name, "live", "long.bin"), &admin)
+                    .await
+                    .status,
+                404
+            );
+
+            // Once due, the sweeper deletes the three retired blobs; only the
+            // new version's blob stays.
+            sqlx::query("UPDATE blob_intents SET expires_at = now() - interval '1 second'")
+                .execute(&pool)
+                .await
+                .expect("due");
+            let swept = strata_dataplane::storage::sweeper::sweep_once(&state)
+                .await
+                .expect("sweep");
+            assert_eq!(swept.blobs, 3);
+            let prefix = strata_db::catalog::backend_prefix(t.id, bucket);
+            let left = tb.backend.list(&prefix, None, 10).await.expect("list");
+            assert_eq!(left.len(), 1, "{left:?}");
+            drop(tb);
+        },
+    )
     .await;
 }

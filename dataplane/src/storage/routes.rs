@@ -664,9 +664,16 @@ async fn complete_upload(
         Ok(run) => run,
         Err(replay) => return Ok(replay),
     };
-    let (response, doomed) =
-        multipart::complete(&state.storage, &access, run.db(), &p.upload, &method, &headers, body)
-            .await?;
+    let (response, doomed) = multipart::complete(
+        &state.storage,
+        &access,
+        run.db(),
+        &p.upload,
+        &method,
+        &headers,
+        body,
+    )
+    .await?;
     let response = run.finish(response).await?;
     multipart::discard(&state.storage, &access, &doomed).await;
     Ok(response)
