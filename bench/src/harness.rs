@@ -370,9 +370,16 @@ pub fn percentile(values: &mut [f64], p: f64) -> f64 {
     values[i]
 }
 
-/// The median of a few values.
+/// The median of a few values: the middle one, or the mean of the two
+/// middle ones for an even count (NaN for none).
 pub fn median(mut values: Vec<f64>) -> f64 {
-    percentile(&mut values, 0.5)
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 /// One measured run of a load generator against one data plane: answers,
