@@ -923,7 +923,8 @@ async fn reads_under_way_finish_whole_across_a_replace_or_delete_on_s3() {
 }
 
 /// A GET that started before an overwrite or a delete gets the whole old
-/// version: the retired blobs outlive the change by the grace, and the
+/// version: the retired blobs (of a PUT, a DELETE and a multipart
+/// completion that replaces) outlive the change by the grace, and the
 /// sweeper deletes them once due. A multipart object's second blob and a
 /// long blob's later S3 segments are opened only when the stream gets
 /// there, long after the change; each first blob is bigger than what the
@@ -943,8 +944,19 @@ async fn reads_under_way(store: Store) {
             let bucket = create_bucket(&catalog, t.id, "live", json!({})).await;
             let pool = state.tenancy.open(&t.name).await.expect("tenant").pool;
 
-            // A multipart object of two blobs, and one long blob (read from S3
+            // A multipart object of two blobs, completed over a first
+            // version (which it retires), and one long blob (read from S3
             // as several ranged GetObjects).
+            let first = client
+                .send(
+                    "PUT",
+                    &obj(&t.name, "live", "parts.bin"),
+                    Some(&admin),
+                    Body::Raw(None, b"first".to_vec()),
+                    &[],
+                )
+                .await;
+            assert_eq!(first.status, 201, "{}", first.text);
             let uploads = format!("/v1/tenants/{}/buckets/live/uploads", t.name);
             let created = client
                 .json("POST", &uploads, &admin, json!({"key": "parts.bin"}))
@@ -972,7 +984,11 @@ async fn reads_under_way(store: Store) {
             let done = client
                 .json("POST", &upload, &admin, json!({"parts": etags}))
                 .await;
-            assert_eq!(done.status, 201, "{}", done.text);
+            assert_eq!(
+                done.status, 200,
+                "replaces the first version: {}",
+                done.text
+            );
             let mut multipart_body = part1.clone();
             multipart_body.extend_from_slice(&part2);
             let long = bytes(40 << 20, 3);
@@ -1059,8 +1075,9 @@ async fn reads_under_way(store: Store) {
                 404
             );
 
-            // Once due, the sweeper deletes the three retired blobs; only the
-            // new version's blob stays.
+            // Once due, the sweeper deletes the four retired blobs (the
+            // first version's, the multipart version's two, the long
+            // one); only the new version's blob stays.
             sqlx::query("UPDATE blob_intents SET expires_at = now() - interval '1 second'")
                 .execute(&pool)
                 .await
@@ -1068,7 +1085,7 @@ async fn reads_under_way(store: Store) {
             let swept = strata_dataplane::storage::sweeper::sweep_once(&state)
                 .await
                 .expect("sweep");
-            assert_eq!(swept.blobs, 3);
+            assert_eq!(swept.blobs, 4);
             let prefix = strata_db::catalog::backend_prefix(t.id, bucket);
             let left = tb.backend.list(&prefix, None, 10).await.expect("list");
             assert_eq!(left.len(), 1, "{left:?}");

@@ -390,11 +390,19 @@ fn unquote(tag: &str) -> &str {
         .unwrap_or(tag)
 }
 
+/// What a completion left to delete, already recorded in its transaction:
+/// the parts it did not use (due at once) and the blobs of the version it
+/// replaced (retired, due after the grace).
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    unused: Vec<BlobRef>,
+    retired: Vec<BlobRef>,
+}
+
 /// Completes an upload on `conn` (the request's idempotency run). Returns
-/// the answer and the blobs the completion made garbage: they are already
-/// recorded as doomed, and the caller discards them with [`discard`] once
-/// the run has committed — never before, or a rolled-back run would lose
-/// the bytes of the object it kept.
+/// the answer and the completion's [`Leftovers`], which the caller hands
+/// to [`discard`] once the run has committed — never before, or a
+/// rolled-back run would lose the bytes of the object it kept.
 pub async fn complete(
     state: &StorageState,
     access: &Access,
@@ -403,7 +411,7 @@ pub async fn complete(
     method: &Method,
     headers: &HeaderMap,
     body: CompleteBody,
-) -> Result<(Response, Vec<BlobRef>), ApiError> {
+) -> Result<(Response, Leftovers), ApiError> {
     let bucket = access.bucket.clone();
     let upload_id = parse_upload_id(upload)?;
     bucket.writable_or_conflict()?;
@@ -517,16 +525,15 @@ pub async fn complete(
             (row, false, old.blobs.0.clone())
         }
     };
-    // Unused parts go at once; the replaced version's blobs after the
-    // grace that lets reads under way finish (objects::retire_blobs).
-    let mut doomed = blob_refs(&unused);
-    let grace = state.settings.retired_blob_grace;
-    if grace.is_zero() {
-        doomed.extend(retired);
-    } else if !retired.is_empty() {
-        store::doom_blobs(&mut tx, bucket.id, &retired, grace).await?;
+    let leftovers = Leftovers {
+        unused: blob_refs(&unused),
+        retired,
+    };
+    store::doom_blobs(&mut tx, bucket.id, &leftovers.unused, Duration::ZERO).await?;
+    if !leftovers.retired.is_empty() {
+        let grace = state.settings.retired_blob_grace;
+        store::doom_blobs(&mut tx, bucket.id, &leftovers.retired, grace).await?;
     }
-    store::doom_blobs(&mut tx, bucket.id, &doomed, Duration::ZERO).await?;
     delete_upload_rows(&mut tx, bucket.id, upload_id).await?;
     tx.commit().await?;
     let mut response = (
@@ -543,13 +550,16 @@ pub async fn complete(
         &row.entity_tag(),
         Some(row.modified()),
     );
-    Ok((response, doomed))
+    Ok((response, leftovers))
 }
 
-/// Deletes the blobs a committed completion doomed at once (the sweeper
-/// deletes them later if this fails or the process dies first).
-pub async fn discard(state: &StorageState, access: &Access, doomed: &[BlobRef]) {
-    discard_blobs(state, &access.pool, &access.bucket, doomed).await;
+/// After a completion's run committed: deletes the unused parts, and
+/// retires the replaced version's blobs as every replace does (the
+/// sweeper deletes whatever is left once due).
+pub async fn discard(state: &StorageState, access: &Access, leftovers: &Leftovers) {
+    objects::delete_blobs(state, access, &leftovers.unused).await;
+    let (pool, bucket) = (&access.pool, &access.bucket);
+    objects::retire_blobs(state, pool, bucket, &leftovers.retired).await;
 }
 
 async fn delete_upload_rows(

@@ -664,7 +664,7 @@ async fn complete_upload(
         Ok(run) => run,
         Err(replay) => return Ok(replay),
     };
-    let (response, doomed) = multipart::complete(
+    let (response, leftovers) = multipart::complete(
         &state.storage,
         &access,
         run.db(),
@@ -675,7 +675,7 @@ async fn complete_upload(
     )
     .await?;
     let response = run.finish(response).await?;
-    multipart::discard(&state.storage, &access, &doomed).await;
+    multipart::discard(&state.storage, &access, &leftovers).await;
     Ok(response)
 }
 
