@@ -609,18 +609,23 @@ impl SplitCpus {
             pinned: Vec::new(),
         };
         let garage = garage_pid().context("no garage process to pin")?;
-        split.pin(garage, &split.s3_cpus.clone())?;
+        split.pin(garage, CpuHalf::S3)?;
         let others = processes_named(&["postgres", "redis-server"])
             .into_iter()
             .chain([std::process::id()]);
         for pid in others {
-            split.pin(pid, &split.other_cpus.clone())?;
+            split.pin(pid, CpuHalf::Rest)?;
         }
         Ok(split)
     }
 
-    fn pin(&mut self, pid: u32, cpus: &str) -> anyhow::Result<()> {
+    /// Recorded before `taskset` runs, so a failed pin is undone too.
+    fn pin(&mut self, pid: u32, half: CpuHalf) -> anyhow::Result<()> {
         self.pinned.push(pid);
+        let cpus = match half {
+            CpuHalf::S3 => &self.s3_cpus,
+            CpuHalf::Rest => &self.other_cpus,
+        };
         taskset(pid, cpus)
     }
 
@@ -630,6 +635,13 @@ impl SplitCpus {
             self.s3_cpus, self.other_cpus
         )
     }
+}
+
+/// Which of the two sets of cores a process of the `split` topology gets.
+#[derive(Clone, Copy)]
+enum CpuHalf {
+    S3,
+    Rest,
 }
 
 impl Drop for SplitCpus {
